@@ -1,0 +1,40 @@
+-- livesync catalog: created first, before any function.
+-- Only src/catalog/ reads and writes these tables; the SQL API and the workers go through it.
+
+-- One row per source database livesync syncs from.
+CREATE TABLE livesync.connector (
+    id                int4 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- Chosen by the user (default: the source's dbname); any text, never interpolated into SQL.
+    name              text NOT NULL UNIQUE
+                      CHECK (name <> '' AND octet_length(name) <= 63),
+    -- Random, fixed at creation; source-side object names derive from it (see src/source/names.rs).
+    token             text NOT NULL UNIQUE CHECK (token ~ '^[0-9a-f]{16}$'),
+    publication_name  name NOT NULL,
+    slot_name         name NOT NULL,
+    -- Parsed from the conninfo for display; the conninfo itself lives in connector_secret.
+    source_host       text NOT NULL,
+    source_port       int4 NOT NULL,
+    source_dbname     text NOT NULL,
+    source_user       text NOT NULL,
+    -- Desired state: false after pause_connector.
+    enabled           bool NOT NULL DEFAULT true,
+    -- Last state reported by the connector's worker. The view livesync.connectors combines it
+    -- with `enabled` and with whether worker_pid is alive.
+    state             text NOT NULL DEFAULT 'starting'
+                      CHECK (state IN ('starting', 'running', 'error')),
+    worker_pid        int4,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    last_connected_at timestamptz,
+    last_error        text,
+    last_error_at     timestamptz
+);
+
+-- The connection string may hold a password: readable by superusers and livesync_admin only.
+CREATE TABLE livesync.connector_secret (
+    connector_id int4 PRIMARY KEY REFERENCES livesync.connector (id) ON DELETE CASCADE,
+    conninfo     text NOT NULL
+);
+
+-- pg_dump keeps the configuration of an installed extension.
+SELECT pg_catalog.pg_extension_config_dump('livesync.connector', '');
+SELECT pg_catalog.pg_extension_config_dump('livesync.connector_secret', '');

@@ -1,0 +1,249 @@
+//! The only code that reads and writes the `livesync.*` tables (defined in `sql/bootstrap.sql`).
+//!
+//! Callers get typed rows and named operations; no other module embeds SQL against the catalog.
+//! Every function here must run inside a transaction (a SQL function call, or
+//! [`crate::worker::in_transaction`] in a background worker).
+//!
+//! # Connector lifecycle
+//! A connector row is created by `add_connector` with `enabled = true, state = 'starting'`.
+//! `enabled` is the user's desired state (`pause_connector` / `resume_connector`); `state` is what
+//! the connector's worker last reported (`starting` → `running`, or `error` with `last_error`),
+//! and `worker_pid` which process reported it. The view `livesync.connectors` folds these into
+//! what a user sees: `paused` when disabled, otherwise the reported state — but only while
+//! `worker_pid` is really alive, so a crashed worker never shows as `running`.
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiResult;
+
+use crate::error::{LivesyncError, Result};
+
+/// A connector as the workers and the API need it.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub id: i32,
+    pub name: String,
+    pub token: String,
+    pub publication_name: String,
+    pub slot_name: String,
+    pub enabled: bool,
+    pub worker_pid: Option<i32>,
+}
+
+/// What the manager needs per connector to reconcile workers.
+#[derive(Debug, Clone)]
+pub struct ConnectorWorkerState {
+    pub id: i32,
+    pub enabled: bool,
+    /// The connector's reported worker pid, if that process is alive as a livesync connector.
+    pub live_worker_pid: Option<i32>,
+}
+
+pub struct NewConnector<'a> {
+    pub name: &'a str,
+    pub conninfo: &'a str,
+    pub host: &'a str,
+    pub port: i32,
+    pub dbname: &'a str,
+    pub user: &'a str,
+}
+
+fn spi_err(e: pgrx::spi::Error) -> LivesyncError {
+    LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("livesync catalog access failed: {e}"))
+}
+
+/// Whether the extension's catalog exists in this database (a worker checks this: the extension
+/// may have been dropped under it).
+pub fn installed() -> bool {
+    Spi::get_one::<bool>("SELECT to_regclass('livesync.connector') IS NOT NULL")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+const CONNECTOR_COLUMNS: &str = "id, name, token, publication_name::text, slot_name::text, enabled, worker_pid";
+
+fn connector_from_row(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Connector> {
+    Ok(Connector {
+        id: row.get::<i32>(1)?.unwrap_or_default(),
+        name: row.get::<String>(2)?.unwrap_or_default(),
+        token: row.get::<String>(3)?.unwrap_or_default(),
+        publication_name: row.get::<String>(4)?.unwrap_or_default(),
+        slot_name: row.get::<String>(5)?.unwrap_or_default(),
+        enabled: row.get::<bool>(6)?.unwrap_or(false),
+        worker_pid: row.get::<i32>(7)?,
+    })
+}
+
+pub fn connector_by_name(name: &str) -> Result<Option<Connector>> {
+    Spi::connect(|c| {
+        let q = format!("SELECT {CONNECTOR_COLUMNS} FROM livesync.connector WHERE name = $1");
+        let mut t = c.select(&q, Some(1), &[name.into()])?;
+        match t.next() {
+            Some(row) => connector_from_row(&row).map(Some),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)
+}
+
+/// Like [`connector_by_name`] but locks the row against concurrent API calls, and raises
+/// "does not exist" when missing.
+pub fn lock_connector_by_name(name: &str) -> Result<Connector> {
+    let r = Spi::connect_mut(|c| {
+        let q = format!("SELECT {CONNECTOR_COLUMNS} FROM livesync.connector WHERE name = $1 FOR UPDATE");
+        let mut t = c.update(&q, Some(1), &[name.into()])?;
+        match t.next() {
+            Some(row) => connector_from_row(&row).map(Some),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)?;
+    r.ok_or_else(|| LivesyncError::connector_not_found(name))
+}
+
+pub fn connector_by_id(id: i32) -> Result<Option<Connector>> {
+    Spi::connect(|c| {
+        let q = format!("SELECT {CONNECTOR_COLUMNS} FROM livesync.connector WHERE id = $1");
+        let mut t = c.select(&q, Some(1), &[id.into()])?;
+        match t.next() {
+            Some(row) => connector_from_row(&row).map(Some),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)
+}
+
+pub fn conninfo(id: i32) -> Result<Option<String>> {
+    Spi::get_one_with_args::<String>(
+        "SELECT conninfo FROM livesync.connector_secret WHERE connector_id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Insert a connector and its secret; returns the new row. The token is random (see
+/// `src/source/names.rs` for why names derive from it).
+pub fn insert_connector(n: &NewConnector) -> Result<Connector> {
+    let token: String = Spi::get_one("SELECT left(replace(gen_random_uuid()::text, '-', ''), 16)")
+        .map_err(spi_err)?
+        .expect("gen_random_uuid returned NULL");
+    let token = crate::source::names::ConnectorToken::parse(&token)
+        .map_err(|e| LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e))?;
+    let id: i32 = Spi::get_one_with_args(
+        "INSERT INTO livesync.connector
+             (name, token, publication_name, slot_name, source_host, source_port, source_dbname, source_user)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        &[
+            n.name.into(),
+            token.as_str().into(),
+            token.publication_name().into(),
+            token.slot_name().into(),
+            n.host.into(),
+            n.port.into(),
+            n.dbname.into(),
+            n.user.into(),
+        ],
+    )
+    .map_err(spi_err)?
+    .expect("INSERT RETURNING gave no row");
+    Spi::run_with_args(
+        "INSERT INTO livesync.connector_secret (connector_id, conninfo) VALUES ($1, $2)",
+        &[id.into(), n.conninfo.into()],
+    )
+    .map_err(spi_err)?;
+    Ok(connector_by_id(id)?.expect("connector vanished right after insert"))
+}
+
+pub fn set_enabled(id: i32, enabled: bool) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.connector
+            SET enabled = $2,
+                state = CASE WHEN $2 AND NOT enabled THEN 'starting' ELSE state END
+          WHERE id = $1",
+        &[id.into(), enabled.into()],
+    )
+    .map_err(spi_err)
+}
+
+pub fn rename(id: i32, new_name: &str) -> Result<()> {
+    Spi::run_with_args("UPDATE livesync.connector SET name = $2 WHERE id = $1", &[id.into(), new_name.into()])
+        .map_err(spi_err)
+}
+
+pub fn delete_connector(id: i32) -> Result<()> {
+    Spi::run_with_args("DELETE FROM livesync.connector WHERE id = $1", &[id.into()]).map_err(spi_err)
+}
+
+/// Reconciliation input for the manager: every connector, and whether its worker is alive.
+pub fn connector_worker_states() -> Result<Vec<ConnectorWorkerState>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT c.id, c.enabled, a.pid
+               FROM livesync.connector c
+               LEFT JOIN pg_catalog.pg_stat_activity a
+                      ON a.pid = c.worker_pid AND a.backend_type = 'livesync connector'",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for row in t {
+            out.push(ConnectorWorkerState {
+                id: row.get::<i32>(1)?.unwrap_or_default(),
+                enabled: row.get::<bool>(2)?.unwrap_or(false),
+                live_worker_pid: row.get::<i32>(3)?,
+            });
+        }
+        Ok(out)
+    })
+    .map_err(spi_err)
+}
+
+/// The live pid of the worker of connector `id`, if any.
+pub fn live_worker_pid(id: i32) -> Result<Option<i32>> {
+    Spi::get_one_with_args::<i32>(
+        "SELECT a.pid FROM livesync.connector c
+           JOIN pg_catalog.pg_stat_activity a
+             ON a.pid = c.worker_pid AND a.backend_type = 'livesync connector'
+          WHERE c.id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Pid of this database's livesync manager, if one runs.
+pub fn manager_pid() -> Result<Option<i32>> {
+    Spi::get_one::<i32>(
+        "SELECT pid FROM pg_catalog.pg_stat_activity
+          WHERE backend_type = 'livesync manager'
+            AND datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+          LIMIT 1",
+    )
+    .map_err(spi_err)
+}
+
+// ---- reports from a connector's worker -------------------------------------------------------
+
+/// The worker of connector `id` is this process and is starting.
+pub fn report_worker_started(id: i32, pid: i32) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.connector SET worker_pid = $2, state = 'starting' WHERE id = $1",
+        &[id.into(), pid.into()],
+    )
+    .map_err(spi_err)
+}
+
+pub fn report_running(id: i32) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.connector SET state = 'running', last_connected_at = now() WHERE id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)
+}
+
+pub fn report_error(id: i32, message: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.connector SET state = 'error', last_error = $2, last_error_at = now() WHERE id = $1",
+        &[id.into(), message.into()],
+    )
+    .map_err(spi_err)
+}

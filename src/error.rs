@@ -1,0 +1,108 @@
+//! Errors raised to SQL callers, PostgreSQL style: lowercase message, quoted identifiers, a DETAIL
+//! that says what was found and a HINT that says what to do, with a proper SQLSTATE.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+use crate::source::connect::ConnectError;
+
+#[derive(Debug, Clone)]
+pub struct LivesyncError {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+/// `MAKE_SQLSTATE` for a five-character SQLSTATE such as `"08001"`.
+fn sqlstate(code: &str) -> PgSqlErrorCode {
+    let b = code.as_bytes();
+    assert_eq!(b.len(), 5, "SQLSTATE must have 5 characters");
+    let mut v: i32 = 0;
+    for (i, c) in b.iter().enumerate() {
+        v += (((*c as i32) - ('0' as i32)) & 0x3F) << (6 * i);
+    }
+    PgSqlErrorCode::from(v)
+}
+
+impl LivesyncError {
+    pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), detail: None, hint: None }
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = Some(d.into());
+        self
+    }
+
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+
+    pub fn invalid_parameter(message: impl Into<String>) -> Self {
+        Self::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
+    }
+
+    pub fn connector_not_found(name: &str) -> Self {
+        Self::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("connector \"{name}\" does not exist"))
+            .hint("SELECT name FROM livesync.connectors lists the existing connectors.")
+    }
+
+    pub fn connector_exists(name: &str) -> Self {
+        Self::new(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("connector \"{name}\" already exists"))
+            .hint("Choose another name: livesync.add_connector(conninfo, name => '...').")
+    }
+
+    pub fn from_connect(e: &ConnectError) -> Self {
+        let mut err = Self::new(sqlstate(e.sqlstate()), e.to_string()).hint(e.hint());
+        err.detail = e.detail();
+        err
+    }
+
+    /// An error talking to the source after the connection was established.
+    pub fn source_query(endpoint: &str, e: &tokio_postgres::Error) -> Self {
+        let msg = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        };
+        let code = match e.as_db_error() {
+            Some(db) => sqlstate(db.code().code()),
+            None => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        };
+        Self::new(code, format!("error on the source at \"{endpoint}\": {msg}"))
+    }
+
+    /// Raise as an ERROR. Never returns.
+    pub fn raise(self) -> ! {
+        self.report(PgLogLevel::ERROR);
+        unreachable!("ERROR returned")
+    }
+
+    pub fn report(self, level: PgLogLevel) {
+        let mut r = ErrorReport::new(self.code, self.message, "livesync");
+        if let Some(d) = self.detail {
+            r = r.set_detail(d);
+        }
+        if let Some(h) = self.hint {
+            r = r.set_hint(h);
+        }
+        r.report(level);
+    }
+}
+
+pub type Result<T> = std::result::Result<T, LivesyncError>;
+
+/// Unwrap or raise.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.raise(),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Opening a connection to a source, and telling the user *why* it failed.
+//!
+//! tokio-postgres reports every failure as one opaque error type; a user fixing a connector needs
+//! to know which of a handful of things went wrong, each with its own remedy. [`ConnectError`]
+//! is that classification; the SQL layer maps it to a message, a SQLSTATE of class 08
+//! (connection exception) and a hint.
+
+use std::io;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use super::conninfo::SourceConninfo;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Nothing listens on host:port.
+    Refused { endpoint: String },
+    /// No answer within the connect timeout.
+    TimedOut { endpoint: String, secs: u64 },
+    /// No route to the host or network.
+    Unreachable { endpoint: String, reason: String },
+    /// The host name does not resolve.
+    Unresolvable { host: String, reason: String },
+    /// The server refused the role: bad password, no pg_hba.conf entry, role missing, ...
+    Rejected { endpoint: String, user: String, server_message: String },
+    /// The database named in the conninfo does not exist on the source.
+    NoDatabase { endpoint: String, dbname: String },
+    /// The conninfo asks for TLS, which this build cannot do yet.
+    TlsUnsupported { endpoint: String },
+    /// Anything else (server shutting down, too many connections, protocol error...).
+    Other { endpoint: String, reason: String },
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Refused { endpoint } => {
+                write!(f, "could not connect to the source at \"{endpoint}\": connection refused")
+            }
+            ConnectError::TimedOut { endpoint, secs } => write!(
+                f,
+                "could not connect to the source at \"{endpoint}\": timed out after {secs} s"
+            ),
+            ConnectError::Unreachable { endpoint, reason } => {
+                write!(f, "could not connect to the source at \"{endpoint}\": {reason}")
+            }
+            ConnectError::Unresolvable { host, .. } => {
+                write!(f, "could not resolve the source host \"{host}\"")
+            }
+            ConnectError::Rejected { user, .. } => {
+                write!(f, "the source rejected the credentials of role \"{user}\"")
+            }
+            ConnectError::NoDatabase { endpoint, dbname } => {
+                write!(f, "database \"{dbname}\" does not exist on the source at \"{endpoint}\"")
+            }
+            ConnectError::TlsUnsupported { endpoint } => write!(
+                f,
+                "could not connect to the source at \"{endpoint}\": TLS connections are not supported by this livesync build"
+            ),
+            ConnectError::Other { endpoint, reason } => {
+                write!(f, "could not connect to the source at \"{endpoint}\": {reason}")
+            }
+        }
+    }
+}
+
+impl ConnectError {
+    /// SQLSTATE, class 08: the client could not establish the connection (08001) or the server
+    /// refused it (08004).
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            ConnectError::Rejected { .. } | ConnectError::NoDatabase { .. } => "08004",
+            _ => "08001",
+        }
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            ConnectError::Rejected { server_message, .. } => {
+                Some(format!("The source said: {server_message}."))
+            }
+            ConnectError::Unresolvable { reason, .. } => Some(format!("The resolver said: {reason}.")),
+            _ => None,
+        }
+    }
+
+    pub fn hint(&self) -> String {
+        match self {
+            ConnectError::Refused { .. } => "Check that the source server is running and accepts TCP/IP connections on that host and port (listen_addresses, port, firewall).".into(),
+            ConnectError::TimedOut { .. } | ConnectError::Unreachable { .. } => "Check the host address and that the target server can reach the source (routing, firewall, security groups); raise connect_timeout in the connection string if the network is slow.".into(),
+            ConnectError::Unresolvable { .. } => "Check the host name, or use the source's IP address (hostaddr=).".into(),
+            ConnectError::Rejected { .. } => "Check user and password in the connection string, and that the source's pg_hba.conf allows this role to connect from the target server.".into(),
+            ConnectError::NoDatabase { dbname, .. } => format!("Create database \"{dbname}\" on the source, or fix dbname= in the connection string."),
+            ConnectError::TlsUnsupported { .. } => "Use sslmode=disable or sslmode=prefer for now.".into(),
+            ConnectError::Other { .. } => "Check the source server's log for the reason.".into(),
+        }
+    }
+
+    /// Classify a tokio-postgres connection failure.
+    pub fn classify(info: &SourceConninfo, err: &tokio_postgres::Error) -> ConnectError {
+        let endpoint = info.endpoint();
+        if let Some(db) = err.as_db_error() {
+            let code = db.code();
+            if *code == SqlState::INVALID_CATALOG_NAME {
+                return ConnectError::NoDatabase { endpoint, dbname: info.dbname() };
+            }
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            {
+                return ConnectError::Rejected {
+                    endpoint,
+                    user: info.user(),
+                    server_message: db.message().to_string(),
+                };
+            }
+            return ConnectError::Other { endpoint, reason: db.message().to_string() };
+        }
+        let text = err.to_string();
+        if text.contains("TLS") || text.contains("tls") {
+            return ConnectError::TlsUnsupported { endpoint };
+        }
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<io::Error>() {
+                return Self::classify_io(info, io);
+            }
+            source = s.source();
+        }
+        ConnectError::Other { endpoint, reason: text }
+    }
+
+    fn classify_io(info: &SourceConninfo, io: &io::Error) -> ConnectError {
+        let endpoint = info.endpoint();
+        let reason = io.to_string();
+        match io.kind() {
+            io::ErrorKind::ConnectionRefused => ConnectError::Refused { endpoint },
+            io::ErrorKind::TimedOut => {
+                ConnectError::TimedOut { endpoint, secs: info.connect_timeout().as_secs() }
+            }
+            io::ErrorKind::HostUnreachable => {
+                ConnectError::Unreachable { endpoint, reason: "no route to host".into() }
+            }
+            io::ErrorKind::NetworkUnreachable => {
+                ConnectError::Unreachable { endpoint, reason: "network is unreachable".into() }
+            }
+            _ if reason.contains("lookup address") || reason.contains("name resolution") => {
+                ConnectError::Unresolvable {
+                    host: info.host(),
+                    reason: reason.trim_start_matches("failed to lookup address information: ").to_string(),
+                }
+            }
+            _ => ConnectError::Other { endpoint, reason },
+        }
+    }
+}
+
+/// Connect to the source. The connection task is spawned on the current tokio runtime; it makes
+/// progress whenever that runtime is driven.
+pub async fn connect(info: &SourceConninfo, application_name: &str) -> Result<Client, ConnectError> {
+    let config = info.config_for(application_name);
+    match config.connect(NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(async move {
+                // The error (if any) surfaces to the client as "connection closed".
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+        Err(e) => Err(ConnectError::classify(info, &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(s: &str) -> SourceConninfo {
+        SourceConninfo::parse(s).unwrap()
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let i = info("host=10.1.2.3 port=5999 user=u connect_timeout=2");
+        let e = ConnectError::classify_io(&i, &io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(e, ConnectError::Refused { endpoint: "10.1.2.3:5999".into() });
+        assert_eq!(e.to_string(), "could not connect to the source at \"10.1.2.3:5999\": connection refused");
+        let e = ConnectError::classify_io(&i, &io::Error::from(io::ErrorKind::TimedOut));
+        assert_eq!(e.to_string(), "could not connect to the source at \"10.1.2.3:5999\": timed out after 2 s");
+        assert_eq!(e.sqlstate(), "08001");
+        let i = info("host=nowhere.invalid user=u");
+        let e = ConnectError::classify_io(
+            &i,
+            &io::Error::new(io::ErrorKind::Other, "failed to lookup address information: Name or service not known"),
+        );
+        assert_eq!(e.to_string(), "could not resolve the source host \"nowhere.invalid\"");
+    }
+
+    #[test]
+    fn rejected_is_08004_and_names_the_role() {
+        let e = ConnectError::Rejected {
+            endpoint: "h:1".into(),
+            user: "sync".into(),
+            server_message: "password authentication failed for user \"sync\"".into(),
+        };
+        assert_eq!(e.sqlstate(), "08004");
+        assert_eq!(e.to_string(), "the source rejected the credentials of role \"sync\"");
+    }
+}

@@ -1,0 +1,187 @@
+//! A connector's worker: one per enabled connector.
+//!
+//! It owns the connector's connection to the source (the seed of its replication stream): it
+//! connects, makes sure the connector's publication exists, reports `running`, and then checks
+//! every second that it should still run (not paused, not dropped) and every few seconds that the
+//! source still answers. When the source goes away (restart, network) it records the error in
+//! the catalog — visible in `livesync.connectors` — and reconnects with capped exponential
+//! back-off; it never exits because of the source, so a flapping source cannot make it
+//! crash-loop.
+
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+
+use super::{Backoff, LOCK_CLASS_CONNECTOR};
+use crate::catalog;
+use crate::runtime::{block_on_until_shutdown, new_runtime};
+use crate::source::conninfo::SourceConninfo;
+use crate::source::{connect, quote_ident};
+
+const TICK: Duration = Duration::from_secs(1);
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the worker should do after checking its catalog row.
+enum Verdict {
+    Run { name: String, conninfo: String, publication: String },
+    Exit,
+}
+
+fn read_verdict(id: i32) -> Verdict {
+    match super::in_transaction(|| -> crate::error::Result<Verdict> {
+        if !catalog::installed() {
+            return Ok(Verdict::Exit);
+        }
+        let Some(c) = catalog::connector_by_id(id)? else { return Ok(Verdict::Exit) };
+        if !c.enabled {
+            return Ok(Verdict::Exit);
+        }
+        let conninfo = catalog::conninfo(id)?.unwrap_or_default();
+        Ok(Verdict::Run { name: c.name, conninfo, publication: c.publication_name })
+    }) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            pgrx::warning!("livesync connector {id}: {}", e.message);
+            Verdict::Exit
+        }
+        Err(e) => {
+            pgrx::warning!("livesync connector {id}: {e}");
+            Verdict::Exit
+        }
+    }
+}
+
+fn report_error(id: i32, name: &str, message: &str) {
+    pgrx::log!("livesync connector \"{name}\": {message}");
+    let _ = super::in_transaction(|| catalog::report_error(id, message));
+}
+
+fn application_name(name: &str) -> String {
+    // application_name keeps printable ASCII only and at most 63 bytes.
+    let clean: String = name.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let mut s = format!("livesync connector {clean}");
+    s.truncate(63);
+    s
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
+    super::attach_signals();
+    let id = unsafe { i32::from_datum(arg, false) }.expect("connector worker needs a connector id");
+    let dboid: u32 = BackgroundWorker::get_extra().parse().expect("connector worker needs a database OID");
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+
+    // One worker per connector. drop_connector holds this lock (transaction-level) while it
+    // removes the connector, so a worker started meanwhile exits here.
+    if !matches!(super::try_session_lock(LOCK_CLASS_CONNECTOR, id), Ok(true)) {
+        return;
+    }
+    super::set_worker_session_defaults();
+    let pid = unsafe { pg_sys::MyProcPid };
+    if super::in_transaction(|| catalog::report_worker_started(id, pid)).is_err() {
+        return;
+    }
+
+    let rt = new_runtime();
+    let mut backoff = Backoff::new(MAX_RECONNECT_BACKOFF);
+    loop {
+        let Verdict::Run { name, conninfo, publication } = read_verdict(id) else { break };
+        let app = application_name(&name);
+        super::set_application_name(&app);
+
+        let info = match SourceConninfo::parse(&conninfo) {
+            Ok(i) => i,
+            Err(e) => {
+                report_error(id, &name, &format!("invalid connection string: {}", e.0));
+                if !super::wait(backoff.next_delay()) {
+                    break;
+                }
+                continue;
+            }
+        };
+
+        let client = match block_on_until_shutdown(&rt, connect::connect(&info, &app)) {
+            None => break,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                report_error(id, &name, &e.to_string());
+                if !super::wait(backoff.next_delay()) {
+                    break;
+                }
+                continue;
+            }
+        };
+
+        // The connector's publication: created here rather than in add_connector, so that a
+        // rolled-back add_connector leaves nothing behind on the source.
+        let ensure = async {
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
+                .await?;
+            if exists.is_none() {
+                client.batch_execute(&format!("CREATE PUBLICATION {}", quote_ident(&publication))).await?;
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        match block_on_until_shutdown(&rt, ensure) {
+            None => break,
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                report_error(
+                    id,
+                    &name,
+                    &format!("could not create publication \"{publication}\" on the source at \"{}\": {msg}", info.endpoint()),
+                );
+                if !super::wait(backoff.next_delay()) {
+                    break;
+                }
+                continue;
+            }
+        }
+
+        let _ = super::in_transaction(|| catalog::report_running(id));
+        pgrx::log!("livesync connector \"{name}\" connected to the source at \"{}\"", info.endpoint_with_db());
+        backoff.reset();
+
+        // Connected: watch the catalog and the source until one of them says otherwise.
+        let mut last_ping = Instant::now();
+        let mut current_name = name.clone();
+        let lost = loop {
+            if !super::wait(TICK) {
+                return;
+            }
+            match read_verdict(id) {
+                Verdict::Exit => return,
+                Verdict::Run { name, .. } if name != current_name => {
+                    super::set_application_name(&application_name(&name));
+                    current_name = name;
+                }
+                Verdict::Run { .. } => {}
+            }
+            if last_ping.elapsed() >= PING_INTERVAL {
+                last_ping = Instant::now();
+                let ping = async { tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await };
+                match block_on_until_shutdown(&rt, ping) {
+                    None => return,
+                    Some(Ok(Ok(_))) => {}
+                    Some(Ok(Err(e))) => break e.to_string(),
+                    Some(Err(_)) => break format!("no answer within {} s", PING_TIMEOUT.as_secs()),
+                }
+            }
+        };
+        report_error(
+            id,
+            &current_name,
+            &format!("lost the connection to the source at \"{}\": {lost}", info.endpoint()),
+        );
+        drop(client);
+        if !super::wait(backoff.next_delay()) {
+            break;
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The manager: one per database with livesync installed.
+//!
+//! Every second — or at once when an API call or a child's start/exit sets its latch — it compares
+//! the connector catalog with the running connector workers:
+//! - an enabled connector without a live worker gets one, unless that connector's worker failed
+//!   recently: then it waits out a capped exponential back-off (1 s, 2 s, ... 60 s), so a worker
+//!   that crashes on start cannot crash-loop;
+//! - a live worker of a paused or dropped connector is told to stop (SIGTERM);
+//! - when the extension is dropped, it stops every worker and exits for good.
+//!
+//! Workers survive a manager restart: the next manager adopts them (it finds them through the
+//! catalog's `worker_pid` and `pg_stat_activity`) instead of starting duplicates.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
+use pgrx::prelude::*;
+
+use super::{Backoff, BACKEND_TYPE_CONNECTOR, BACKEND_TYPE_MANAGER, LOCK_CLASS_MANAGER};
+use crate::catalog;
+
+const NAPTIME: Duration = Duration::from_secs(1);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
+/// A worker that ran at least this long before exiting is considered healthy: its restart is
+/// immediate and the back-off starts over.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+struct Child {
+    handle: Option<DynamicBackgroundWorker>,
+    started_at: Instant,
+    backoff: Backoff,
+    not_before: Instant,
+}
+
+impl Child {
+    fn new() -> Self {
+        let now = Instant::now();
+        Child { handle: None, started_at: now, backoff: Backoff::new(MAX_RESTART_BACKOFF), not_before: now }
+    }
+
+    /// Our handle says the worker is starting or running.
+    fn handle_alive(&self) -> bool {
+        match &self.handle {
+            Some(h) => match h.pid() {
+                Ok(_) => true,
+                Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted) => true,
+                Err(_) => false,
+            },
+            None => false,
+        }
+    }
+}
+
+fn start_connector_worker(connector_id: i32) -> Option<DynamicBackgroundWorker> {
+    let dboid = unsafe { pg_sys::MyDatabaseId };
+    let r = unsafe {
+        pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+            BackgroundWorkerBuilder::new(&format!("livesync connector {connector_id}"))
+                .set_type(BACKEND_TYPE_CONNECTOR)
+                .set_function("livesync_connector_main")
+                .set_library("livesync")
+                .enable_shmem_access(None)
+                .enable_spi_access()
+                .set_start_time(BgWorkerStartTime::RecoveryFinished)
+                .set_restart_time(None) // the manager restarts it, with back-off
+                .set_argument(connector_id.into_datum())
+                .set_extra(&dboid.to_u32().to_string())
+                .set_notify_pid(pg_sys::MyProcPid)
+                .load_dynamic()
+        })
+    };
+    match r {
+        Ok(h) => Some(h),
+        Err(_) => {
+            pgrx::warning!(
+                "livesync could not start the worker of connector {connector_id}: no free background worker slot"
+            );
+            None
+        }
+    }
+}
+
+fn terminate_pid(pid: i32) {
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn livesync_manager_main(_arg: pg_sys::Datum) {
+    super::attach_signals();
+    let dboid: u32 = BackgroundWorker::get_extra().parse().expect("manager needs a database OID");
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+
+    // Exit cleanly (exit code 0: the postmaster will not restart us) when there is nothing to do.
+    match super::in_transaction(catalog::installed) {
+        Ok(true) => {}
+        _ => return,
+    }
+    match super::try_session_lock(LOCK_CLASS_MANAGER, 0) {
+        Ok(true) => {}
+        _ => return, // another manager serves this database
+    }
+    super::set_worker_session_defaults();
+    super::set_application_name(BACKEND_TYPE_MANAGER);
+    log!("livesync manager started");
+
+    let mut children: HashMap<i32, Child> = HashMap::new();
+    loop {
+        match super::in_transaction(|| {
+            if !catalog::installed() {
+                return Ok(None);
+            }
+            catalog::connector_worker_states().map(Some)
+        }) {
+            Ok(Ok(Some(states))) => reconcile(&mut children, &states),
+            Ok(Ok(None)) => {
+                log!("livesync was dropped from this database; manager exiting");
+                for (_, c) in children.drain() {
+                    if let Some(h) = c.handle {
+                        let _ = h.terminate();
+                    }
+                }
+                return;
+            }
+            Ok(Err(e)) => pgrx::warning!("livesync manager: {}", e.message),
+            Err(e) => pgrx::warning!("livesync manager: {e}"),
+        }
+        if !super::wait(NAPTIME) {
+            break;
+        }
+    }
+    log!("livesync manager shutting down");
+}
+
+fn reconcile(children: &mut HashMap<i32, Child>, states: &[catalog::ConnectorWorkerState]) {
+    let now = Instant::now();
+    for s in states {
+        let child = children.entry(s.id).or_insert_with(Child::new);
+        let alive = child.handle_alive() || s.live_worker_pid.is_some();
+
+        if s.enabled && !alive {
+            if child.handle.take().is_some() {
+                // Our worker exited although nobody asked it to: back off before the next try.
+                let delay = if now.duration_since(child.started_at) >= HEALTHY_RUN {
+                    child.backoff.reset();
+                    Duration::ZERO
+                } else {
+                    child.backoff.next_delay()
+                };
+                child.not_before = now + delay;
+                if !delay.is_zero() {
+                    log!(
+                        "livesync connector {} worker exited; restarting in {} s",
+                        s.id,
+                        delay.as_secs()
+                    );
+                }
+            }
+            if now >= child.not_before {
+                child.handle = start_connector_worker(s.id);
+                child.started_at = now;
+            }
+        } else if !s.enabled && alive {
+            stop(child, s.live_worker_pid);
+        }
+    }
+    // Connectors that were dropped.
+    let known: Vec<i32> = states.iter().map(|s| s.id).collect();
+    children.retain(|id, child| {
+        if known.contains(id) {
+            return true;
+        }
+        stop(child, None);
+        false
+    });
+}
+
+fn stop(child: &mut Child, pid: Option<i32>) {
+    if let Some(h) = child.handle.take() {
+        let _ = h.terminate();
+    } else if let Some(pid) = pid {
+        terminate_pid(pid);
+    }
+    child.backoff.reset();
+    child.not_before = Instant::now();
+}

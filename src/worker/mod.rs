@@ -1,0 +1,168 @@
+//! livesync's background processes.
+//!
+//! ```text
+//! postmaster
+//!  └─ livesync launcher            (static, no database; one per cluster)
+//!      └─ livesync manager          (one per database where the extension is installed)
+//!          └─ livesync connector    (one per enabled connector)
+//! ```
+//! - [`launcher`] starts at server start and asks every connectable database for a manager; a
+//!   manager finding no livesync in its database exits for good. `CREATE EXTENSION livesync`
+//!   (and every API call) starts the manager of its own database, so the launcher needs no list.
+//! - [`manager`] reconciles the connector catalog with running workers every second (or at once
+//!   when an API call wakes it): starts workers of enabled connectors, stops those of paused or
+//!   dropped ones, and restarts crashed workers with capped exponential back-off.
+//! - [`connector`] holds the connection to the source and reports its state in the catalog.
+//!
+//! Each process is unique per key (manager: database; connector: connector id) by holding a
+//! session-level advisory lock for its lifetime. `drop_connector` takes the same lock to know the
+//! worker is gone before it removes source objects, and holds it until commit so a worker
+//! restarted in between cannot start.
+//!
+//! All waits are latch waits with a timeout, or network waits sliced by [`crate::runtime::TICK`];
+//! SIGTERM (pause, drop, server shutdown) is honoured within one tick.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+
+pub mod connector;
+pub mod launcher;
+pub mod manager;
+
+/// Advisory-lock classes (first key): one per kind of unique process.
+pub const LOCK_CLASS_MANAGER: i32 = 0x4c53_4d47; // "LSMG"
+pub const LOCK_CLASS_CONNECTOR: i32 = 0x4c53_434e; // "LSCN"
+
+pub const BACKEND_TYPE_LAUNCHER: &str = "livesync launcher";
+pub const BACKEND_TYPE_MANAGER: &str = "livesync manager";
+pub const BACKEND_TYPE_CONNECTOR: &str = "livesync connector";
+
+/// Run `f` in its own transaction. A PostgreSQL ERROR (or Rust panic) inside aborts the
+/// transaction and is returned as its message, so a worker can record it and carry on instead of
+/// exiting.
+pub fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let r = PgTryBuilder::new(|| Ok(f()))
+        .catch_others(|e| {
+            Err(match e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            })
+        })
+        .execute();
+    unsafe {
+        match &r {
+            Ok(_) => {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Err(_) => {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            }
+        }
+    }
+    r
+}
+
+/// Sleep on the process latch for up to `timeout`. Returns false when the worker must exit
+/// (SIGTERM, or the postmaster died).
+pub fn wait(timeout: Duration) -> bool {
+    if crate::runtime::shutdown_requested() {
+        return false;
+    }
+    let rc = unsafe {
+        let rc = pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
+            timeout.as_millis() as libc::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        rc
+    };
+    crate::runtime::reload_config_if_requested();
+    rc & pg_sys::WL_POSTMASTER_DEATH as i32 == 0 && !crate::runtime::shutdown_requested()
+}
+
+/// Common start of every livesync worker: signal handlers for SIGHUP (reload) and SIGTERM (exit
+/// at the next tick).
+pub fn attach_signals() {
+    BackgroundWorker::attach_signal_handlers(
+        pgrx::bgworkers::SignalWakeFlags::SIGHUP | pgrx::bgworkers::SignalWakeFlags::SIGTERM,
+    );
+}
+
+/// Take a session-level advisory lock (kept until the process exits); false if another process
+/// holds it.
+pub fn try_session_lock(class: i32, key: i32) -> Result<bool, String> {
+    in_transaction(|| {
+        Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock($1, $2)", &[class.into(), key.into()])
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    })
+}
+
+/// Show `name` as this process's application_name in pg_stat_activity.
+pub fn set_application_name(name: &str) {
+    let _ = in_transaction(|| {
+        Spi::run_with_args("SELECT pg_catalog.set_config('application_name', $1, false)", &[name.into()])
+    });
+}
+
+/// Make sure no catalog write of a worker can wait long behind a user's open transaction: a
+/// worker stuck on a row lock could not honour SIGTERM.
+pub fn set_worker_session_defaults() {
+    let _ = in_transaction(|| {
+        Spi::run("SELECT pg_catalog.set_config('lock_timeout', '2s', false), pg_catalog.set_config('statement_timeout', '30s', false)")
+    });
+}
+
+/// Capped exponential back-off: 1 s, 2 s, 4 s, ... up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub const INITIAL: Duration = Duration::from_secs(1);
+
+    pub fn new(max: Duration) -> Self {
+        Self { next: Self::INITIAL, max }
+    }
+
+    /// The delay to wait now; doubles the following one.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::INITIAL;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(10));
+        let got: Vec<u64> = (0..6).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 8, 10, 10]);
+        b.reset();
+        assert_eq!(b.next_delay().as_secs(), 1);
+    }
+}
