@@ -175,14 +175,7 @@ fn stop_worker_and_lock(c: &catalog::Connector) -> Result<()> {
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
-        let got = Spi::get_one_with_args::<bool>(
-            "SELECT pg_try_advisory_xact_lock($1, $2)",
-            &[LOCK_CLASS_CONNECTOR.into(), c.id.into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-        if got {
+        if worker::try_xact_lock(LOCK_CLASS_CONNECTOR, c.id) {
             return Ok(());
         }
         if Instant::now() >= deadline {

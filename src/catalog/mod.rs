@@ -51,6 +51,22 @@ fn spi_err(e: pgrx::spi::Error) -> LivesyncError {
     LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("livesync catalog access failed: {e}"))
 }
 
+/// The first column of the first row, or None when the query returns no row (Spi::get_one
+/// treats "no row" as an error).
+fn first_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>> {
+    Spi::connect(|c| {
+        let mut t = c.select(query, Some(1), args)?;
+        match t.next() {
+            Some(row) => row.get::<T>(1),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)
+}
+
 /// Whether the extension's catalog exists in this database (a worker checks this: the extension
 /// may have been dropped under it).
 pub fn installed() -> bool {
@@ -114,11 +130,7 @@ pub fn connector_by_id(id: i32) -> Result<Option<Connector>> {
 }
 
 pub fn conninfo(id: i32) -> Result<Option<String>> {
-    Spi::get_one_with_args::<String>(
-        "SELECT conninfo FROM livesync.connector_secret WHERE connector_id = $1",
-        &[id.into()],
-    )
-    .map_err(spi_err)
+    first_value::<String>("SELECT conninfo FROM livesync.connector_secret WHERE connector_id = $1", &[id.into()])
 }
 
 /// Insert a connector and its secret; returns the new row. The token is random (see
@@ -200,25 +212,24 @@ pub fn connector_worker_states() -> Result<Vec<ConnectorWorkerState>> {
 
 /// The live pid of the worker of connector `id`, if any.
 pub fn live_worker_pid(id: i32) -> Result<Option<i32>> {
-    Spi::get_one_with_args::<i32>(
+    first_value::<i32>(
         "SELECT a.pid FROM livesync.connector c
            JOIN pg_catalog.pg_stat_activity a
              ON a.pid = c.worker_pid AND a.backend_type = 'livesync connector'
           WHERE c.id = $1",
         &[id.into()],
     )
-    .map_err(spi_err)
 }
 
 /// Pid of this database's livesync manager, if one runs.
 pub fn manager_pid() -> Result<Option<i32>> {
-    Spi::get_one::<i32>(
+    first_value::<i32>(
         "SELECT pid FROM pg_catalog.pg_stat_activity
           WHERE backend_type = 'livesync manager'
             AND datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
           LIMIT 1",
+        &[],
     )
-    .map_err(spi_err)
 }
 
 // ---- reports from a connector's worker -------------------------------------------------------

@@ -112,6 +112,14 @@ pub fn try_session_lock(class: i32, key: i32) -> Result<bool, String> {
     })
 }
 
+/// Take a transaction-level advisory lock if free (in the caller's transaction).
+pub fn try_xact_lock(class: i32, key: i32) -> bool {
+    Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_xact_lock($1, $2)", &[class.into(), key.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Show `name` as this process's application_name in pg_stat_activity.
 pub fn set_application_name(name: &str) {
     let _ = in_transaction(|| {
