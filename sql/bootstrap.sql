@@ -38,3 +38,38 @@ CREATE TABLE livesync.connector_secret (
 -- pg_dump keeps the configuration of an installed extension.
 SELECT pg_catalog.pg_extension_config_dump('livesync.connector', '');
 SELECT pg_catalog.pg_extension_config_dump('livesync.connector_secret', '');
+
+-- One row per source table synced by a connector. The life of a row (its `state`) is documented
+-- in src/catalog/tables.rs.
+CREATE TABLE livesync.sync_table (
+    id               int4 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    connector_id     int4 NOT NULL REFERENCES livesync.connector (id) ON DELETE CASCADE,
+    source_schema    text NOT NULL,
+    source_name      text NOT NULL,
+    target_schema    text NOT NULL,
+    target_name      text NOT NULL,
+    state            text NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'copying', 'copied', 'error')),
+    -- Key to build on the target after the load (NULL: the target table existed already).
+    build_key        text[],
+    build_key_primary bool NOT NULL DEFAULT true,
+    est_rows         int8,
+    est_bytes        int8,
+    rows_copied      int8,
+    bytes_copied     int8,
+    -- Position of the snapshot the table was copied from: its changes after this LSN belong to
+    -- the change stream, those before it are in the copy.
+    snapshot_lsn     pg_lsn,
+    added_at         timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    attempts         int4 NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz,
+    last_error       text,
+    last_error_hint  text,
+    last_error_at    timestamptz,
+    UNIQUE (connector_id, source_schema, source_name),
+    UNIQUE (target_schema, target_name)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('livesync.sync_table', '');

@@ -50,3 +50,41 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA livesync TO livesync_admin;
 
 -- Start this database's manager once CREATE EXTENSION commits (after a restart the launcher does).
 SELECT livesync._ensure_manager();
+
+-- Live numbers come from pg_stat_progress_copy while a table's COPY runs.
+CREATE VIEW livesync.table_progress AS
+SELECT c.name AS connector,
+       format('%I.%I', t.source_schema, t.source_name) AS source_table,
+       format('%I.%I', t.target_schema, t.target_name) AS target_table,
+       t.state,
+       coalesce(p.tuples_processed, t.rows_copied, 0) AS rows_copied,
+       coalesce(p.bytes_processed, t.bytes_copied, 0) AS bytes_copied,
+       t.est_rows,
+       t.est_bytes,
+       CASE
+           WHEN t.state = 'copied' THEN 100.0
+           WHEN t.est_rows > 0 THEN round(least(100.0, 100.0 * coalesce(p.tuples_processed, 0) / t.est_rows), 1)
+       END AS percent,
+       CASE WHEN p.pid IS NOT NULL AND now() > t.started_at
+            THEN round(p.tuples_processed / extract(epoch FROM now() - t.started_at))
+       END AS rows_per_second,
+       CASE WHEN p.pid IS NOT NULL AND p.tuples_processed > 0 AND t.est_rows > p.tuples_processed
+            THEN (now() - t.started_at) * ((t.est_rows - p.tuples_processed)::float8 / p.tuples_processed)
+       END AS eta,
+       t.snapshot_lsn,
+       t.added_at,
+       t.started_at,
+       t.finished_at,
+       t.last_error,
+       t.last_error_hint,
+       t.last_error_at
+  FROM livesync.sync_table t
+  JOIN livesync.connector c ON c.id = t.connector_id
+  LEFT JOIN livesync.connector w ON w.id = t.connector_id
+  LEFT JOIN pg_catalog.pg_stat_progress_copy p
+         ON p.pid = w.worker_pid AND p.relid = to_regclass(format('%I.%I', t.target_schema, t.target_name))
+        AND t.state = 'copying'
+ ORDER BY 1, 2;
+
+GRANT SELECT ON livesync.table_progress TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.sync_table TO livesync_admin;

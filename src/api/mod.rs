@@ -5,3 +5,4 @@
 //! granted to `livesync_admin` (superusers can always call them).
 
 pub mod connectors;
+pub mod tables;

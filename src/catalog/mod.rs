@@ -17,6 +17,8 @@ use pgrx::spi::SpiResult;
 
 use crate::error::{LivesyncError, Result};
 
+pub mod tables;
+
 /// A connector as the workers and the API need it.
 #[derive(Debug, Clone)]
 pub struct Connector {
@@ -47,13 +49,13 @@ pub struct NewConnector<'a> {
     pub user: &'a str,
 }
 
-fn spi_err(e: pgrx::spi::Error) -> LivesyncError {
+pub(crate) fn spi_err(e: pgrx::spi::Error) -> LivesyncError {
     LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("livesync catalog access failed: {e}"))
 }
 
 /// The first column of the first row, or None when the query returns no row (Spi::get_one
 /// treats "no row" as an error).
-fn first_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+pub(crate) fn first_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     query: &str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Result<Option<T>> {
@@ -125,6 +127,14 @@ pub fn connector_by_id(id: i32) -> Result<Option<Connector>> {
             Some(row) => connector_from_row(&row).map(Some),
             None => Ok(None),
         }
+    })
+    .map_err(spi_err)
+}
+
+pub fn connector_names() -> Result<Vec<String>> {
+    Spi::connect(|c| {
+        let t = c.select("SELECT name FROM livesync.connector ORDER BY name", None, &[])?;
+        t.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect::<SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)
 }

@@ -13,6 +13,8 @@ pub mod checks;
 pub mod conninfo;
 pub mod connect;
 pub mod names;
+pub mod publication;
+pub mod table;
 
 /// Quote an identifier for SQL sent to the source (always quoted: the source's keyword list is
 /// not known here, and a quoted identifier is never wrong).

@@ -17,7 +17,7 @@ use super::{Backoff, LOCK_CLASS_CONNECTOR};
 use crate::catalog;
 use crate::runtime::{block_on_until_shutdown, new_runtime};
 use crate::source::conninfo::SourceConninfo;
-use crate::source::{connect, quote_ident};
+use crate::source::connect;
 
 const TICK: Duration = Duration::from_secs(1);
 const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,7 +26,7 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the worker should do after checking its catalog row.
 enum Verdict {
-    Run { name: String, conninfo: String, publication: String },
+    Run { name: String, conninfo: String, publication: String, connector: Box<catalog::Connector> },
     Exit,
 }
 
@@ -40,7 +40,7 @@ fn read_verdict(id: i32) -> Verdict {
             return Ok(Verdict::Exit);
         }
         let conninfo = catalog::conninfo(id)?.unwrap_or_default();
-        Ok(Verdict::Run { name: c.name, conninfo, publication: c.publication_name })
+        Ok(Verdict::Run { name: c.name.clone(), conninfo, publication: c.publication_name.clone(), connector: Box::new(c) })
     }) {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -89,7 +89,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
     let rt = new_runtime();
     let mut backoff = Backoff::new(MAX_RECONNECT_BACKOFF);
     loop {
-        let Verdict::Run { name, conninfo, publication } = read_verdict(id) else { break };
+        let Verdict::Run { name, conninfo, publication, .. } = read_verdict(id) else { break };
         let app = application_name(&name);
         super::set_application_name(&app);
 
@@ -118,15 +118,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
 
         // The connector's publication: created here rather than in add_connector, so that a
         // rolled-back add_connector leaves nothing behind on the source.
-        let ensure = async {
-            let exists = client
-                .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
-                .await?;
-            if exists.is_none() {
-                client.batch_execute(&format!("CREATE PUBLICATION {}", quote_ident(&publication))).await?;
-            }
-            Ok::<(), tokio_postgres::Error>(())
-        };
+        let ensure = crate::source::publication::ensure(&client, &publication);
         match block_on_until_shutdown(&rt, ensure) {
             None => break,
             Some(Ok(())) => {}
@@ -157,11 +149,16 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
             }
             match read_verdict(id) {
                 Verdict::Exit => return,
-                Verdict::Run { name, .. } if name != current_name => {
-                    super::set_application_name(&application_name(&name));
-                    current_name = name;
+                Verdict::Run { name, conninfo, connector, .. } => {
+                    if name != current_name {
+                        super::set_application_name(&application_name(&name));
+                        current_name = name;
+                    }
+                    // Tables waiting for their initial copy (src/copy/).
+                    if !crate::copy::copy_due_tables(&connector, &conninfo, &info, &rt) {
+                        return;
+                    }
                 }
-                Verdict::Run { .. } => {}
             }
             if last_ping.elapsed() >= PING_INTERVAL {
                 last_ping = Instant::now();

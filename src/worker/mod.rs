@@ -43,13 +43,19 @@ pub const BACKEND_TYPE_CONNECTOR: &str = "livesync connector";
 /// Run `f` in its own transaction. A PostgreSQL ERROR (or Rust panic) inside aborts the
 /// transaction and is returned as its message, so a worker can record it and carry on instead of
 /// exiting.
-pub fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+pub fn in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    // An error aborts the whole transaction and the caller only sees its message: no state
+    // touched by `f` is observed after a failure, so asserting unwind safety is sound here.
+    let f = std::panic::AssertUnwindSafe(f);
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let r = PgTryBuilder::new(|| Ok(f()))
+    let r = PgTryBuilder::new(move || {
+        let f = f;
+        Ok((f.0)())
+    })
         .catch_others(|e| {
             Err(match e {
                 pg_sys::panic::CaughtError::PostgresError(r)

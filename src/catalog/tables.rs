@@ -1,0 +1,165 @@
+//! `livesync.sync_table`: the tables a connector syncs, and the sync state machine.
+//!
+//! # Table sync states
+//!
+//! ```text
+//!  add_table ──► pending ──► copying ──► copied
+//!                   ▲           │
+//!                   │           ▼
+//!                   └──────── error   (retried with back-off: 2, 4, 8 … 300 s)
+//! ```
+//!
+//! - `pending` — set by `add_table` (which has already created the target table if needed and
+//!   put the source table into the connector's publication). Durable. The connector worker picks
+//!   up every pending table whose `next_attempt_at` has passed.
+//! - `copying` — set by the connector worker in its own committed transaction just before the
+//!   COPY starts, so `livesync.table_progress` can show the running COPY (joined with
+//!   `pg_stat_progress_copy`). If the worker dies mid-copy, the row stays `copying` while the
+//!   load's transaction is rolled back: the worker treats `copying` rows like `pending` at its
+//!   next start, and the copy starts over (nothing of the aborted load is visible).
+//! - `copied` — set **in the same transaction that loaded the rows** (and built the key), along
+//!   with `snapshot_lsn`, the position of the exported snapshot the copy read. Because state and
+//!   data commit together, a crash can never leave a table marked copied without its rows, nor
+//!   rows without the mark. Changes to the table committed on the source after `snapshot_lsn`
+//!   belong to the change stream (issue 4), those before it are in the copy.
+//! - `error` — the copy failed; `last_error`/`last_error_hint` say why and what to do. Other
+//!   tables are not affected. Retried automatically after `next_attempt_at`.
+
+use pgrx::prelude::*;
+
+use super::{first_value, spi_err};
+use crate::error::Result;
+
+#[derive(Debug, Clone)]
+pub struct SyncTable {
+    pub id: i32,
+    pub source_schema: String,
+    pub source_name: String,
+    pub target_schema: String,
+    pub target_name: String,
+    pub state: String,
+    pub build_key: Option<Vec<String>>,
+    pub build_key_primary: bool,
+}
+
+pub struct NewSyncTable<'a> {
+    pub connector_id: i32,
+    pub source_schema: &'a str,
+    pub source_name: &'a str,
+    pub target_schema: &'a str,
+    pub target_name: &'a str,
+    pub build_key: Option<Vec<String>>,
+    pub build_key_primary: bool,
+    pub est_rows: i64,
+    pub est_bytes: i64,
+}
+
+const COLUMNS: &str =
+    "id, source_schema, source_name, target_schema, target_name, state, build_key, build_key_primary";
+
+fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
+    Ok(SyncTable {
+        id: row.get::<i32>(1)?.unwrap_or_default(),
+        source_schema: row.get::<String>(2)?.unwrap_or_default(),
+        source_name: row.get::<String>(3)?.unwrap_or_default(),
+        target_schema: row.get::<String>(4)?.unwrap_or_default(),
+        target_name: row.get::<String>(5)?.unwrap_or_default(),
+        state: row.get::<String>(6)?.unwrap_or_default(),
+        build_key: row.get::<Vec<String>>(7)?,
+        build_key_primary: row.get::<bool>(8)?.unwrap_or(true),
+    })
+}
+
+fn select(where_sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<SyncTable>> {
+    Spi::connect(|c| {
+        let q = format!("SELECT {COLUMNS} FROM livesync.sync_table WHERE {where_sql} ORDER BY id");
+        let t = c.select(&q, None, args)?;
+        t.map(|row| from_row(&row)).collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
+pub fn find(connector_id: i32, source_schema: &str, source_name: &str) -> Result<Option<SyncTable>> {
+    Ok(select(
+        "connector_id = $1 AND source_schema = $2 AND source_name = $3",
+        &[connector_id.into(), source_schema.into(), source_name.into()],
+    )?
+    .into_iter()
+    .next())
+}
+
+/// The table syncing into target `schema.name`, if any (a target takes one source only).
+pub fn find_by_target(target_schema: &str, target_name: &str) -> Result<Option<SyncTable>> {
+    Ok(select("target_schema = $1 AND target_name = $2", &[target_schema.into(), target_name.into()])?
+        .into_iter()
+        .next())
+}
+
+pub fn insert(n: &NewSyncTable) -> Result<i32> {
+    Ok(first_value::<i32>(
+        "INSERT INTO livesync.sync_table
+             (connector_id, source_schema, source_name, target_schema, target_name,
+              build_key, build_key_primary, est_rows, est_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        &[
+            n.connector_id.into(),
+            n.source_schema.into(),
+            n.source_name.into(),
+            n.target_schema.into(),
+            n.target_name.into(),
+            n.build_key.clone().into(),
+            n.build_key_primary.into(),
+            n.est_rows.into(),
+            n.est_bytes.into(),
+        ],
+    )?
+    .expect("INSERT RETURNING gave no row"))
+}
+
+pub fn delete(id: i32) -> Result<()> {
+    Spi::run_with_args("DELETE FROM livesync.sync_table WHERE id = $1", &[id.into()]).map_err(spi_err)
+}
+
+/// Tables of a connector waiting for their copy (including copies interrupted by a crash).
+pub fn due_for_copy(connector_id: i32) -> Result<Vec<SyncTable>> {
+    select(
+        "connector_id = $1 AND state IN ('pending', 'copying', 'error')
+         AND (next_attempt_at IS NULL OR next_attempt_at <= now())",
+        &[connector_id.into()],
+    )
+}
+
+/// Committed on its own before the load starts (see the state machine above).
+pub fn mark_copying(id: i32) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'copying', started_at = now(), finished_at = NULL, attempts = attempts + 1
+          WHERE id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Must run in the transaction that loaded the rows.
+pub fn mark_copied(id: i32, rows: i64, bytes: i64, snapshot_lsn: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'copied', rows_copied = $2, bytes_copied = $3, snapshot_lsn = $4::pg_lsn,
+                finished_at = now(), attempts = 0, next_attempt_at = NULL,
+                last_error = NULL, last_error_hint = NULL, last_error_at = NULL
+          WHERE id = $1",
+        &[id.into(), rows.into(), bytes.into(), snapshot_lsn.into()],
+    )
+    .map_err(spi_err)
+}
+
+pub fn mark_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'error', last_error = $2, last_error_hint = $3, last_error_at = now(),
+                next_attempt_at = now() + least(300, 2 ^ greatest(attempts, 1)) * interval '1 second'
+          WHERE id = $1",
+        &[id.into(), message.into(), hint.into()],
+    )
+    .map_err(spi_err)
+}

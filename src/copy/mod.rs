@@ -1,0 +1,145 @@
+//! The initial copy of a connector's tables (states documented in `src/catalog/tables.rs`).
+//!
+//! Run by the connector's worker whenever tables are due ([`copy_due_tables`]): one exported
+//! snapshot per batch (see [`snapshot`]) — so tables added in quick succession share it — and one
+//! source connection that imports it (`SET TRANSACTION SNAPSHOT`) and streams each table's
+//! `COPY … TO STDOUT` into the target through [`load`]. Each table is loaded, its key built and
+//! its state set to `copied` in one target transaction, with `session_replication_role =
+//! replica` so foreign keys and user triggers stay quiet.
+//!
+//! Not yet here (issue 3): parallel copy workers and ctid ranges, binary format, and the
+//! connector's permanent slot (created with the change stream, issue 4 — a permanent slot
+//! nobody consumes would only retain WAL on the source).
+
+pub mod load;
+pub mod snapshot;
+
+use pgrx::prelude::*;
+
+use crate::catalog::tables::{self, SyncTable};
+use crate::catalog::Connector;
+use crate::runtime::block_on_until_shutdown;
+use crate::source::conninfo::SourceConninfo;
+use crate::source::{connect, quote_ident, quote_literal};
+use crate::worker::in_transaction;
+
+fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+fn record_error(t: &SyncTable, message: &str, hint: Option<&str>) {
+    pgrx::log!(
+        "livesync: copy of {} failed: {message}",
+        qualified(&t.source_schema, &t.source_name)
+    );
+    let _ = in_transaction(|| tables::mark_error(t.id, message, hint));
+}
+
+/// Copy every table of connector `c` that is due. Returns false if the worker must exit.
+pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime) -> bool {
+    let due = match in_transaction(|| tables::due_for_copy(c.id)) {
+        Ok(Ok(d)) => d,
+        _ => return true,
+    };
+    if due.is_empty() {
+        return true;
+    }
+    for t in &due {
+        let _ = in_transaction(|| tables::mark_copying(t.id));
+    }
+
+    let slot = format!("{}_copy", c.slot_name);
+    let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &slot) {
+        Ok(s) => s,
+        Err(e) => {
+            for t in &due {
+                record_error(
+                    t,
+                    &format!("could not export a snapshot from the source: {e}"),
+                    Some("Check that the source has a free replication slot and WAL sender (livesync.check_source)."),
+                );
+            }
+            return true;
+        }
+    };
+
+    // One source transaction importing the snapshot serves every table of the batch.
+    let app = format!("livesync copy {}", c.name);
+    let client = match block_on_until_shutdown(rt, async {
+        let client = connect::connect(info, &app).await.map_err(|e| e.to_string())?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                quote_literal(&snap.name)
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(client)
+    }) {
+        None => return false,
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            for t in &due {
+                record_error(t, &format!("could not open the copy connection: {e}"), None);
+            }
+            return true;
+        }
+    };
+
+    for t in &due {
+        if crate::runtime::shutdown_requested() {
+            return false;
+        }
+        copy_one(t, &client, &snap, rt);
+    }
+    drop(client);
+    drop(snap);
+    true
+}
+
+fn copy_one(t: &SyncTable, client: &tokio_postgres::Client, snap: &snapshot::ExportedSnapshot, rt: &tokio::runtime::Runtime) {
+    let source_q = qualified(&t.source_schema, &t.source_name);
+    let target_q = qualified(&t.target_schema, &t.target_name);
+
+    // The source's column list, read under the snapshot: the table's shape as of the copy.
+    let columns = match block_on_until_shutdown(rt, async {
+        let def = crate::source::table::describe(client, &source_q).await?;
+        Ok::<_, tokio_postgres::Error>(def)
+    }) {
+        None => return,
+        Some(Ok(Some(def))) => def.columns.into_iter().map(|c| c.name).collect::<Vec<_>>(),
+        Some(Ok(None)) => {
+            record_error(t, &format!("source table {source_q} no longer exists"), Some("livesync.remove_table() it, or recreate it on the source."));
+            return;
+        }
+        Some(Err(e)) => {
+            record_error(t, &format!("could not read source table {source_q}: {e}"), None);
+            return;
+        }
+    };
+    let col_list = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let copy_sql = format!("COPY {source_q} ({col_list}) TO STDOUT");
+
+    let result = in_transaction(|| -> Result<(), String> {
+        // Crash-sensitive: the rows, the key and the 'copied' mark commit together, or not at all.
+        Spi::run("SET LOCAL session_replication_role = replica").map_err(|e| e.to_string())?;
+        let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("target table {target_q} does not exist"))?;
+        let stream = match block_on_until_shutdown(rt, client.copy_out(copy_sql.as_str())) {
+            None => return Err("worker shutting down".into()),
+            Some(r) => r.map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?,
+        };
+        let (rows, bytes) = load::load(rt, relid, &columns, stream);
+        if let Some(key) = &t.build_key {
+            Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary)).map_err(|e| e.to_string())?;
+        }
+        tables::mark_copied(t.id, rows, bytes, &snap.lsn).map_err(|e| e.message)?;
+        pgrx::log!("livesync: copied {rows} rows of {source_q} into {target_q} (snapshot at {})", snap.lsn);
+        Ok(())
+    });
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => record_error(t, &e, None),
+    }
+}

@@ -1,0 +1,68 @@
+//! The connector's publication on the source: livesync creates and owns one per connector.
+//!
+//! It is created with `publish_via_partition_root = true`, so a partitioned source table is
+//! published — and copied and streamed — as its root and lands in one target table.
+
+use tokio_postgres::Client;
+
+use super::quote_ident;
+
+/// Create the publication if it does not exist yet.
+pub async fn ensure(client: &Client, publication: &str) -> Result<(), tokio_postgres::Error> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
+        .await?;
+    if exists.is_none() {
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+                quote_ident(publication)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether `schema.name` is in the publication.
+pub async fn contains(client: &Client, publication: &str, schema: &str, name: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication p
+               JOIN pg_catalog.pg_publication_rel pr ON pr.prpubid = p.oid
+               JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3",
+            &[&publication, &schema, &name],
+        )
+        .await?
+        .is_some())
+}
+
+pub async fn add_table(client: &Client, publication: &str, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {
+    ensure(client, publication).await?;
+    if !contains(client, publication, schema, name).await? {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {}.{}",
+                quote_ident(publication),
+                quote_ident(schema),
+                quote_ident(name)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn drop_table(client: &Client, publication: &str, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {
+    if contains(client, publication, schema, name).await? {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} DROP TABLE {}.{}",
+                quote_ident(publication),
+                quote_ident(schema),
+                quote_ident(name)
+            ))
+            .await?;
+    }
+    Ok(())
+}
