@@ -26,7 +26,15 @@ CREATE TABLE livesync.connector (
     created_at        timestamptz NOT NULL DEFAULT now(),
     last_connected_at timestamptz,
     last_error        text,
-    last_error_at     timestamptz
+    last_error_at     timestamptz,
+    -- Change stream progress, written by the worker about once a second (positions as pg_lsn).
+    received_lsn      pg_lsn,
+    applied_lsn       pg_lsn,
+    flushed_lsn       pg_lsn,
+    source_wal_end    pg_lsn,
+    last_commit_time  timestamptz,
+    last_applied_at   timestamptz,
+    stats_at          timestamptz
 );
 
 -- The connection string may hold a password: readable by superusers and livesync_admin only.
@@ -68,6 +76,9 @@ CREATE TABLE livesync.sync_table (
     last_error       text,
     last_error_hint  text,
     last_error_at    timestamptz,
+    -- Change stream counters for this table.
+    changes_applied  int8 NOT NULL DEFAULT 0,
+    changes_skipped  int8 NOT NULL DEFAULT 0,
     UNIQUE (connector_id, source_schema, source_name),
     UNIQUE (target_schema, target_name)
 );

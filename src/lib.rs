@@ -12,11 +12,13 @@
 use pgrx::prelude::*;
 
 pub mod api;
+pub mod apply;
 pub mod catalog;
 pub mod copy;
 pub mod error;
 pub mod runtime;
 pub mod source;
+pub mod walrcv;
 pub mod worker;
 
 ::pgrx::pg_module_magic!();

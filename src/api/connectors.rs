@@ -236,6 +236,7 @@ fn drop_connector(name: &str) {
         .hint(format!("When the source is reachable, run on it: {leftovers}"))
         .report(PgLogLevel::WARNING);
     }
+    crate::apply::origin::drop(&c.slot_name);
     catalog::delete_connector(c.id).or_raise();
     wake_manager_after_commit();
 }

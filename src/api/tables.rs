@@ -305,3 +305,21 @@ fn remove_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
     }
     tables::delete(t.id).or_raise();
 }
+
+#[pg_extern]
+fn resync_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
+    let c = resolve_connector(connector).or_raise();
+    let (schema, name) = parse_qualified(source_table, "public").or_raise();
+    let Some(t) = tables::find(c.id, &schema, &name).or_raise() else {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("table {} is not synced by connector \"{}\"", qualified(&schema, &name), c.name),
+        )
+        .raise();
+    };
+    // The copy starts over from a new snapshot; rows of the old copy must go first.
+    Spi::run(&format!("TRUNCATE {}", qualified(&t.target_schema, &t.target_name)))
+        .map_err(catalog::spi_err)
+        .or_raise();
+    tables::mark_pending(t.id).or_raise();
+}

@@ -268,3 +268,29 @@ pub fn report_error(id: i32, message: &str) -> Result<()> {
     )
     .map_err(spi_err)
 }
+
+/// Stream positions reported by a connector's worker.
+pub struct StreamStats {
+    pub received: u64,
+    pub applied: u64,
+    pub flushed: u64,
+    pub source_wal_end: u64,
+    /// Commit time of the last applied source transaction, µs since 2000-01-01 (0: none).
+    pub last_commit_time: i64,
+}
+
+pub fn report_stream_stats(id: i32, s: &StreamStats) -> Result<()> {
+    let lsn = |v: u64| -> Option<String> { (v != 0).then(|| crate::walrcv::format_lsn(v)) };
+    let ts: Option<i64> = (s.last_commit_time != 0).then_some(s.last_commit_time);
+    Spi::run_with_args(
+        "UPDATE livesync.connector
+            SET received_lsn = $2::pg_lsn, applied_lsn = coalesce($3::pg_lsn, applied_lsn),
+                flushed_lsn = coalesce($4::pg_lsn, flushed_lsn), source_wal_end = $5::pg_lsn,
+                last_commit_time = coalesce(timestamptz '2000-01-01 00:00:00+00' + $6 * interval '1 microsecond', last_commit_time),
+                last_applied_at = CASE WHEN $3::pg_lsn IS DISTINCT FROM applied_lsn THEN now() ELSE last_applied_at END,
+                stats_at = now()
+          WHERE id = $1",
+        &[id.into(), lsn(s.received).into(), lsn(s.applied).into(), lsn(s.flushed).into(), lsn(s.source_wal_end).into(), ts.into()],
+    )
+    .map_err(spi_err)
+}

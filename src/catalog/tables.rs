@@ -145,6 +145,7 @@ pub fn mark_copied(id: i32, rows: i64, bytes: i64, snapshot_lsn: &str) -> Result
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET state = 'copied', rows_copied = $2, bytes_copied = $3, snapshot_lsn = $4::pg_lsn,
+                build_key = NULL,
                 finished_at = now(), attempts = 0, next_attempt_at = NULL,
                 last_error = NULL, last_error_hint = NULL, last_error_at = NULL
           WHERE id = $1",
@@ -158,6 +159,81 @@ pub fn mark_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {
         "UPDATE livesync.sync_table
             SET state = 'error', last_error = $2, last_error_hint = $3, last_error_at = now(),
                 next_attempt_at = now() + least(300, 2 ^ greatest(attempts, 1)) * interval '1 second'
+          WHERE id = $1",
+        &[id.into(), message.into(), hint.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// What the change stream needs to know about each synced table.
+#[derive(Debug, Clone)]
+pub struct StreamTable {
+    pub id: i32,
+    pub source_schema: String,
+    pub source_name: String,
+    pub target_schema: String,
+    pub target_name: String,
+    pub state: String,
+    /// `snapshot_lsn` as a number (0 when not copied yet).
+    pub snapshot_lsn: u64,
+}
+
+pub fn stream_tables(connector_id: i32) -> Result<Vec<StreamTable>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT id, source_schema, source_name, target_schema, target_name, state,
+                    coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8
+               FROM livesync.sync_table WHERE connector_id = $1",
+            None,
+            &[connector_id.into()],
+        )?;
+        t.map(|r| {
+            Ok(StreamTable {
+                id: r.get::<i32>(1)?.unwrap_or_default(),
+                source_schema: r.get::<String>(2)?.unwrap_or_default(),
+                source_name: r.get::<String>(3)?.unwrap_or_default(),
+                target_schema: r.get::<String>(4)?.unwrap_or_default(),
+                target_name: r.get::<String>(5)?.unwrap_or_default(),
+                state: r.get::<String>(6)?.unwrap_or_default(),
+                snapshot_lsn: r.get::<i64>(7)?.unwrap_or_default() as u64,
+            })
+        })
+        .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
+/// Add to a table's change counters (in the apply transaction).
+pub fn add_change_counts(id: i32, applied: i64, skipped: i64) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET changes_applied = changes_applied + $2, changes_skipped = changes_skipped + $3
+          WHERE id = $1",
+        &[id.into(), applied.into(), skipped.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Back to `pending`: `resync_table`.
+pub fn mark_pending(id: i32) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'pending', snapshot_lsn = NULL, rows_copied = NULL, bytes_copied = NULL,
+                started_at = NULL, finished_at = NULL, attempts = 0, next_attempt_at = NULL,
+                last_error = NULL, last_error_hint = NULL, last_error_at = NULL
+          WHERE id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// The stream hit a change it cannot apply: the table goes to `error` until `resync_table`
+/// (no automatic retry: the cause is on the user's side).
+pub fn mark_stream_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'error', last_error = $2, last_error_hint = $3, last_error_at = now(),
+                next_attempt_at = 'infinity'
           WHERE id = $1",
         &[id.into(), message.into(), hint.into()],
     )

@@ -7,9 +7,7 @@
 //! its state set to `copied` in one target transaction, with `session_replication_role =
 //! replica` so foreign keys and user triggers stay quiet.
 //!
-//! Not yet here (issue 3): parallel copy workers and ctid ranges, binary format, and the
-//! connector's permanent slot (created with the change stream, issue 4 — a permanent slot
-//! nobody consumes would only retain WAL on the source).
+//! Not yet here (issue 3): parallel copy workers and ctid ranges, binary format.
 
 pub mod load;
 pub mod snapshot;
@@ -48,8 +46,21 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
         let _ = in_transaction(|| tables::mark_copying(t.id));
     }
 
-    let slot = format!("{}_copy", c.slot_name);
-    let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &slot) {
+    // The first batch creates the connector's permanent slot and copies from its snapshot: the
+    // change stream then starts exactly where every copy of that batch ends. Later batches use a
+    // temporary slot's snapshot, which lies after the permanent slot's start, so the stream has
+    // every change the copy misses (see the hand-off in src/apply/).
+    let slot_exists = match block_on_until_shutdown(rt, slot_exists(info, &c.slot_name)) {
+        None => return false,
+        Some(Ok(e)) => e,
+        Some(Err(e)) => {
+            pgrx::log!("livesync: could not check for slot \"{}\": {e}", c.slot_name);
+            return true;
+        }
+    };
+    let (slot, temporary) =
+        if slot_exists { (format!("{}_copy", c.slot_name), true) } else { (c.slot_name.clone(), false) };
+    let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &slot, temporary) {
         Ok(s) => s,
         Err(e) => {
             for t in &due {
@@ -95,6 +106,15 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
     drop(client);
     drop(snap);
     true
+}
+
+async fn slot_exists(info: &SourceConninfo, slot: &str) -> Result<bool, String> {
+    let client = connect::connect(info, "livesync").await.map_err(|e| e.to_string())?;
+    let r = client
+        .query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(r.is_some())
 }
 
 fn copy_one(t: &SyncTable, client: &tokio_postgres::Client, snap: &snapshot::ExportedSnapshot, rt: &tokio::runtime::Runtime) {

@@ -13,6 +13,7 @@ pub mod checks;
 pub mod conninfo;
 pub mod connect;
 pub mod names;
+pub mod pgoutput;
 pub mod publication;
 pub mod table;
 

@@ -140,25 +140,42 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
         pgrx::log!("livesync connector \"{name}\" connected to the source at \"{}\"", info.endpoint_with_db());
         backoff.reset();
 
-        // Connected: watch the catalog and the source until one of them says otherwise.
+        // Connected: copy what is due, stream once the connector's slot exists (it is created by
+        // the first copy batch), and otherwise watch the catalog and the source.
         let mut last_ping = Instant::now();
         let mut current_name = name.clone();
+        let mut slot_ready = false;
         let lost = loop {
-            if !super::wait(TICK) {
+            let Verdict::Run { name, conninfo, connector, .. } = read_verdict(id) else { return };
+            if name != current_name {
+                super::set_application_name(&application_name(&name));
+                current_name = name;
+            }
+            // Tables waiting for their initial copy (src/copy/).
+            if !crate::copy::copy_due_tables(&connector, &conninfo, &info, &rt) {
                 return;
             }
-            match read_verdict(id) {
-                Verdict::Exit => return,
-                Verdict::Run { name, conninfo, connector, .. } => {
-                    if name != current_name {
-                        super::set_application_name(&application_name(&name));
-                        current_name = name;
-                    }
-                    // Tables waiting for their initial copy (src/copy/).
-                    if !crate::copy::copy_due_tables(&connector, &conninfo, &info, &rt) {
-                        return;
-                    }
+            if !slot_ready {
+                let q = async {
+                    client
+                        .query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&connector.slot_name])
+                        .await
+                };
+                match block_on_until_shutdown(&rt, q) {
+                    None => return,
+                    Some(Ok(r)) => slot_ready = r.is_some(),
+                    Some(Err(e)) => break e.to_string(),
                 }
+            }
+            if slot_ready {
+                match super::stream::run(&connector, &conninfo, &application_name(&current_name)) {
+                    super::stream::Outcome::Stop => return,
+                    super::stream::Outcome::CopyDue | super::stream::Outcome::Restart => continue,
+                    super::stream::Outcome::Failed(e) => break e,
+                }
+            }
+            if !super::wait(TICK) {
+                return;
             }
             if last_ping.elapsed() >= PING_INTERVAL {
                 last_ping = Instant::now();
@@ -174,7 +191,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
         report_error(
             id,
             &current_name,
-            &format!("lost the connection to the source at \"{}\": {lost}", info.endpoint()),
+            &format!("replication from the source at \"{}\" stopped: {lost}", info.endpoint()),
         );
         drop(client);
         if !super::wait(backoff.next_delay()) {

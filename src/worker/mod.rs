@@ -31,6 +31,7 @@ use pgrx::PgTryBuilder;
 pub mod connector;
 pub mod launcher;
 pub mod manager;
+pub mod stream;
 
 /// Advisory-lock classes (first key): one per kind of unique process.
 pub const LOCK_CLASS_MANAGER: i32 = 0x4c53_4d47; // "LSMG"

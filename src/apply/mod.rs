@@ -1,0 +1,425 @@
+//! Applying decoded changes to the target, through the executor.
+//!
+//! Every change becomes a SQL statement run with SPI in the connector worker's backend, with
+//! `session_replication_role = replica`: going through the executor is what routes rows into
+//! partitions (and TimescaleDB chunks) and fires planner/executor hooks, which writing heap tuples
+//! directly would bypass. Statements are prepared once per (relation, kind, column set) and
+//! reused.
+//!
+//! # Atomicity and progress
+//! A source transaction is applied inside one target transaction; several consecutive source
+//! transactions may share a target transaction, but a target commit always ends on a source
+//! commit. The position reached (the source commit's end LSN) is recorded with the target commit
+//! itself through the replication origin (`replorigin_session_origin_lsn`), so after any crash
+//! the stream restarts exactly after the last committed source transaction: no change lost, none
+//! applied twice. The slot's flush position sent to the source only covers commits that are
+//! durable on the target (`XLogFlush` first).
+//!
+//! # Hand-off with the initial copy
+//! The connector worker copies and streams in turn, never at the same time (the stream is
+//! stopped while a batch of tables is copied, then restarts from the origin's position). A change
+//! for table T in a source transaction committing at `final_lsn` is:
+//! - skipped while T is `pending`/`copying`: T's copy will read a snapshot taken later, at the
+//!   source's current WAL position, which necessarily contains every commit the stream has already
+//!   decoded;
+//! - skipped when T is copied but `final_lsn < T.snapshot_lsn`: the change is in T's snapshot;
+//! - applied when T is copied and `final_lsn >= T.snapshot_lsn`;
+//! - skipped and counted when T is in `error`.
+//!
+//! Stream ahead of copy (T added while streaming, stream at S):
+//! ```text
+//!   source WAL:  ──c1(T)──c2(T)──S·········L=snapshot of T──c3(T)──c4(T)──▶
+//!   stream:      c1,c2 skipped (T pending); stops; copy T @ L (contains c1,c2);
+//!                restarts at S: c1,c2 skipped again (< L), c3,c4 applied (>= L)
+//! ```
+//! Copy ahead of stream (first batch, or stream behind after a restart):
+//! ```text
+//!   source WAL:  ──P=stream position──c1(T)──L=snapshot of T──c2(T)──▶
+//!   stream:      c1 skipped (< L, in the copy), c2 applied
+//! ```
+//!
+//! # Errors, per table
+//! A change that cannot be applied aborts the target transaction (nothing half-applied); its table
+//! is put in `error` with the reason and a hint, and the worker restarts the stream from the
+//! origin's position, now skipping that table: the other tables' changes of the aborted batch
+//! are applied again, exactly once. `livesync.resync_table()` re-copies the table once fixed.
+
+use std::collections::HashMap;
+
+pub mod relmap;
+pub mod origin;
+
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgOid;
+
+use crate::catalog::tables::{self, StreamTable};
+use crate::source::pgoutput::{ColumnValue, LogicalMessage, OldTuple, TupleData};
+use crate::source::quote_ident;
+use relmap::{Mapping, RemoteColumn, RemoteRelation, TargetColumn};
+
+/// A change that cannot be applied: which table, why, and what to do.
+#[derive(Debug, Clone)]
+pub struct ApplyError {
+    pub table_id: i32,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// How the stream should treat a table's changes right now (see the hand-off above).
+fn applies(t: &StreamTable, final_lsn: u64) -> Option<bool> {
+    match t.state.as_str() {
+        "copied" => Some(final_lsn >= t.snapshot_lsn),
+        "error" => None, // skipped and counted
+        _ => Some(false), // pending / copying: the copy will contain it
+    }
+}
+
+struct MappedRelation {
+    remote: RemoteRelation,
+    /// Target table and column mapping, once looked up (None: the relation is not synced).
+    target: Option<(String, Mapping)>,
+}
+
+#[derive(Default)]
+struct Counts {
+    applied: i64,
+    skipped: i64,
+}
+
+pub struct Applier {
+    connector_id: i32,
+    relations: HashMap<u32, MappedRelation>,
+    tables: Vec<StreamTable>,
+    statements: HashMap<String, OwnedPreparedStatement>,
+    counts: HashMap<i32, Counts>,
+    /// Inside a source transaction (between Begin and Commit).
+    in_source_txn: bool,
+    final_lsn: u64,
+    /// A target transaction is open.
+    pub txn_open: bool,
+    /// Changes applied in the open target transaction.
+    pub changes_in_txn: usize,
+    /// End LSN and commit time of the last source commit applied in the open transaction.
+    pending_end: Option<(u64, i64)>,
+    /// The table whose change is being applied (for error attribution).
+    pub current_table: Option<i32>,
+    pub reload_tables: bool,
+}
+
+impl Applier {
+    pub fn new(connector_id: i32) -> Self {
+        Applier {
+            connector_id,
+            relations: Default::default(),
+            tables: Vec::new(),
+            statements: Default::default(),
+            counts: Default::default(),
+            in_source_txn: false,
+            final_lsn: 0,
+            txn_open: false,
+            changes_in_txn: 0,
+            pending_end: None,
+            current_table: None,
+            reload_tables: true,
+        }
+    }
+
+    pub fn in_source_txn(&self) -> bool {
+        self.in_source_txn
+    }
+
+    fn begin_target_txn(&mut self) {
+        if self.txn_open {
+            return;
+        }
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        self.txn_open = true;
+        self.changes_in_txn = 0;
+        if self.reload_tables {
+            self.tables = tables::stream_tables(self.connector_id).unwrap_or_default();
+            for r in self.relations.values_mut() {
+                r.target = None;
+            }
+            self.reload_tables = false;
+        }
+    }
+
+    /// Commit the open target transaction (always at a source commit boundary). Returns the
+    /// source end LSN and commit time it recorded, and the local commit's end LSN.
+    pub fn commit(&mut self) -> Option<(u64, i64, u64)> {
+        if !self.txn_open {
+            return None;
+        }
+        debug_assert!(!self.in_source_txn);
+        for (id, c) in self.counts.drain() {
+            let _ = tables::add_change_counts(id, c.applied, c.skipped);
+        }
+        let pending = self.pending_end.take();
+        if let Some((end, ts)) = pending {
+            // Crash-sensitive: the position must be set before the commit that persists it.
+            origin::set_commit_position(end, ts);
+        }
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        self.txn_open = false;
+        self.changes_in_txn = 0;
+        pending.map(|(end, ts)| (end, ts, unsafe { pg_sys::XactLastCommitEnd }))
+    }
+
+    /// After an error: the transaction was aborted by the caller; forget its state.
+    pub fn reset_after_abort(&mut self) {
+        self.txn_open = false;
+        self.in_source_txn = false;
+        self.changes_in_txn = 0;
+        self.pending_end = None;
+        self.counts.clear();
+        self.statements.clear();
+        self.current_table = None;
+        self.reload_tables = true;
+    }
+
+    fn table_of(&self, schema: &str, name: &str) -> Option<&StreamTable> {
+        self.tables.iter().find(|t| t.source_schema == schema && t.source_name == name)
+    }
+
+    /// Look up (once) the target of remote relation `rel_id`: the synced table's id, target and
+    /// column mapping; None when the relation is not synced.
+    fn resolve(&mut self, rel_id: u32) -> Result<Option<(StreamTable, String)>, ApplyError> {
+        let Some(mr) = self.relations.get(&rel_id) else {
+            return Ok(None);
+        };
+        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name).cloned() else {
+            return Ok(None);
+        };
+        let target = format!("{}.{}", quote_ident(&t.target_schema), quote_ident(&t.target_name));
+        if self.relations[&rel_id].target.is_none() {
+            let cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, message: m, hint: None })?;
+            let mr = self.relations.get_mut(&rel_id).unwrap();
+            let m = Mapping::new(&mr.remote, &cols);
+            if let Some(missing) = m.missing_column(&mr.remote) {
+                return Err(ApplyError {
+                    table_id: t.id,
+                    message: format!(
+                        "column \"{missing}\" of source table {}.{} does not exist in target table {target}",
+                        quote_ident(&mr.remote.schema),
+                        quote_ident(&mr.remote.name)
+                    ),
+                    hint: Some(format!(
+                        "The source's schema changed. Add the column on the target (ALTER TABLE {target} ADD COLUMN {} …), then SELECT livesync.resync_table('{}.{}');",
+                        quote_ident(missing),
+                        mr.remote.schema,
+                        mr.remote.name
+                    )),
+                });
+            }
+            mr.target = Some((target.clone(), m));
+        }
+        Ok(Some((t, target)))
+    }
+
+    fn count(&mut self, id: i32, applied: bool) {
+        let c = self.counts.entry(id).or_default();
+        if applied {
+            c.applied += 1;
+        } else {
+            c.skipped += 1;
+        }
+    }
+
+    /// Decide whether the change to `rel_id` applies; returns its table and target when it does.
+    fn gate(&mut self, rel_id: u32) -> Result<Option<(StreamTable, String)>, ApplyError> {
+        let Some(mr) = self.relations.get(&rel_id) else { return Ok(None) };
+        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name).cloned() else { return Ok(None) };
+        match applies(&t, self.final_lsn) {
+            Some(true) => {}
+            Some(false) => return Ok(None),
+            None => {
+                self.count(t.id, false);
+                return Ok(None);
+            }
+        }
+        self.current_table = Some(t.id);
+        self.resolve(rel_id)
+    }
+
+    fn exec(&mut self, sql: &str, values: Vec<Option<String>>) -> usize {
+        let n = values.len();
+        Spi::connect_mut(|client| {
+            if !self.statements.contains_key(sql) {
+                let types = vec![PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID); n];
+                let stmt = client.prepare_mut(sql, &types).expect("prepare failed").keep();
+                self.statements.insert(sql.to_string(), stmt);
+            }
+            let stmt = &self.statements[sql];
+            let args: Vec<pgrx::datum::DatumWithOid> = values.into_iter().map(|v| v.into()).collect();
+            client.update(stmt, None, &args).map(|t| t.len()).expect("statement failed")
+        })
+    }
+
+    /// Apply one decoded message. PostgreSQL errors propagate as panics (the caller aborts the
+    /// transaction and attributes the error to `current_table`); ApplyError is for problems found
+    /// before running SQL.
+    pub fn handle(&mut self, msg: LogicalMessage) -> Result<(), ApplyError> {
+        self.current_table = None;
+        match msg {
+            LogicalMessage::Begin(b) => {
+                self.begin_target_txn();
+                self.in_source_txn = true;
+                self.final_lsn = b.final_lsn.0;
+            }
+            LogicalMessage::Commit(c) => {
+                self.in_source_txn = false;
+                self.pending_end = Some((c.end_lsn.0, c.commit_time));
+            }
+            LogicalMessage::Relation(r) => {
+                let remote = RemoteRelation {
+                    oid: r.rel_id,
+                    schema: r.namespace,
+                    name: r.name,
+                    replica_identity: r.replica_identity.as_byte(),
+                    columns: r
+                        .columns
+                        .iter()
+                        .map(|c| RemoteColumn { name: c.name.clone(), type_oid: c.type_oid, key: c.is_key() })
+                        .collect(),
+                };
+                self.relations.insert(r.rel_id, MappedRelation { remote, target: None });
+                // Prepared statements may refer to the old shape.
+                self.statements.clear();
+            }
+            LogicalMessage::Insert(ins) => {
+                let Some((t, target)) = self.gate(ins.rel_id)? else { return Ok(()) };
+                let mr = &self.relations[&ins.rel_id];
+                let (_, m) = mr.target.as_ref().unwrap();
+                let present: Vec<bool> = ins.new.0.iter().map(|v| !v.is_unchanged()).collect();
+                let (sql, idx) = relmap::insert_sql(&target, &mr.remote, m, &present);
+                let values = values_of(&ins.new, &idx, t.id)?;
+                self.exec(&sql, values);
+                self.count(t.id, true);
+                self.changes_in_txn += 1;
+            }
+            LogicalMessage::Update(up) => {
+                let Some((t, target)) = self.gate(up.rel_id)? else { return Ok(()) };
+                let mr = &self.relations[&up.rel_id];
+                let (_, m) = mr.target.as_ref().unwrap();
+                let full = mr.remote.replica_identity == b'f';
+                let new_present: Vec<bool> = up.new.0.iter().map(|v| !v.is_unchanged()).collect();
+                let old = match &up.old {
+                    Some(o) => o.tuple().clone(),
+                    None => up.new.clone(),
+                };
+                let old_present = identity_present(&old, full, &mr.remote);
+                let Some((sql, set_idx, where_idx)) = relmap::update_sql(&target, &mr.remote, m, &new_present, &old_present)
+                else {
+                    return Err(no_identity(&t, &mr.remote, "UPDATE"));
+                };
+                let mut values = values_of(&up.new, &set_idx, t.id)?;
+                values.extend(values_of(&old, &where_idx, t.id)?);
+                self.exec(&sql, values);
+                self.count(t.id, true);
+                self.changes_in_txn += 1;
+            }
+            LogicalMessage::Delete(del) => {
+                let Some((t, target)) = self.gate(del.rel_id)? else { return Ok(()) };
+                let mr = &self.relations[&del.rel_id];
+                let (_, m) = mr.target.as_ref().unwrap();
+                let full = matches!(del.old, OldTuple::Full(_)) || mr.remote.replica_identity == b'f';
+                let old = del.old.tuple().clone();
+                let old_present = identity_present(&old, full, &mr.remote);
+                let Some((sql, idx)) = relmap::delete_sql(&target, &mr.remote, m, &old_present) else {
+                    return Err(no_identity(&t, &mr.remote, "DELETE"));
+                };
+                let values = values_of(&old, &idx, t.id)?;
+                self.exec(&sql, values);
+                self.count(t.id, true);
+                self.changes_in_txn += 1;
+            }
+            LogicalMessage::Truncate(tr) => {
+                let mut targets = Vec::new();
+                for rel_id in &tr.rel_ids {
+                    if let Some((t, target)) = self.gate(*rel_id)? {
+                        self.count(t.id, true);
+                        targets.push(target);
+                    }
+                }
+                if !targets.is_empty() {
+                    // CASCADE is not propagated: the target's foreign keys are its own business.
+                    let restart = if tr.restart_identity() { " RESTART IDENTITY" } else { "" };
+                    Spi::run(&format!("TRUNCATE {}{restart}", targets.join(", "))).expect("TRUNCATE failed");
+                    self.changes_in_txn += 1;
+                }
+            }
+            LogicalMessage::Origin(_) | LogicalMessage::Type(_) | LogicalMessage::Message(_) => {}
+            LogicalMessage::StreamStart(_)
+            | LogicalMessage::StreamStop
+            | LogicalMessage::StreamCommit(_)
+            | LogicalMessage::StreamAbort(_) => {
+                // Not requested (streaming = off): the source never sends these.
+            }
+        }
+        Ok(())
+    }
+}
+
+fn no_identity(t: &StreamTable, r: &RemoteRelation, what: &str) -> ApplyError {
+    let q = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
+    ApplyError {
+        table_id: t.id,
+        message: format!("source table {q} has no replica identity, so its {what} cannot be applied"),
+        hint: Some(format!(
+            "On the source: ALTER TABLE {q} REPLICA IDENTITY FULL; (or add a primary key), then SELECT livesync.resync_table('{}.{}');",
+            r.schema, r.name
+        )),
+    }
+}
+
+/// Which old-tuple columns identify the row.
+fn identity_present(old: &TupleData, full: bool, r: &RemoteRelation) -> Vec<bool> {
+    old.0
+        .iter()
+        .zip(&r.columns)
+        .map(|(v, c)| !v.is_unchanged() && (full || (c.key && !v.is_null())))
+        .collect()
+}
+
+fn values_of(t: &TupleData, idx: &[usize], table_id: i32) -> Result<Vec<Option<String>>, ApplyError> {
+    idx.iter()
+        .map(|&i| match t.0.get(i) {
+            Some(ColumnValue::Null) | None => Ok(None),
+            Some(ColumnValue::Text(b)) => String::from_utf8(b.clone()).map(Some).map_err(|_| ApplyError {
+                table_id,
+                message: "the source sent a value that is not valid UTF-8".into(),
+                hint: Some("Source and target databases should both use the UTF8 encoding.".into()),
+            }),
+            Some(other) => Err(ApplyError {
+                table_id,
+                message: format!("unexpected column value {other:?} in the change stream"),
+                hint: None,
+            }),
+        })
+        .collect()
+}
+
+fn target_columns(target: &str) -> Result<Vec<TargetColumn>, String> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod)
+               FROM pg_catalog.pg_attribute
+              WHERE attrelid = pg_catalog.to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+            None,
+            &[target.into()],
+        )?;
+        t.map(|r| {
+            Ok(TargetColumn { name: r.get::<String>(1)?.unwrap_or_default(), type_name: r.get::<String>(2)?.unwrap_or_default() })
+        })
+        .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(|e| format!("could not read target table {target}: {e}"))
+}

@@ -1,0 +1,207 @@
+//! Remote relations (from the stream's RELATION messages) mapped onto target tables, and the SQL
+//! each change becomes. Columns are matched by name, so the target may order them differently or
+//! have extra nullable columns; a source column the target lacks is reported precisely.
+
+use crate::source::quote_ident;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteColumn {
+    pub name: String,
+    pub type_oid: u32,
+    /// Part of the source's replica identity (key) — or every column under REPLICA IDENTITY FULL.
+    pub key: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRelation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `d`efault (primary key), `n`othing, `f`ull, `i`ndex.
+    pub replica_identity: u8,
+    pub columns: Vec<RemoteColumn>,
+}
+
+/// A target column: name and type (as `format_type` prints it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetColumn {
+    pub name: String,
+    pub type_name: String,
+}
+
+/// Types without an equality operator: REPLICA IDENTITY FULL cannot match rows on them.
+const NO_EQUALITY: &[&str] = &["json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"];
+
+/// A statement column: its position in the change's tuple, and how to write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// Index into the remote tuple the value comes from.
+    pub tuple_index: usize,
+    pub sql: String,
+}
+
+pub struct Mapping {
+    /// For each remote column (in remote order): the target column's type, if the target has it.
+    pub target_types: Vec<Option<String>>,
+}
+
+impl Mapping {
+    pub fn new(remote: &RemoteRelation, target: &[TargetColumn]) -> Self {
+        let target_types = remote
+            .columns
+            .iter()
+            .map(|c| target.iter().find(|t| t.name == c.name).map(|t| t.type_name.clone()))
+            .collect();
+        Mapping { target_types }
+    }
+
+    /// The first remote column missing on the target, if any.
+    pub fn missing_column<'r>(&self, remote: &'r RemoteRelation) -> Option<&'r str> {
+        remote.columns.iter().zip(&self.target_types).find(|(_, t)| t.is_none()).map(|(c, _)| c.name.as_str())
+    }
+}
+
+fn cast(n: usize, ty: &str) -> String {
+    format!("${n}::{ty}")
+}
+
+/// `INSERT INTO target (cols…) VALUES ($1::type, …)` over the columns marked present.
+pub fn insert_sql(target: &str, remote: &RemoteRelation, m: &Mapping, present: &[bool]) -> (String, Vec<usize>) {
+    let mut cols = Vec::new();
+    let mut vals = Vec::new();
+    let mut idx = Vec::new();
+    for (i, c) in remote.columns.iter().enumerate() {
+        if !present[i] {
+            continue;
+        }
+        let ty = m.target_types[i].as_deref().unwrap_or("text");
+        idx.push(i);
+        cols.push(quote_ident(&c.name));
+        vals.push(cast(idx.len(), ty));
+    }
+    (format!("INSERT INTO {target} ({}) VALUES ({})", cols.join(", "), vals.join(", ")), idx)
+}
+
+/// The WHERE clause identifying a row: key columns (`=`) or, under REPLICA IDENTITY FULL, every
+/// comparable column (`IS NOT DISTINCT FROM`). Parameters start at `$first`. Returns the clause
+/// and the tuple indexes of its parameters, or None when the relation has no usable identity.
+pub fn where_sql(remote: &RemoteRelation, m: &Mapping, old_present: &[bool], first: usize) -> Option<(String, Vec<usize>)> {
+    let full = remote.replica_identity == b'f';
+    let mut parts = Vec::new();
+    let mut idx = Vec::new();
+    for (i, c) in remote.columns.iter().enumerate() {
+        if !(c.key || full) || !old_present[i] {
+            continue;
+        }
+        let ty = m.target_types[i].as_deref().unwrap_or("text");
+        if full && NO_EQUALITY.contains(&ty) {
+            continue;
+        }
+        idx.push(i);
+        let p = cast(first + idx.len() - 1, ty);
+        if full {
+            parts.push(format!("{} IS NOT DISTINCT FROM {p}", quote_ident(&c.name)));
+        } else {
+            parts.push(format!("{} = {p}", quote_ident(&c.name)));
+        }
+    }
+    (!parts.is_empty()).then(|| (parts.join(" AND "), idx))
+}
+
+/// `UPDATE target SET a = $1, … WHERE …`: only the columns present in the new tuple (unchanged
+/// TOASTed values are not sent and stay as they are).
+pub fn update_sql(
+    target: &str,
+    remote: &RemoteRelation,
+    m: &Mapping,
+    new_present: &[bool],
+    old_present: &[bool],
+) -> Option<(String, Vec<usize>, Vec<usize>)> {
+    let mut sets = Vec::new();
+    let mut set_idx = Vec::new();
+    for (i, c) in remote.columns.iter().enumerate() {
+        if !new_present[i] {
+            continue;
+        }
+        let ty = m.target_types[i].as_deref().unwrap_or("text");
+        set_idx.push(i);
+        sets.push(format!("{} = {}", quote_ident(&c.name), cast(set_idx.len(), ty)));
+    }
+    let (wh, where_idx) = where_sql(remote, m, old_present, set_idx.len() + 1)?;
+    if sets.is_empty() {
+        return None;
+    }
+    Some((format!("UPDATE {target} SET {} WHERE {wh}", sets.join(", ")), set_idx, where_idx))
+}
+
+pub fn delete_sql(target: &str, remote: &RemoteRelation, m: &Mapping, old_present: &[bool]) -> Option<(String, Vec<usize>)> {
+    let (wh, idx) = where_sql(remote, m, old_present, 1)?;
+    Some((format!("DELETE FROM {target} WHERE {wh}"), idx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(ident: u8) -> RemoteRelation {
+        RemoteRelation {
+            oid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            replica_identity: ident,
+            columns: vec![
+                RemoteColumn { name: "id".into(), type_oid: 23, key: ident != b'f' },
+                RemoteColumn { name: "doc".into(), type_oid: 114, key: false },
+                RemoteColumn { name: "v".into(), type_oid: 25, key: false },
+            ],
+        }
+    }
+
+    fn target() -> Vec<TargetColumn> {
+        vec![
+            TargetColumn { name: "v".into(), type_name: "text".into() },
+            TargetColumn { name: "id".into(), type_name: "integer".into() },
+            TargetColumn { name: "doc".into(), type_name: "json".into() },
+        ]
+    }
+
+    #[test]
+    fn insert_matches_columns_by_name() {
+        let r = rel(b'd');
+        let m = Mapping::new(&r, &target());
+        let (sql, idx) = insert_sql("\"public\".\"t\"", &r, &m, &[true, true, true]);
+        assert_eq!(sql, "INSERT INTO \"public\".\"t\" (\"id\", \"doc\", \"v\") VALUES ($1::integer, $2::json, $3::text)");
+        assert_eq!(idx, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn update_sets_only_present_columns_and_keys_on_identity() {
+        let r = rel(b'd');
+        let m = Mapping::new(&r, &target());
+        let (sql, set, wh) = update_sql("t", &r, &m, &[true, false, true], &[true, false, false]).unwrap();
+        assert_eq!(sql, "UPDATE t SET \"id\" = $1::integer, \"v\" = $2::text WHERE \"id\" = $3::integer");
+        assert_eq!((set, wh), (vec![0, 2], vec![0]));
+    }
+
+    #[test]
+    fn full_identity_compares_all_comparable_columns() {
+        let r = rel(b'f');
+        let m = Mapping::new(&r, &target());
+        let (sql, idx) = delete_sql("t", &r, &m, &[true, true, true]).unwrap();
+        assert_eq!(sql, "DELETE FROM t WHERE \"id\" IS NOT DISTINCT FROM $1::integer AND \"v\" IS NOT DISTINCT FROM $2::text");
+        assert_eq!(idx, vec![0, 2]);
+    }
+
+    #[test]
+    fn no_identity_no_statement_and_missing_columns_are_named() {
+        let mut r = rel(b'n');
+        for c in &mut r.columns {
+            c.key = false;
+        }
+        let m = Mapping::new(&r, &target());
+        assert!(delete_sql("t", &r, &m, &[true, true, true]).is_none());
+        r.columns.push(RemoteColumn { name: "added".into(), type_oid: 23, key: false });
+        let m = Mapping::new(&r, &target());
+        assert_eq!(m.missing_column(&r), Some("added"));
+    }
+}

@@ -1,0 +1,260 @@
+//! The change stream of a connector: receive pgoutput from the connector's slot, apply it
+//! ([`crate::apply::Applier`]), report progress to the source.
+//!
+//! The loop reads every message libpq has buffered, then — only when the socket has nothing more —
+//! commits the open target transaction (if it ends on a source commit), sends feedback, does its
+//! once-a-second housekeeping and sleeps on the latch *and* the socket. Reading is never starved
+//! by applying: each message is applied as it arrives, so keepalives are answered well within
+//! the source's `wal_sender_timeout` and a huge source transaction needs no memory beyond the
+//! current change. A target transaction is also committed once it holds [`BATCH_CHANGES`]
+//! changes and the source transaction it is in has ended.
+//!
+//! Feedback: `write` is the last position received; `flush` and `apply` only cover source
+//! commits whose target commit is durable (`XLogFlush` of its local commit record first), or —
+//! when nothing is pending at all — everything received, so an idle slot keeps advancing.
+
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+
+use crate::apply::{origin, ApplyError, Applier};
+use crate::catalog::{self, tables, Connector};
+use crate::source::pgoutput::{self, Decoder, ReplicationMessage};
+use crate::walrcv::{ReplicationConn, Received};
+
+/// Commit the target transaction at the next source commit once it holds this many changes.
+pub const BATCH_CHANGES: usize = 5_000;
+const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+pub enum Outcome {
+    /// The worker must exit (SIGTERM, paused, dropped).
+    Stop,
+    /// Tables wait for their initial copy: copy them, then stream again.
+    CopyDue,
+    /// A table was put in error; restart from the origin's position.
+    Restart,
+    /// The stream failed (connection lost, source error): reconnect with back-off.
+    Failed(String),
+}
+
+static mut ORIGIN_READY: bool = false;
+
+fn pg_error_message(e: pg_sys::panic::CaughtError) -> String {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+            r.message().to_string()
+        }
+        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
+/// Whether the connector should keep streaming: still enabled, and no table due for a copy.
+fn housekeeping(c: &Connector) -> Option<Outcome> {
+    match super::in_transaction(|| -> crate::error::Result<Option<Outcome>> {
+        match catalog::connector_by_id(c.id)? {
+            Some(now) if now.enabled => {}
+            _ => return Ok(Some(Outcome::Stop)),
+        }
+        Ok((!tables::due_for_copy(c.id)?.is_empty()).then_some(Outcome::CopyDue))
+    }) {
+        Ok(Ok(o)) => o,
+        _ => None,
+    }
+}
+
+struct Progress {
+    received: u64,
+    /// Source end LSN of the last committed target transaction, and its local commit end.
+    committed_remote: u64,
+    committed_local: u64,
+    flushed: u64,
+    source_wal_end: u64,
+    last_commit_time: i64,
+}
+
+impl Progress {
+    fn record_commit(&mut self, r: Option<(u64, i64, u64)>) {
+        if let Some((end, ts, local)) = r {
+            self.committed_remote = self.committed_remote.max(end);
+            self.committed_local = local;
+            self.last_commit_time = ts;
+        }
+    }
+
+    fn feedback(&mut self, conn: &mut ReplicationConn, nothing_pending: bool, reply: bool) {
+        if self.committed_local != 0 {
+            // Crash-sensitive: never confirm to the source what could still be lost here.
+            unsafe { pg_sys::XLogFlush(self.committed_local) };
+        }
+        let mut flushed = self.committed_remote;
+        if nothing_pending {
+            flushed = flushed.max(self.received);
+        }
+        self.flushed = self.flushed.max(flushed);
+        let now = pgoutput::pg_epoch_micros(std::time::SystemTime::now());
+        conn.send(&pgoutput::encode_standby_status(self.received, self.flushed, self.flushed, now, reply));
+    }
+}
+
+/// Stream until something needs the worker's attention.
+pub fn run(c: &Connector, conninfo: &str, application_name: &str) -> Outcome {
+    let start = match super::in_transaction(|| {
+        Spi::run("SET session_replication_role = replica").expect("SET failed");
+        unsafe {
+            if !ORIGIN_READY {
+                ORIGIN_READY = true;
+                return origin::setup(&c.slot_name);
+            }
+            pg_sys::replorigin_session_get_progress(false)
+        }
+    }) {
+        Ok(lsn) => lsn,
+        Err(e) => return Outcome::Failed(format!("could not set up replication origin: {e}")),
+    };
+
+    let mut conn = match ReplicationConn::connect(conninfo, application_name) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e),
+    };
+    if let Err(e) = conn.start_logical(&c.slot_name, start, 1, &c.publication_name) {
+        return Outcome::Failed(e);
+    }
+    let _ = super::in_transaction(|| catalog::report_running(c.id));
+
+    let mut decoder = Decoder::new();
+    let mut applier = Applier::new(c.id);
+    let mut p = Progress {
+        received: start,
+        committed_remote: start,
+        committed_local: 0,
+        flushed: start,
+        source_wal_end: 0,
+        last_commit_time: 0,
+    };
+    let mut last_feedback = Instant::now();
+    let mut last_housekeeping = Instant::now();
+
+    loop {
+        match conn.receive() {
+            Received::Data(buf) => {
+                let msg = match pgoutput::parse_replication_message(buf) {
+                    Ok(m) => m,
+                    Err(e) => return abort(&mut applier, Outcome::Failed(format!("invalid replication message: {e}"))),
+                };
+                match msg {
+                    ReplicationMessage::XLogData { wal_end, data, .. } => {
+                        p.received = p.received.max(wal_end);
+                        p.source_wal_end = p.source_wal_end.max(wal_end);
+                        let decoded = match decoder.decode(data) {
+                            Ok(d) => d,
+                            Err(e) => return abort(&mut applier, Outcome::Failed(format!("invalid pgoutput message: {e}"))),
+                        };
+                        let result = {
+                            let a = std::panic::AssertUnwindSafe(&mut applier);
+                            PgTryBuilder::new(move || {
+                                let a = a;
+                                Ok(a.0.handle(decoded))
+                            })
+                            .catch_others(|e| Err(pg_error_message(e)))
+                            .execute()
+                        };
+                        match result {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return table_error(&mut applier, e),
+                            Err(message) => {
+                                let table_id = applier.current_table;
+                                let e = ApplyError {
+                                    table_id: table_id.unwrap_or(0),
+                                    message,
+                                    hint: Some("Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');".into()),
+                                };
+                                if table_id.is_none() {
+                                    return abort(&mut applier, Outcome::Failed(e.message));
+                                }
+                                return table_error(&mut applier, e);
+                            }
+                        }
+                        if applier.txn_open && !applier.in_source_txn() && applier.changes_in_txn >= BATCH_CHANGES {
+                            p.record_commit(applier.commit());
+                        }
+                    }
+                    ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                        p.source_wal_end = p.source_wal_end.max(wal_end);
+                        if !applier.txn_open {
+                            p.received = p.received.max(wal_end);
+                        }
+                        if reply_requested {
+                            p.feedback(&mut conn, !applier.txn_open, false);
+                            last_feedback = Instant::now();
+                        }
+                    }
+                }
+            }
+            Received::WouldBlock(fd) => {
+                if applier.txn_open && !applier.in_source_txn() {
+                    p.record_commit(applier.commit());
+                }
+                if last_feedback.elapsed() >= FEEDBACK_INTERVAL {
+                    p.feedback(&mut conn, !applier.txn_open, false);
+                    last_feedback = Instant::now();
+                }
+                if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL && !applier.txn_open {
+                    last_housekeeping = Instant::now();
+                    let _ = super::in_transaction(|| {
+                        catalog::report_stream_stats(
+                            c.id,
+                            &catalog::StreamStats {
+                                received: p.received,
+                                applied: p.committed_remote,
+                                flushed: p.flushed,
+                                source_wal_end: p.source_wal_end,
+                                last_commit_time: p.last_commit_time,
+                            },
+                        )
+                    });
+                    if let Some(o) = housekeeping(c) {
+                        return o;
+                    }
+                    applier.reload_tables = true;
+                }
+                let rc = unsafe {
+                    let rc = pg_sys::WaitLatchOrSocket(
+                        pg_sys::MyLatch,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
+                        fd,
+                        1000,
+                        pg_sys::PG_WAIT_EXTENSION,
+                    );
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                    rc
+                };
+                crate::runtime::reload_config_if_requested();
+                if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 || crate::runtime::shutdown_requested() {
+                    return abort(&mut applier, Outcome::Stop);
+                }
+            }
+            Received::End => return abort(&mut applier, Outcome::Failed("the source ended the replication stream".into())),
+        }
+    }
+}
+
+/// Roll back whatever is open (nothing of an unfinished source transaction may commit).
+fn abort(applier: &mut Applier, o: Outcome) -> Outcome {
+    if applier.txn_open {
+        unsafe {
+            pg_sys::AbortCurrentTransaction();
+            pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        }
+    }
+    applier.reset_after_abort();
+    o
+}
+
+fn table_error(applier: &mut Applier, e: ApplyError) -> Outcome {
+    let o = abort(applier, Outcome::Restart);
+    pgrx::log!("livesync: table {} stopped: {}", e.table_id, e.message);
+    let _ = super::in_transaction(|| tables::mark_stream_error(e.table_id, &e.message, e.hint.as_deref()));
+    o
+}
