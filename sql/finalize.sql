@@ -19,7 +19,18 @@ SELECT c.name,
        c.created_at,
        c.last_connected_at,
        c.last_error,
-       c.last_error_at
+       c.last_error_at,
+       c.received_lsn,
+       c.applied_lsn,
+       c.flushed_lsn,
+       c.source_wal_end,
+       greatest(c.source_wal_end - coalesce(c.flushed_lsn, c.applied_lsn), 0)::int8 AS lag_bytes,
+       c.last_commit_time,
+       CASE WHEN c.source_wal_end > coalesce(c.flushed_lsn, c.applied_lsn)
+            THEN greatest(now() - c.last_commit_time, interval '0')
+            ELSE interval '0'
+       END AS apply_lag,
+       c.stats_at
   FROM livesync.connector c
   LEFT JOIN pg_catalog.pg_stat_activity a
          ON a.pid = c.worker_pid
@@ -56,7 +67,11 @@ CREATE VIEW livesync.table_progress AS
 SELECT c.name AS connector,
        format('%I.%I', t.source_schema, t.source_name) AS source_table,
        format('%I.%I', t.target_schema, t.target_name) AS target_table,
-       t.state,
+       CASE
+           WHEN t.state <> 'copied' THEN t.state
+           WHEN c.flushed_lsn >= t.snapshot_lsn THEN 'ready'
+           ELSE 'catching up'
+       END AS state,
        coalesce(p.tuples_processed, t.rows_copied, 0) AS rows_copied,
        coalesce(p.bytes_processed, t.bytes_copied, 0) AS bytes_copied,
        t.est_rows,
@@ -72,6 +87,8 @@ SELECT c.name AS connector,
             THEN (now() - t.started_at) * ((t.est_rows - p.tuples_processed)::float8 / p.tuples_processed)
        END AS eta,
        t.snapshot_lsn,
+       t.changes_applied,
+       t.changes_skipped,
        t.added_at,
        t.started_at,
        t.finished_at,
