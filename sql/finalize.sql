@@ -47,6 +47,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'livesync_admin') THEN
         CREATE ROLE livesync_admin NOLOGIN;
     END IF;
+EXCEPTION
+    -- CREATE EXTENSION running in another database at the same moment created it first.
+    WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
 

@@ -159,7 +159,14 @@ impl ConnectError {
 /// progress whenever that runtime is driven.
 pub async fn connect(info: &SourceConninfo, application_name: &str) -> Result<Client, ConnectError> {
     let config = info.config_for(application_name);
-    match config.connect(NoTls).await {
+    // tokio-postgres applies connect_timeout to the TCP connect only; like libpq, bound the whole
+    // login, so a server that accepts the connection but never answers cannot hang the caller.
+    let secs = info.connect_timeout().as_secs();
+    let attempt = tokio::time::timeout(info.connect_timeout(), config.connect(NoTls)).await;
+    let Ok(attempt) = attempt else {
+        return Err(ConnectError::TimedOut { endpoint: info.endpoint(), secs });
+    };
+    match attempt {
         Ok((client, connection)) => {
             tokio::spawn(async move {
                 // The error (if any) surfaces to the client as "connection closed".

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command: bash scripts/test.sh [extra args for the integration run]
+# Installs what is missing, builds and installs the extension (debug), then
+# runs the unit tests and the integration tests (real PostgreSQL clusters).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+bash scripts/setup.sh
+
+echo "==> unit tests"
+cargo test --lib
+
+echo "==> integration tests"
+cargo test --test integration -- --test-threads 4 "$@"

@@ -1,0 +1,23 @@
+//! Integration tests for livesync: real PostgreSQL 15 clusters (sources and
+//! targets) started by the harness in `support`. The extension must be
+//! installed system-wide first: `bash scripts/setup.sh` (or run everything
+//! with `bash scripts/test.sh`).
+//!
+//! Most scenarios share one source and one target cluster and isolate
+//! themselves with a fresh database per test on both sides; the ones that stop
+//! or restart a server get dedicated clusters.
+//!
+//! Environment: LIVESYNC_KEEP_CLUSTERS=1 keeps clusters and databases for
+//! inspection; LIVESYNC_TEST_TIMEOUT_SECS bounds the whole run (default 1200).
+
+mod support;
+
+mod check_source;
+mod errors;
+mod extension;
+mod hostile;
+mod lifecycle;
+mod privileges;
+mod restarts;
+mod secrets;
+mod smoke;
