@@ -174,6 +174,9 @@ ANALYZE;
 
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO sync;
 GRANT CREATE ON DATABASE app TO sync;
+-- Adding a table to a publication requires owning it.
+ALTER TABLE public.devices OWNER TO sync;
+ALTER TABLE public.metrics OWNER TO sync;
 SQL
 src_psql -d app -At -c "SELECT format('    public.metrics: %s rows, public.devices: %s rows', (SELECT count(*) FROM metrics), (SELECT count(*) FROM devices))"
 
@@ -206,12 +209,37 @@ say "source: the connector's connection (pg_stat_activity)"
 src_psql -d postgres -x -c "SELECT pid, usename, datname, application_name, client_addr, backend_type, state, backend_start
                               FROM pg_stat_activity WHERE application_name LIKE 'livesync%'"
 
+say "target: add_table('public.metrics'), add_table('public.devices') — copied from one exported snapshot"
+tgt_psql -d app -c "SELECT livesync.add_table('public.metrics')" -c "SELECT livesync.add_table('public.devices')" >/dev/null
+for _ in $(seq 1 120); do
+  ready="$(tgt_psql -d app -At -c "SELECT count(*) FILTER (WHERE state = 'ready') = count(*) FROM livesync.table_progress" || true)"
+  [ "$ready" = t ] && break
+  sleep 0.5
+done
+tgt_psql -d app -c "SELECT source_table, state, rows_copied, pg_size_pretty(bytes_copied) AS copied, percent, snapshot_lsn, finished_at - started_at AS took FROM livesync.table_progress"
+
+say "source: INSERT a row, UPDATE a device, DELETE a metric; how long until the target has them?"
+src_psql -d app -c "INSERT INTO metrics VALUES (now(), 99, 42.0); UPDATE devices SET name = 'renamed' WHERE id = 1; DELETE FROM metrics WHERE device = 2 AND time = (SELECT min(time) FROM metrics WHERE device = 2)"
+start_ns=$(date +%s%N)
+for _ in $(seq 1 200); do
+  seen="$(tgt_psql -d app -At -c "SELECT (SELECT count(*) FROM metrics WHERE device = 99) = 1 AND (SELECT name FROM devices WHERE id = 1) = 'renamed'" || true)"
+  [ "$seen" = t ] && break
+  sleep 0.05
+done
+echo "    visible on the target after $(( ($(date +%s%N) - start_ns) / 1000000 )) ms (polling every 50 ms)"
+echo "    source: $(src_psql -d app -At -c "SELECT count(*) || ' metrics rows, md5 ' || md5(string_agg(m::text, ',' ORDER BY device, time)) FROM metrics m")"
+echo "    target: $(tgt_psql -d app -At -c "SELECT count(*) || ' metrics rows, md5 ' || md5(string_agg(m::text, ',' ORDER BY device, time)) FROM metrics m")"
+sleep 1.5  # the worker reports positions once a second
+tgt_psql -d app -c "SELECT name, state, received_lsn, flushed_lsn, lag_bytes, apply_lag FROM livesync.connectors" \
+               -c "SELECT source_table, state, changes_applied FROM livesync.table_progress"
+
 echo
 cat <<EOF
 The demo is running (files and logs in ./demo).
 
   Target (livesync):  $PSQL -h $SOCKDIR -p $TARGET_PORT -U $PGUSER_OS app
                         SELECT * FROM livesync.connectors;
+                        SELECT * FROM livesync.table_progress;
   Source:             $PSQL -h $SOCKDIR -p $SOURCE_PORT -U $PGUSER_OS app
                       or, as the connector does:
                       psql 'host=127.0.0.1 port=$SOURCE_PORT dbname=app user=sync password=sync'
