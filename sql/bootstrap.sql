@@ -34,7 +34,12 @@ CREATE TABLE livesync.connector (
     source_wal_end    pg_lsn,
     last_commit_time  timestamptz,
     last_applied_at   timestamptz,
-    stats_at          timestamptz
+    stats_at          timestamptz,
+    -- The source slot's health, read every few seconds.
+    slot_wal_status     text,
+    slot_retained_bytes int8,
+    slot_safe_wal_size  int8,
+    slot_checked_at     timestamptz
 );
 
 -- The connection string may hold a password: readable by superusers and livesync_admin only.

@@ -30,6 +30,18 @@ SELECT c.name,
             THEN greatest(now() - c.last_commit_time, interval '0')
             ELSE interval '0'
        END AS apply_lag,
+       c.slot_wal_status,
+       c.slot_retained_bytes,
+       c.slot_safe_wal_size,
+       -- 'at risk': the source will remove WAL the slot still needs at its next checkpoint
+       -- (or has only 10% of max_slot_wal_keep_size left); 'lost': it did, re-add the tables.
+       CASE
+           WHEN c.slot_wal_status = 'lost' THEN 'lost'
+           WHEN c.slot_wal_status = 'unreserved' THEN 'at risk'
+           WHEN c.slot_safe_wal_size IS NOT NULL
+                AND c.slot_safe_wal_size < c.slot_retained_bytes / 9 THEN 'at risk'
+           WHEN c.slot_wal_status IS NOT NULL THEN 'ok'
+       END AS slot_health,
        c.stats_at
   FROM livesync.connector c
   LEFT JOIN pg_catalog.pg_stat_activity a

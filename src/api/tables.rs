@@ -12,7 +12,8 @@ use crate::catalog::{self, tables};
 use crate::error::{LivesyncError, OrRaise, Result};
 use crate::runtime::{block_on_interruptible, new_runtime};
 use crate::source::conninfo::SourceConninfo;
-use crate::source::table::{self, TableDef};
+use crate::copy::target;
+use crate::source::table;
 use crate::source::{connect, publication};
 
 /// The connector named `name`, or the only one when `name` is NULL.
@@ -32,6 +33,18 @@ fn resolve_connector(name: Option<&str>) -> Result<catalog::Connector> {
         .detail(format!("Connectors: {}.", all.join(", ")))
         .hint("Name the connector: livesync.add_table('schema.table', connector => 'name').")),
     }
+}
+
+/// Until this transaction ends, the worker's publication discovery leaves this connector alone
+/// (it would otherwise race with the publication change made here, which the source commits
+/// before this transaction does).
+fn lock_table_set(c: &catalog::Connector) {
+    Spi::run_with_args(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[crate::worker::LOCK_CLASS_TABLES.into(), c.id.into()],
+    )
+    .map_err(catalog::spi_err)
+    .or_raise();
 }
 
 /// Split a (possibly quoted) qualified name with the target's own parser.
@@ -67,92 +80,6 @@ fn with_source<R>(
     })
 }
 
-/// A target column: name and `format_type` of its type.
-fn target_columns(target: &str) -> Result<Vec<(String, String)>> {
-    Spi::connect(|c| {
-        let t = c.select(
-            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod)
-               FROM pg_catalog.pg_attribute
-              WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
-              ORDER BY attnum",
-            None,
-            &[target.into()],
-        )?;
-        t.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
-            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
-    })
-    .map_err(catalog::spi_err)
-}
-
-/// An existing target must have every source column, with the same type, and be empty.
-fn check_existing_target(def: &TableDef, target: &str) -> Result<()> {
-    let cols = target_columns(target)?;
-    for sc in &def.columns {
-        match cols.iter().find(|(n, _)| n == &sc.name) {
-            None => {
-                return Err(LivesyncError::new(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                    format!("column \"{}\" of source table {} does not exist in target table {target}", sc.name, def.qualified()),
-                )
-                .hint(format!("ALTER TABLE {target} ADD COLUMN {} {};", spi::quote_identifier(&sc.name), sc.type_name)))
-            }
-            Some((_, ty)) if ty != &sc.type_name => {
-                return Err(LivesyncError::new(
-                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                    format!(
-                        "column \"{}\" has type {} on the source but {ty} in target table {target}",
-                        sc.name, sc.type_name
-                    ),
-                )
-                .hint(format!(
-                    "ALTER TABLE {target} ALTER COLUMN {} TYPE {};",
-                    spi::quote_identifier(&sc.name),
-                    sc.type_name
-                )))
-            }
-            Some(_) => {}
-        }
-    }
-    let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {target})"))
-        .map_err(catalog::spi_err)?
-        .unwrap_or(false);
-    if has_rows {
-        return Err(LivesyncError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("target table {target} is not empty"),
-        )
-        .detail("The initial copy loads every row of the source table; rows already there would be duplicated or conflict.")
-        .hint(format!("TRUNCATE {target}; or pass another target => 'schema.table'.")));
-    }
-    Ok(())
-}
-
-/// Every column type must exist on the target before the table can be created there.
-fn check_types_exist(def: &TableDef) -> Result<()> {
-    for c in &def.columns {
-        let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[c.type_name.as_str().into()])
-            .map_err(catalog::spi_err)?
-            .unwrap_or(false);
-        if exists {
-            continue;
-        }
-        let base = c.type_name.trim_end_matches("[]");
-        let hint = match (&c.type_extension, c.type_kind.as_str()) {
-            (Some(ext), _) => format!("CREATE EXTENSION {} on the target first.", spi::quote_identifier(ext)),
-            (None, "e") => format!("Create the enum type on the target first (its definition: SELECT pg_catalog.enum_range(NULL::{base}) on the source)."),
-            (None, "d") => "Create the domain on the target first (copy its definition from the source with pg_dump --schema-only).".to_string(),
-            (None, "c") => "Create the composite type on the target first (copy its definition from the source with pg_dump --schema-only).".to_string(),
-            _ => "Create the type on the target first.".to_string(),
-        };
-        return Err(LivesyncError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("type \"{base}\" of column \"{}\" does not exist on the target", c.name),
-        )
-        .hint(hint));
-    }
-    Ok(())
-}
-
 #[pg_extern]
 fn add_table(
     source_table: &str,
@@ -160,6 +87,7 @@ fn add_table(
     connector: default!(Option<&str>, "NULL"),
 ) {
     let c = resolve_connector(connector).or_raise();
+    lock_table_set(&c);
 
     let def = with_source(&c, async |client, info| {
         match table::describe(client, source_table).await {
@@ -216,29 +144,7 @@ fn add_table(
         .raise();
     }
 
-    let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[target_q.as_str().into()])
-        .map_err(catalog::spi_err)
-        .or_raise()
-        .unwrap_or(false);
-    let build_key = if exists {
-        check_existing_target(&def, &target_q).or_raise();
-        None
-    } else {
-        check_types_exist(&def).or_raise();
-        let schema_exists = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-            &[tschema.as_str().into()],
-        )
-        .map_err(catalog::spi_err)
-        .or_raise()
-        .unwrap_or(false);
-        if !schema_exists {
-            Spi::run(&format!("CREATE SCHEMA {}", spi::quote_identifier(&tschema))).map_err(catalog::spi_err).or_raise();
-            pgrx::notice!("created schema {} on the target", spi::quote_identifier(&tschema));
-        }
-        Spi::run(&def.create_table_sql(&target_q)).map_err(catalog::spi_err).or_raise();
-        (!def.key.is_empty()).then(|| def.key.clone())
-    };
+    let build_key = target::prepare(&def, &tschema, &tname).or_raise();
 
     if !def.has_replica_identity() {
         LivesyncError::new(
@@ -252,9 +158,18 @@ fn add_table(
 
     let publication = c.publication_name.clone();
     with_source(&c, async |client, info| {
-        publication::add_table(client, &publication, &def.schema, &def.name)
-            .await
-            .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))
+        publication::add_table(client, &publication, &def.schema, &def.name).await.map_err(|e| {
+            let err = LivesyncError::source_query(&info.endpoint(), &e);
+            if e.as_db_error().is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                err.hint(format!(
+                    "Adding a table to a publication requires owning it. On the source: ALTER TABLE {} OWNER TO {}; or connect as the table's owner.",
+                    def.qualified(),
+                    crate::source::quote_ident(&info.user())
+                ))
+            } else {
+                err
+            }
+        })
     })
     .or_raise();
 
@@ -275,6 +190,7 @@ fn add_table(
 #[pg_extern]
 fn remove_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
     let c = resolve_connector(connector).or_raise();
+    lock_table_set(&c);
     let (schema, name) = parse_qualified(source_table, "public").or_raise();
     let Some(t) = tables::find(c.id, &schema, &name).or_raise() else {
         LivesyncError::new(

@@ -294,3 +294,13 @@ pub fn report_stream_stats(id: i32, s: &StreamStats) -> Result<()> {
     )
     .map_err(spi_err)
 }
+
+pub fn report_slot(id: i32, wal_status: Option<&str>, retained_bytes: Option<i64>, safe_wal_size: Option<i64>) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.connector
+            SET slot_wal_status = $2, slot_retained_bytes = $3, slot_safe_wal_size = $4, slot_checked_at = now()
+          WHERE id = $1",
+        &[id.into(), wal_status.into(), retained_bytes.into(), safe_wal_size.into()],
+    )
+    .map_err(spi_err)
+}

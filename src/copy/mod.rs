@@ -11,6 +11,7 @@
 
 pub mod load;
 pub mod snapshot;
+pub mod target;
 
 use pgrx::prelude::*;
 
@@ -122,12 +123,9 @@ fn copy_one(t: &SyncTable, client: &tokio_postgres::Client, snap: &snapshot::Exp
     let target_q = qualified(&t.target_schema, &t.target_name);
 
     // The source's column list, read under the snapshot: the table's shape as of the copy.
-    let columns = match block_on_until_shutdown(rt, async {
-        let def = crate::source::table::describe(client, &source_q).await?;
-        Ok::<_, tokio_postgres::Error>(def)
-    }) {
+    let def = match block_on_until_shutdown(rt, crate::source::table::describe(client, &source_q)) {
         None => return,
-        Some(Ok(Some(def))) => def.columns.into_iter().map(|c| c.name).collect::<Vec<_>>(),
+        Some(Ok(Some(def))) => def,
         Some(Ok(None)) => {
             record_error(t, &format!("source table {source_q} no longer exists"), Some("livesync.remove_table() it, or recreate it on the source."));
             return;
@@ -137,29 +135,93 @@ fn copy_one(t: &SyncTable, client: &tokio_postgres::Client, snap: &snapshot::Exp
             return;
         }
     };
-    let col_list = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-    let copy_sql = format!("COPY {source_q} ({col_list}) TO STDOUT");
+    let columns: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
+    let copy_sql = format!("COPY {source_q} {} TO STDOUT", def.column_list());
 
-    let result = in_transaction(|| -> Result<(), String> {
+    let result = in_transaction(|| -> Result<(), (String, Option<String>)> {
+        let plain = |e: String| (e, None);
         // Crash-sensitive: the rows, the key and the 'copied' mark commit together, or not at all.
-        Spi::run("SET LOCAL session_replication_role = replica").map_err(|e| e.to_string())?;
+        Spi::run("SET LOCAL session_replication_role = replica").map_err(|e| plain(e.to_string()))?;
+        // Checks the target still fits (or creates it, for tables that joined the publication
+        // without add_table): a failure here is recorded on the table like any copy error.
+        let created_key = target::prepare(&def, &t.target_schema, &t.target_name).map_err(|e| (e.message, e.hint))?;
         let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("target table {target_q} does not exist"))?;
+            .map_err(|e| plain(e.to_string()))?
+            .ok_or_else(|| plain(format!("target table {target_q} does not exist")))?;
         let stream = match block_on_until_shutdown(rt, client.copy_out(copy_sql.as_str())) {
-            None => return Err("worker shutting down".into()),
-            Some(r) => r.map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?,
+            None => return Err(plain("worker shutting down".into())),
+            Some(r) => r.map_err(|e| plain(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())))?,
         };
         let (rows, bytes) = load::load(rt, relid, &columns, stream);
-        if let Some(key) = &t.build_key {
-            Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary)).map_err(|e| e.to_string())?;
+        let primary = if created_key.is_some() { def.key_is_primary } else { t.build_key_primary };
+        if let Some(key) = t.build_key.as_ref().or(created_key.as_ref()) {
+            Spi::run(&crate::source::table::create_key_sql(&target_q, key, primary)).map_err(|e| plain(e.to_string()))?;
         }
-        tables::mark_copied(t.id, rows, bytes, &snap.lsn).map_err(|e| e.message)?;
+        tables::mark_copied(t.id, rows, bytes, &snap.lsn).map_err(|e| (e.message, e.hint))?;
         pgrx::log!("livesync: copied {rows} rows of {source_q} into {target_q} (snapshot at {})", snap.lsn);
         Ok(())
     });
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(e)) | Err(e) => record_error(t, &e, None),
+        Ok(Err((e, hint))) => record_error(t, &e, hint.as_deref()),
+        Err(e) => record_error(t, &e, None),
     }
+}
+
+/// Follow the connector's publication on the source: a table added to it directly (`ALTER
+/// PUBLICATION … ADD TABLE`) is synced like `add_table` would (same schema and name on the
+/// target, created if missing at copy time); one dropped from it stops syncing (target data
+/// stays). Returns true when the table set changed.
+pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> bool {
+    let published = match block_on_until_shutdown(rt, async {
+        client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
+                &[&c.publication_name],
+            )
+            .await
+    }) {
+        Some(Ok(rows)) => rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>(),
+        _ => return false,
+    };
+    let changed = in_transaction(|| -> crate::error::Result<bool> {
+        if !crate::worker::try_xact_lock(crate::worker::LOCK_CLASS_TABLES, c.id) {
+            return Ok(false); // add_table/remove_table in progress: look again next time
+        }
+        let synced = tables::stream_tables(c.id)?;
+        let mut changed = false;
+        for (schema, name) in &published {
+            if !synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name) {
+                if tables::find_by_target(schema, name)?.is_some() {
+                    continue; // that target already receives another table; add_table reports this
+                }
+                pgrx::log!("livesync: {} joined publication \"{}\"; syncing it", qualified(schema, name), c.publication_name);
+                tables::insert(&tables::NewSyncTable {
+                    connector_id: c.id,
+                    source_schema: schema,
+                    source_name: name,
+                    target_schema: schema,
+                    target_name: name,
+                    build_key: None,
+                    build_key_primary: true,
+                    est_rows: 0,
+                    est_bytes: 0,
+                })?;
+                changed = true;
+            }
+        }
+        for t in &synced {
+            if !published.iter().any(|(s, n)| s == &t.source_schema && n == &t.source_name) {
+                pgrx::log!(
+                    "livesync: {} left publication \"{}\"; no longer syncing it",
+                    qualified(&t.source_schema, &t.source_name),
+                    c.publication_name
+                );
+                tables::delete(t.id)?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    });
+    matches!(changed, Ok(Ok(true)))
 }

@@ -168,7 +168,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                 }
             }
             if slot_ready {
-                match super::stream::run(&connector, &conninfo, &application_name(&current_name)) {
+                match super::stream::run(&connector, &conninfo, &application_name(&current_name), &rt, &client) {
                     super::stream::Outcome::Stop => return,
                     super::stream::Outcome::CopyDue | super::stream::Outcome::Restart => continue,
                     super::stream::Outcome::Failed(e) => break e,
@@ -179,6 +179,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
             }
             if last_ping.elapsed() >= PING_INTERVAL {
                 last_ping = Instant::now();
+                crate::copy::discover(&connector, &client, &rt);
                 let ping = async { tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await };
                 match block_on_until_shutdown(&rt, ping) {
                     None => return,

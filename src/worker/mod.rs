@@ -36,6 +36,9 @@ pub mod stream;
 /// Advisory-lock classes (first key): one per kind of unique process.
 pub const LOCK_CLASS_MANAGER: i32 = 0x4c53_4d47; // "LSMG"
 pub const LOCK_CLASS_CONNECTOR: i32 = 0x4c53_434e; // "LSCN"
+/// Serializes changes to a connector's table set: add_table/remove_table against the worker's
+/// discovery of tables added to or dropped from the publication directly on the source.
+pub const LOCK_CLASS_TABLES: i32 = 0x4c53_5442; // "LSTB"
 
 pub const BACKEND_TYPE_LAUNCHER: &str = "livesync launcher";
 pub const BACKEND_TYPE_MANAGER: &str = "livesync manager";

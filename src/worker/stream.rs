@@ -27,6 +27,8 @@ use crate::walrcv::{ReplicationConn, Received};
 pub const BATCH_CHANGES: usize = 5_000;
 const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the publication's membership and the slot's health are read from the source.
+pub const SOURCE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 pub enum Outcome {
     /// The worker must exit (SIGTERM, paused, dropped).
@@ -61,6 +63,26 @@ fn housekeeping(c: &Connector) -> Option<Outcome> {
     }) {
         Ok(Ok(o)) => o,
         _ => None,
+    }
+}
+
+/// Read the slot's retained WAL and `wal_status` into the catalog (shown in
+/// `livesync.connectors`).
+pub fn check_slot(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) {
+    let q = async {
+        client
+            .query_opt(
+                "SELECT wal_status, (pg_catalog.pg_current_wal_lsn() - restart_lsn)::int8, safe_wal_size::int8
+                   FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&c.slot_name],
+            )
+            .await
+    };
+    if let Some(Ok(Some(r))) = crate::runtime::block_on_until_shutdown(rt, q) {
+        let status: Option<String> = r.get(0);
+        let retained: Option<i64> = r.get(1);
+        let safe: Option<i64> = r.get(2);
+        let _ = super::in_transaction(|| catalog::report_slot(c.id, status.as_deref(), retained, safe));
     }
 }
 
@@ -99,7 +121,15 @@ impl Progress {
 }
 
 /// Stream until something needs the worker's attention.
-pub fn run(c: &Connector, conninfo: &str, application_name: &str) -> Outcome {
+/// `client` (a regular connection to the source, driven by `rt`) serves the periodic checks of
+/// the publication and of the slot's health.
+pub fn run(
+    c: &Connector,
+    conninfo: &str,
+    application_name: &str,
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
+) -> Outcome {
     let start = match super::in_transaction(|| {
         Spi::run("SET session_replication_role = replica").expect("SET failed");
         unsafe {
@@ -135,6 +165,7 @@ pub fn run(c: &Connector, conninfo: &str, application_name: &str) -> Outcome {
     };
     let mut last_feedback = Instant::now();
     let mut last_housekeeping = Instant::now();
+    let mut last_source_check = Instant::now();
 
     loop {
         match conn.receive() {
@@ -214,6 +245,11 @@ pub fn run(c: &Connector, conninfo: &str, application_name: &str) -> Outcome {
                             },
                         )
                     });
+                    if last_source_check.elapsed() >= SOURCE_CHECK_INTERVAL {
+                        last_source_check = Instant::now();
+                        crate::copy::discover(c, client, rt);
+                        check_slot(c, client, rt);
+                    }
                     if let Some(o) = housekeeping(c) {
                         return o;
                     }

@@ -1,0 +1,132 @@
+//! Target tables: checked, or created from the source's definition.
+//!
+//! Used by `add_table` (so mistakes are reported to the caller at once) and again by the copy,
+//! inside the transaction that loads the table (for tables that appear in the connector's
+//! publication without `add_table`, and so a target dropped meanwhile is recreated). A target
+//! that exists must have every source column, with the same type, and be empty; one that does
+//! not exist is created — schema included, with a NOTICE — with the source's columns, types,
+//! NOT NULL and self-contained defaults, and its key is built after the load.
+
+use pgrx::prelude::*;
+
+use crate::catalog;
+use crate::error::{LivesyncError, Result};
+use crate::source::table::TableDef;
+
+/// A target column: name and `format_type` of its type.
+pub fn target_columns(target: &str) -> Result<Vec<(String, String)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod)
+               FROM pg_catalog.pg_attribute
+              WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
+            None,
+            &[target.into()],
+        )?;
+        t.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(catalog::spi_err)
+}
+
+/// An existing target must have every source column, with the same type, and be empty.
+pub fn check_existing_target(def: &TableDef, target: &str) -> Result<()> {
+    let cols = target_columns(target)?;
+    for sc in &def.columns {
+        match cols.iter().find(|(n, _)| n == &sc.name) {
+            None => {
+                return Err(LivesyncError::new(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("column \"{}\" of source table {} does not exist in target table {target}", sc.name, def.qualified()),
+                )
+                .hint(format!("ALTER TABLE {target} ADD COLUMN {} {};", spi::quote_identifier(&sc.name), sc.type_name)))
+            }
+            Some((_, ty)) if ty != &sc.type_name => {
+                return Err(LivesyncError::new(
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    format!(
+                        "column \"{}\" has type {} on the source but {ty} in target table {target}",
+                        sc.name, sc.type_name
+                    ),
+                )
+                .hint(format!(
+                    "ALTER TABLE {target} ALTER COLUMN {} TYPE {};",
+                    spi::quote_identifier(&sc.name),
+                    sc.type_name
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let has_rows = Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {target})"))
+        .map_err(catalog::spi_err)?
+        .unwrap_or(false);
+    if has_rows {
+        return Err(LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("target table {target} is not empty"),
+        )
+        .detail("The initial copy loads every row of the source table; rows already there would be duplicated or conflict.")
+        .hint(format!("TRUNCATE {target}; or pass another target => 'schema.table'.")));
+    }
+    Ok(())
+}
+
+/// Every column type must exist on the target before the table can be created there.
+pub fn check_types_exist(def: &TableDef) -> Result<()> {
+    for c in &def.columns {
+        let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[c.type_name.as_str().into()])
+            .map_err(catalog::spi_err)?
+            .unwrap_or(false);
+        if exists {
+            continue;
+        }
+        let base = c.type_name.trim_end_matches("[]");
+        let hint = match (&c.type_extension, c.type_kind.as_str()) {
+            (Some(ext), _) => format!("CREATE EXTENSION {} on the target first.", spi::quote_identifier(ext)),
+            (None, "e") => format!("Create the enum type on the target first (its definition: SELECT pg_catalog.enum_range(NULL::{base}) on the source)."),
+            (None, "d") => "Create the domain on the target first (copy its definition from the source with pg_dump --schema-only).".to_string(),
+            (None, "c") => "Create the composite type on the target first (copy its definition from the source with pg_dump --schema-only).".to_string(),
+            _ => "Create the type on the target first.".to_string(),
+        };
+        return Err(LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("type \"{base}\" of column \"{}\" does not exist on the target", c.name),
+        )
+        .hint(hint));
+    }
+    Ok(())
+}
+
+
+/// `"schema"."name"` quoted for the target.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", spi::quote_identifier(schema), spi::quote_identifier(name))
+}
+
+/// Check or create target `schema.name` for source table `def`. Returns the key to build after
+/// the load when the table was created here.
+pub fn prepare(def: &TableDef, schema: &str, name: &str) -> Result<Option<Vec<String>>> {
+    let target_q = qualified(schema, name);
+    let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[target_q.as_str().into()])
+        .map_err(catalog::spi_err)?
+        .unwrap_or(false);
+    if exists {
+        check_existing_target(def, &target_q)?;
+        return Ok(None);
+    }
+    check_types_exist(def)?;
+    let schema_exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+        &[schema.into()],
+    )
+    .map_err(catalog::spi_err)?
+    .unwrap_or(false);
+    if !schema_exists {
+        Spi::run(&format!("CREATE SCHEMA {}", spi::quote_identifier(schema))).map_err(catalog::spi_err)?;
+        pgrx::notice!("created schema {} on the target", spi::quote_identifier(schema));
+    }
+    Spi::run(&def.create_table_sql(&target_q)).map_err(catalog::spi_err)?;
+    Ok((!def.key.is_empty()).then(|| def.key.clone()))
+}
