@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# livesync benchmark: initial copy and change apply, side by side with PostgreSQL's native logical
+# replication and a raw COPY pipe, in one run on this machine. Not part of the test suite.
+#
+#   bash bench/run.sh                 # ~1.1 GB dataset (BENCH_GB=1)
+#   BENCH_GB=0.2 bash bench/run.sh    # quicker, smaller
+#   BENCH_SKIP_COPY=1 / BENCH_SKIP_APPLY=1 to run only one half
+#
+# Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
+# 56432 (source) and 56433 (target). Results are printed as a Markdown table.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO="$(pwd)"
+W="$REPO/bench/work"
+SP=56432
+TP=56433
+GB="${BENCH_GB:-1}"
+
+if [ "$(id -u)" -eq 0 ]; then OSU=postgres; as_pg() { runuser -u postgres -- "$@"; }; else OSU="$(id -un)"; as_pg() { "$@"; }; fi
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+BIN="$("$PG_CONFIG" --bindir)"
+say() { printf '==> %s\n' "$*" >&2; }
+
+bash scripts/setup.sh --release >&2
+
+stop_all() { for n in source target; do [ -f "$W/$n/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$W/$n" -m fast -w stop >/dev/null 2>&1 || true; done; }
+trap stop_all EXIT
+stop_all
+rm -rf "$W"; mkdir -p "$W"; [ "$(id -u)" -eq 0 ] && chown postgres: "$W"
+SOCK="$(mktemp -d /tmp/livesync-bench.XXXXXX)"; [ "$(id -u)" -eq 0 ] && chown postgres: "$SOCK"
+
+init() { # name port extra
+  as_pg "$BIN/initdb" -D "$W/$1" -U "$OSU" -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+  as_pg tee -a "$W/$1/postgresql.conf" >/dev/null <<CONF
+port = $2
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$SOCK'
+shared_buffers = '1GB'
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'
+maintenance_work_mem = '512MB'
+wal_level = logical
+max_wal_senders = 20
+max_replication_slots = 20
+max_worker_processes = 32
+max_logical_replication_workers = 8
+max_sync_workers_per_subscription = 2
+$3
+CONF
+  as_pg "$BIN/pg_ctl" -D "$W/$1" -l "$W/$1.log" -w start >/dev/null
+}
+init source $SP ""
+init target $TP "shared_preload_libraries = 'livesync'"
+src() { as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p $SP -U "$OSU" "$@"; }
+tgt() { as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p $TP -U "$OSU" "$@"; }
+now() { date +%s.%N; }
+SRC_CONNINFO="host=127.0.0.1 port=$SP dbname=bench user=$OSU"
+
+src -d postgres -c "CREATE DATABASE bench"
+SCHEMA="
+CREATE TABLE metrics (device_id int NOT NULL, time timestamptz NOT NULL, cpu float8, mem float8, disk float8,
+                      net_in int8, net_out int8, status text, PRIMARY KEY (device_id, time));
+CREATE TABLE devices (id int PRIMARY KEY, name text, tags text[], meta jsonb, added date, active bool);
+CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz, kind text, amount numeric(12,2), ip inet, uid uuid);
+CREATE TABLE documents (id int PRIMARY KEY, title text, body text);
+"
+src -d bench -c "$SCHEMA"
+
+# ---- data -------------------------------------------------------------------------------------
+ROWS=$(python3 -c "print(int(float('$GB') * 9_000_000))")
+say "generating ~${GB} GB on the source ($ROWS metrics rows, 2000 devices, events, 200 MB of TOASTed documents x $GB)"
+src -d bench <<SQL
+INSERT INTO metrics
+SELECT d, timestamptz '2026-01-01' + (i * interval '10 s'), random() * 100, random() * 100, random() * 100,
+       (random() * 1e9)::int8, (random() * 1e9)::int8, (ARRAY['ok','warn','crit'])[1 + (i % 3)]
+  FROM generate_series(1, 2000) d, generate_series(1, ($ROWS / 2000)) i;
+INSERT INTO devices SELECT i, 'device-' || i, ARRAY['rack' || (i % 40), 'dc' || (i % 3)],
+       jsonb_build_object('model', 'x' || (i % 17), 'fw', i % 5), date '2020-01-01' + i, i % 7 <> 0
+  FROM generate_series(1, 2000) i;
+INSERT INTO events SELECT i, timestamptz '2026-01-01' + i * interval '1 s', (ARRAY['buy','sell','hold'])[1 + i % 3],
+       round((random() * 10000)::numeric, 2), ('10.0.' || (i % 250) || '.' || (i % 200))::inet, gen_random_uuid()
+  FROM generate_series(1, ($ROWS / 10)) i;
+INSERT INTO documents SELECT i, 'doc ' || i, repeat(md5(i::text), 3200) FROM generate_series(1, (2000 * $GB)::int) i;
+VACUUM ANALYZE;
+SQL
+BYTES=$(src -d bench -At -c "SELECT sum(pg_total_relation_size(c.oid) - coalesce((SELECT sum(pg_relation_size(i.indexrelid)) FROM pg_index i WHERE i.indrelid = c.oid), 0))::int8 FROM pg_class c WHERE relname IN ('metrics','devices','events','documents')")
+MB=$(python3 -c "print(round($BYTES / 1e6))")
+say "source tables: $MB MB (heap + TOAST, without indexes)"
+TABLES="metrics devices events documents"
+
+results=()
+row() { # label seconds
+  results+=("$(python3 -c "
+b=$BYTES; s=$2
+print(f'| $1 | {s:.1f} | {b/1e6/s:.0f} | {b/1e9/s*3600:.1f} |')")")
+}
+fresh_target() { tgt -d postgres -c "DROP DATABASE IF EXISTS bench WITH (FORCE)" -c "CREATE DATABASE bench"; }
+wait_sql() { # db sql  (poll until it returns t)
+  until [ "$(tgt -d "$1" -At -c "$2")" = t ]; do sleep 0.2; done
+}
+
+if [ -z "${BENCH_SKIP_COPY:-}" ]; then
+  # ---- 1. raw COPY pipe, one table after another, then the primary keys ------------------------
+  for fmt in text binary; do
+    fresh_target
+    tgt -d bench -c "$(echo "$SCHEMA" | sed 's/, PRIMARY KEY (device_id, time)//; s/ PRIMARY KEY//')"
+    say "raw pipe ($fmt)"
+    t0=$(now)
+    for t in $TABLES; do
+      src -d bench -c "COPY $t TO STDOUT (FORMAT $fmt)" | tgt -d bench -c "COPY $t FROM STDIN (FORMAT $fmt)"
+    done
+    t1=$(now)
+    tgt -d bench -c "ALTER TABLE metrics ADD PRIMARY KEY (device_id, time)" -c "ALTER TABLE devices ADD PRIMARY KEY (id)" \
+        -c "ALTER TABLE events ADD PRIMARY KEY (id)" -c "ALTER TABLE documents ADD PRIMARY KEY (id)"
+    t2=$(now)
+    row "raw \`COPY … TO STDOUT | COPY … FROM STDIN\` ($fmt), data only" "$(python3 -c "print($t1-$t0)")"
+    row "raw pipe ($fmt) + building the primary keys" "$(python3 -c "print($t2-$t0)")"
+  done
+
+  # ---- 2. native subscription (target schema with its keys, as pg_dump -s gives it) ------------
+  fresh_target
+  tgt -d bench -c "$SCHEMA"
+  src -d bench -c "CREATE PUBLICATION bench_native FOR TABLE $(echo $TABLES | sed 's/ /, /g')"
+  say "native CREATE SUBSCRIPTION"
+  t0=$(now)
+  tgt -d bench -c "CREATE SUBSCRIPTION bench_native CONNECTION '$SRC_CONNINFO' PUBLICATION bench_native"
+  wait_sql bench "SELECT count(*) = 4 AND bool_and(srsubstate = 'r') FROM pg_subscription_rel"
+  t1=$(now)
+  NATIVE_COPY=$(python3 -c "print($t1-$t0)")
+  row "native subscription (tables with keys) until all \`r\`" "$NATIVE_COPY"
+  tgt -d bench -c "DROP SUBSCRIPTION bench_native"
+  src -d bench -c "DROP PUBLICATION bench_native"
+
+  # ---- 3. livesync ----------------------------------------------------------------------------
+  fresh_target
+  tgt -d bench -c "CREATE EXTENSION livesync"
+  say "livesync add_connector + add_table x4"
+  t0=$(now)
+  tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
+  for t in $TABLES; do tgt -d bench -c "SELECT livesync.add_table('public.$t')" >/dev/null; done
+  wait_sql bench "SELECT count(*) = 4 AND bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
+  t1=$(now)
+  LS_COPY=$(python3 -c "print($t1-$t0)")
+  row "livesync (creates tables, keys built after load) until all copied" "$LS_COPY"
+  tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+
+  echo
+  echo "### Initial copy — $MB MB ($(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB RAM, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'))"
+  echo
+  echo "| method | seconds | MB/s | GB/hour |"
+  echo "| --- | ---: | ---: | ---: |"
+  printf '%s\n' "${results[@]}"
+  echo
+  echo "livesync vs native: $(python3 -c "print(f'{$NATIVE_COPY/$LS_COPY:.2f}x')") faster"
+  results=()
+fi
+
+if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
+  # ---- apply: both replicas synced on the same tables, paused, workload, resumed ---------------
+  src -d postgres -c "DROP DATABASE IF EXISTS apply" -c "CREATE DATABASE apply"
+  as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -i -s 10 -q apply >/dev/null 2>&1
+  src -d apply -c "CREATE TABLE ts (device_id int, time timestamptz, v float8, PRIMARY KEY (device_id, time))" \
+               -c "CREATE TABLE big (id int8 PRIMARY KEY, v text)"
+  APPLY_TABLES="ts big pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
+  for d in native ls; do tgt -d postgres -c "DROP DATABASE IF EXISTS a_$d WITH (FORCE)" -c "CREATE DATABASE a_$d"; done
+  as_pg "$BIN/pg_dump" -h "$SOCK" -p $SP -U "$OSU" -s apply | tgt -d a_native >/dev/null
+  tgt -d a_native -c "TRUNCATE $(echo $APPLY_TABLES | sed 's/ /, /g')"
+  src -d apply -c "CREATE PUBLICATION apply_native FOR TABLE $(echo $APPLY_TABLES | sed 's/ /, /g')"
+  tgt -d a_native -c "CREATE SUBSCRIPTION apply_native CONNECTION 'host=127.0.0.1 port=$SP dbname=apply user=$OSU' PUBLICATION apply_native"
+  tgt -d a_ls -c "CREATE EXTENSION livesync" -c "SELECT livesync.add_connector('host=127.0.0.1 port=$SP dbname=apply user=$OSU', 'apply')" >/dev/null
+  for t in $APPLY_TABLES; do tgt -d a_ls -c "SELECT livesync.add_table('public.$t')" >/dev/null; done
+  wait_sql a_native "SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"
+  wait_sql a_ls "SELECT count(*) = 6 AND bool_and(state = 'ready') FROM livesync.table_progress"
+  LS_SLOT=$(tgt -d a_ls -At -c "SELECT slot_name FROM livesync.connectors")
+
+  apply_case() { # label, workload (SQL file or pgbench args via function)
+    local label="$1"; shift
+    tgt -d a_native -c "ALTER SUBSCRIPTION apply_native DISABLE"
+    tgt -d a_ls -c "SELECT livesync.pause_connector('apply')" >/dev/null
+    sleep 2
+    "$@"
+    local lsn changes
+    lsn=$(src -d apply -At -c "SELECT pg_current_wal_lsn()")
+    changes="$CHANGES"
+    for who in native ls; do
+      local slot t0 t1
+      if [ $who = native ]; then slot=apply_native; t0=$(now); tgt -d a_native -c "ALTER SUBSCRIPTION apply_native ENABLE"
+      else slot=$LS_SLOT; t0=$(now); tgt -d a_ls -c "SELECT livesync.resume_connector('apply')" >/dev/null; fi
+      local peak=0
+      until [ "$(src -d apply -At -c "SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = '$slot'")" = t ]; do
+        if [ $who = ls ]; then
+          pid=$(tgt -d a_ls -At -c "SELECT worker_pid FROM livesync.connectors")
+          [ -n "$pid" ] && kb=$(awk '/VmHWM/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
+        else
+          pid=$(tgt -d a_native -At -c "SELECT pid FROM pg_stat_subscription WHERE relid IS NULL LIMIT 1")
+          [ -n "$pid" ] && kb=$(awk '/VmHWM/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
+        fi
+        sleep 0.1
+      done
+      t1=$(now)
+      eval "T_$who=$(python3 -c "print($t1-$t0)")"
+      eval "RSS_$who=$peak"
+      [ $who = native ] && tgt -d a_native -c "ALTER SUBSCRIPTION apply_native DISABLE"
+    done
+    tgt -d a_native -c "ALTER SUBSCRIPTION apply_native ENABLE"
+    results+=("$(python3 -c "
+n=$changes; tn=$T_native; tl=$T_ls
+print(f'| $label | {n} | {tn:.1f} | {n/tn:,.0f} | {$RSS_native/1024:.0f} | {tl:.1f} | {n/tl:,.0f} | {$RSS_ls/1024:.0f} | {tn/tl:.2f}x |')")")
+  }
+  w_ts_multi() { CHANGES=1000000; src -d apply -c "INSERT INTO ts SELECT d, timestamptz '2026-01-01' + i * interval '1 s', random() FROM generate_series(1, 1000) d, generate_series(1, 1000) i" ; }
+  w_ts_single() {
+    CHANGES=40000
+    printf 'INSERT INTO ts VALUES (:client_id + 5000, now() + random() * interval %s, random());\n' "'1000 days'" > "$W/single.sql"
+    chmod a+r "$W/single.sql"
+    as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 10000 -f "$W/single.sql" apply >/dev/null 2>&1
+  }
+  w_tpcb() { CHANGES=$((20000 * 5)); as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 5000 apply >/dev/null 2>&1; }
+  w_big() { CHANGES=2000000; src -d apply -c "INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, 2000000) i"; }
+
+  say "apply (a) insert-only time series, multi-row transactions"; apply_case "(a) time series, 1000-row transactions" w_ts_multi
+  say "apply (a) insert-only time series, single-row transactions"; apply_case "(a) time series, single-row transactions (4 clients)" w_ts_single
+  say "apply (b) pgbench TPC-B"; apply_case "(b) pgbench TPC-B-like (5 changes/txn, 4 clients)" w_tpcb
+  say "apply (c) one 2-million-row transaction"; apply_case "(c) one 2,000,000-row transaction" w_big
+
+  # equality check: livesync's copy of every table equals the source
+  for t in $APPLY_TABLES; do
+    a=$(src -d apply -At -c "SELECT md5(string_agg(x::text, ',' ORDER BY x::text)) FROM $t x")
+    b=$(tgt -d a_ls -At -c "SELECT md5(string_agg(x::text, ',' ORDER BY x::text)) FROM $t x")
+    [ "$a" = "$b" ] || echo "WARNING: livesync's $t differs from the source" >&2
+  done
+
+  echo
+  echo "### Change apply (from enabling the stream until the source slot confirms the workload's end LSN)"
+  echo
+  echo "| workload | changes | native s | native changes/s | native peak RSS MB | livesync s | livesync changes/s | livesync peak RSS MB | livesync vs native |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${results[@]}"
+fi
