@@ -190,10 +190,10 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
       until [ "$(src -d apply -At -c "SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = '$slot'")" = t ]; do
         if [ $who = ls ]; then
           pid=$(tgt -d a_ls -At -c "SELECT worker_pid FROM livesync.connectors")
-          [ -n "$pid" ] && kb=$(awk '/VmHWM/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
+          [ -n "$pid" ] && kb=$(awk '/RssAnon/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
         else
           pid=$(tgt -d a_native -At -c "SELECT pid FROM pg_stat_subscription WHERE relid IS NULL LIMIT 1")
-          [ -n "$pid" ] && kb=$(awk '/VmHWM/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
+          [ -n "$pid" ] && kb=$(awk '/RssAnon/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
         fi
         sleep 0.1
       done
@@ -232,7 +232,7 @@ print(f'| $label | {n} | {tn:.1f} | {n/tn:,.0f} | {$RSS_native/1024:.0f} | {tl:.
   echo
   echo "### Change apply (from enabling the stream until the source slot confirms the workload's end LSN)"
   echo
-  echo "| workload | changes | native s | native changes/s | native peak RSS MB | livesync s | livesync changes/s | livesync peak RSS MB | livesync vs native |"
+  echo "| workload | changes | native s | native changes/s | native peak private RSS MB | livesync s | livesync changes/s | livesync peak private RSS MB | livesync vs native |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${results[@]}"
 fi

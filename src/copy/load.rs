@@ -22,9 +22,15 @@ use tokio_postgres::CopyOutStream;
 
 use crate::runtime::block_on_until_shutdown;
 
+/// Where COPY data comes from: a source's `COPY … TO STDOUT` (initial copy), or rows already in
+/// memory (batched INSERTs of the change stream).
+pub enum Data {
+    Stream { rt: *const tokio::runtime::Runtime, stream: Pin<Box<CopyOutStream>> },
+    Buffer,
+}
+
 struct CopySource {
-    rt: *const tokio::runtime::Runtime,
-    stream: Pin<Box<CopyOutStream>>,
+    data: Data,
     pending: Bytes,
     bytes: i64,
 }
@@ -36,8 +42,9 @@ thread_local! {
 
 /// Next chunk of COPY data; None at the end of the data.
 fn next_chunk(src: &mut CopySource) -> Option<Bytes> {
-    let rt = unsafe { &*src.rt };
-    match block_on_until_shutdown(rt, src.stream.next()) {
+    let Data::Stream { rt, stream } = &mut src.data else { return None };
+    let rt = unsafe { &**rt };
+    match block_on_until_shutdown(rt, stream.next()) {
         None => error!("livesync worker is shutting down; copy interrupted"),
         Some(None) => None,
         Some(Some(Ok(b))) => Some(b),
@@ -84,9 +91,16 @@ pub fn load(
     columns: &[String],
     stream: CopyOutStream,
 ) -> (i64, i64) {
-    SOURCE.with(|s| {
-        *s.borrow_mut() = Some(CopySource { rt, stream: Box::pin(stream), pending: Bytes::new(), bytes: 0 })
-    });
+    run(relid, columns, Data::Stream { rt, stream: Box::pin(stream) }, Bytes::new())
+}
+
+/// Load rows already encoded in COPY text format.
+pub fn load_buffer(relid: pg_sys::Oid, columns: &[String], rows: Bytes) -> (i64, i64) {
+    run(relid, columns, Data::Buffer, rows)
+}
+
+fn run(relid: pg_sys::Oid, columns: &[String], data: Data, initial: Bytes) -> (i64, i64) {
+    SOURCE.with(|s| *s.borrow_mut() = Some(CopySource { data, pending: initial, bytes: 0 }));
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -123,4 +137,37 @@ pub fn load(
     };
     let bytes = SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0));
     (rows, bytes)
+}
+
+/// Append one value to a COPY text-format line (`\N` for NULL; backslash, tab, newline and
+/// carriage return escaped).
+pub fn push_copy_value(line: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        None => line.extend_from_slice(b"\\N"),
+        Some(v) => {
+            for &b in v {
+                match b {
+                    b'\\' => line.extend_from_slice(b"\\\\"),
+                    b'\t' => line.extend_from_slice(b"\\t"),
+                    b'\n' => line.extend_from_slice(b"\\n"),
+                    b'\r' => line.extend_from_slice(b"\\r"),
+                    _ => line.push(b),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_copy_value;
+
+    #[test]
+    fn copy_text_escaping() {
+        let mut l = Vec::new();
+        push_copy_value(&mut l, Some(b"a\tb\\c\nd\re"));
+        l.push(b'\t');
+        push_copy_value(&mut l, None);
+        assert_eq!(l, b"a\\tb\\\\c\\nd\\re\t\\N".to_vec());
+    }
 }

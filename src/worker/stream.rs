@@ -182,33 +182,15 @@ pub fn run(
                             Ok(d) => d,
                             Err(e) => return abort(&mut applier, Outcome::Failed(format!("invalid pgoutput message: {e}"))),
                         };
-                        let result = {
-                            let a = std::panic::AssertUnwindSafe(&mut applier);
-                            PgTryBuilder::new(move || {
-                                let a = a;
-                                Ok(a.0.handle(decoded))
-                            })
-                            .catch_others(|e| Err(pg_error_message(e)))
-                            .execute()
-                        };
-                        match result {
+                        match guarded(&mut applier, |a| a.handle(decoded)) {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return table_error(&mut applier, e),
-                            Err(message) => {
-                                let table_id = applier.current_table;
-                                let e = ApplyError {
-                                    table_id: table_id.unwrap_or(0),
-                                    message,
-                                    hint: Some("Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');".into()),
-                                };
-                                if table_id.is_none() {
-                                    return abort(&mut applier, Outcome::Failed(e.message));
-                                }
-                                return table_error(&mut applier, e);
-                            }
+                            Err(message) => return pg_error(&mut applier, message),
                         }
                         if applier.txn_open && !applier.in_source_txn() && applier.changes_in_txn >= BATCH_CHANGES {
-                            p.record_commit(applier.commit());
+                            if let Err(o) = commit(&mut applier, &mut p) {
+                                return o;
+                            }
                         }
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
@@ -225,7 +207,9 @@ pub fn run(
             }
             Received::WouldBlock(fd) => {
                 if applier.txn_open && !applier.in_source_txn() {
-                    p.record_commit(applier.commit());
+                    if let Err(o) = commit(&mut applier, &mut p) {
+                        return o;
+                    }
                 }
                 if last_feedback.elapsed() >= FEEDBACK_INTERVAL {
                     p.feedback(&mut conn, !applier.txn_open, false);
@@ -274,6 +258,42 @@ pub fn run(
             Received::End => return abort(&mut applier, Outcome::Failed("the source ended the replication stream".into())),
         }
     }
+}
+
+/// Run `f` on the applier, turning a PostgreSQL ERROR into its message.
+fn guarded<R>(applier: &mut Applier, f: impl FnOnce(&mut Applier) -> R) -> Result<R, String> {
+    let a = std::panic::AssertUnwindSafe((applier, f));
+    PgTryBuilder::new(move || {
+        let a = a;
+        let (applier, f) = a.0;
+        Ok(f(applier))
+    })
+    .catch_others(|e| Err(pg_error_message(e)))
+    .execute()
+}
+
+/// Flush pending inserts and commit the target transaction.
+fn commit(applier: &mut Applier, p: &mut Progress) -> Result<(), Outcome> {
+    if let Err(message) = guarded(applier, |a| a.flush()) {
+        return Err(pg_error(applier, message));
+    }
+    p.record_commit(applier.commit());
+    Ok(())
+}
+
+/// A PostgreSQL error while applying: the table being applied goes to `error`.
+fn pg_error(applier: &mut Applier, message: String) -> Outcome {
+    let Some(table_id) = applier.current_table else {
+        return abort(applier, Outcome::Failed(message));
+    };
+    table_error(
+        applier,
+        ApplyError {
+            table_id,
+            message,
+            hint: Some("Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');".into()),
+        },
+    )
 }
 
 /// Roll back whatever is open (nothing of an unfinished source transaction may commit).
