@@ -89,3 +89,20 @@ CREATE TABLE livesync.sync_table (
 );
 
 SELECT pg_catalog.pg_extension_config_dump('livesync.sync_table', '');
+
+-- The units of a table's initial copy: page ranges (one for small tables), all to be read under
+-- the same exported snapshot. A range is marked done in the transaction that loaded it.
+CREATE TABLE livesync.copy_range (
+    table_id    int4 NOT NULL REFERENCES livesync.sync_table (id) ON DELETE CASCADE,
+    range_no    int4 NOT NULL,
+    start_page  int8 NOT NULL,
+    end_page    int8,              -- NULL: to the end of the table
+    snapshot    text NOT NULL,     -- exported snapshot to import (SET TRANSACTION SNAPSHOT)
+    binary_format bool NOT NULL,   -- COPY format, decided per table (else text)
+    claimed_by  int4,              -- pid of the copy worker loading it
+    done        bool NOT NULL DEFAULT false,
+    rows        int8,
+    bytes       int8,
+    finished_at timestamptz,
+    PRIMARY KEY (table_id, range_no)
+);

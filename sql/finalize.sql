@@ -77,8 +77,24 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA livesync TO livesync_admin;
 -- Start this database's manager once CREATE EXTENSION commits (after a restart the launcher does).
 SELECT livesync._ensure_manager();
 
--- Live numbers come from pg_stat_progress_copy while a table's COPY runs.
+-- Live numbers come from pg_stat_progress_copy (one row per copy worker) while a table's COPY
+-- runs, plus the ranges already committed.
 CREATE VIEW livesync.table_progress AS
+WITH live AS (
+    SELECT t.id,
+           coalesce((SELECT sum(r.rows) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done), 0)
+             + coalesce((SELECT sum(p.tuples_processed) FROM pg_catalog.pg_stat_progress_copy p
+                          JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.backend_type = 'livesync copy'
+                         WHERE p.relid = to_regclass(format('%I.%I', t.target_schema, t.target_name))), 0) AS rows,
+           coalesce((SELECT sum(r.bytes) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done), 0)
+             + coalesce((SELECT sum(p.bytes_processed) FROM pg_catalog.pg_stat_progress_copy p
+                          JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.backend_type = 'livesync copy'
+                         WHERE p.relid = to_regclass(format('%I.%I', t.target_schema, t.target_name))), 0) AS bytes,
+           (SELECT count(*) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done) AS ranges_done,
+           (SELECT count(*) FROM livesync.copy_range r WHERE r.table_id = t.id) AS ranges_total,
+           (SELECT bool_or(r.binary_format) FROM livesync.copy_range r WHERE r.table_id = t.id) AS binary
+      FROM livesync.sync_table t
+)
 SELECT c.name AS connector,
        format('%I.%I', t.source_schema, t.source_name) AS source_table,
        format('%I.%I', t.target_schema, t.target_name) AS target_table,
@@ -87,20 +103,23 @@ SELECT c.name AS connector,
            WHEN c.flushed_lsn >= t.snapshot_lsn THEN 'ready'
            ELSE 'catching up'
        END AS state,
-       coalesce(p.tuples_processed, t.rows_copied, 0) AS rows_copied,
-       coalesce(p.bytes_processed, t.bytes_copied, 0) AS bytes_copied,
+       CASE WHEN t.state = 'copying' THEN l.rows ELSE coalesce(t.rows_copied, 0) END AS rows_copied,
+       CASE WHEN t.state = 'copying' THEN l.bytes ELSE coalesce(t.bytes_copied, 0) END AS bytes_copied,
        t.est_rows,
        t.est_bytes,
        CASE
            WHEN t.state = 'copied' THEN 100.0
-           WHEN t.est_rows > 0 THEN round(least(100.0, 100.0 * coalesce(p.tuples_processed, 0) / t.est_rows), 1)
+           WHEN t.state = 'copying' AND t.est_rows > 0 THEN round(least(100.0, 100.0 * l.rows / t.est_rows), 1)
        END AS percent,
-       CASE WHEN p.pid IS NOT NULL AND now() > t.started_at
-            THEN round(p.tuples_processed / extract(epoch FROM now() - t.started_at))
+       CASE WHEN t.state = 'copying' AND now() > t.started_at
+            THEN round(l.rows / extract(epoch FROM now() - t.started_at))
        END AS rows_per_second,
-       CASE WHEN p.pid IS NOT NULL AND p.tuples_processed > 0 AND t.est_rows > p.tuples_processed
-            THEN (now() - t.started_at) * ((t.est_rows - p.tuples_processed)::float8 / p.tuples_processed)
+       CASE WHEN t.state = 'copying' AND l.rows > 0 AND t.est_rows > l.rows
+            THEN (now() - t.started_at) * ((t.est_rows - l.rows)::float8 / l.rows)
        END AS eta,
+       l.ranges_done,
+       l.ranges_total,
+       CASE WHEN l.binary THEN 'binary' WHEN l.binary IS NOT NULL THEN 'text' END AS copy_format,
        t.snapshot_lsn,
        t.changes_applied,
        t.changes_skipped,
@@ -112,11 +131,8 @@ SELECT c.name AS connector,
        t.last_error_at
   FROM livesync.sync_table t
   JOIN livesync.connector c ON c.id = t.connector_id
-  LEFT JOIN livesync.connector w ON w.id = t.connector_id
-  LEFT JOIN pg_catalog.pg_stat_progress_copy p
-         ON p.pid = w.worker_pid AND p.relid = to_regclass(format('%I.%I', t.target_schema, t.target_name))
-        AND t.state = 'copying'
+  JOIN live l ON l.id = t.id
  ORDER BY 1, 2;
 
 GRANT SELECT ON livesync.table_progress TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.sync_table TO livesync_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.sync_table, livesync.copy_range TO livesync_admin;

@@ -16,6 +16,7 @@ pub mod apply;
 pub mod catalog;
 pub mod copy;
 pub mod error;
+pub mod guc;
 pub mod runtime;
 pub mod source;
 pub mod walrcv;
@@ -43,5 +44,6 @@ pub extern "C-unwind" fn _PG_init() {
         )
         .raise();
     }
+    guc::register();
     worker::launcher::register();
 }

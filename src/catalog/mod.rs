@@ -17,6 +17,7 @@ use pgrx::spi::SpiResult;
 
 use crate::error::{LivesyncError, Result};
 
+pub mod ranges;
 pub mod tables;
 
 /// A connector as the workers and the API need it.

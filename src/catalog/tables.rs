@@ -140,16 +140,33 @@ pub fn mark_copying(id: i32) -> Result<()> {
     .map_err(spi_err)
 }
 
-/// Must run in the transaction that loaded the rows.
-pub fn mark_copied(id: i32, rows: i64, bytes: i64, snapshot_lsn: &str) -> Result<()> {
+/// Record a table's copy plan: the key to build after the load (when livesync created the
+/// target), the source's size estimates, and the snapshot's LSN.
+pub fn set_plan(id: i32, key: Option<&[String]>, primary: bool, est_rows: i64, est_bytes: i64, snapshot_lsn: &str) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.sync_table
-            SET state = 'copied', rows_copied = $2, bytes_copied = $3, snapshot_lsn = $4::pg_lsn,
+            SET build_key = coalesce($2, build_key), build_key_primary = CASE WHEN $2 IS NULL THEN build_key_primary ELSE $3 END,
+                est_rows = $4, est_bytes = $5, snapshot_lsn = $6::pg_lsn
+          WHERE id = $1",
+        &[id.into(), key.map(|k| k.to_vec()).into(), primary.into(), est_rows.into(), est_bytes.into(), snapshot_lsn.into()],
+    )
+    .map_err(spi_err)
+}
+
+pub fn by_id(id: i32) -> Result<Option<SyncTable>> {
+    Ok(select("id = $1", &[id.into()])?.into_iter().next())
+}
+
+/// Must run in the transaction that built the key (the rows are committed range by range).
+pub fn mark_copied(id: i32, rows: i64, bytes: i64) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'copied', rows_copied = $2, bytes_copied = $3,
                 build_key = NULL,
                 finished_at = now(), attempts = 0, next_attempt_at = NULL,
                 last_error = NULL, last_error_hint = NULL, last_error_at = NULL
           WHERE id = $1",
-        &[id.into(), rows.into(), bytes.into(), snapshot_lsn.into()],
+        &[id.into(), rows.into(), bytes.into()],
     )
     .map_err(spi_err)
 }

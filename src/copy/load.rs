@@ -83,23 +83,24 @@ unsafe extern "C-unwind" fn read_copy_data(
     })
 }
 
-/// Load `stream` (text-format COPY data of `columns`, in that order) into table `relid`.
-/// Returns (rows, bytes). Must run inside a transaction with an active snapshot.
+/// Load `stream` (COPY data of `columns`, in that order, text or binary format) into table
+/// `relid`. Returns (rows, bytes). Must run inside a transaction with an active snapshot.
 pub fn load(
     rt: &tokio::runtime::Runtime,
     relid: pg_sys::Oid,
     columns: &[String],
     stream: CopyOutStream,
+    binary: bool,
 ) -> (i64, i64) {
-    run(relid, columns, Data::Stream { rt, stream: Box::pin(stream) }, Bytes::new())
+    run(relid, columns, Data::Stream { rt, stream: Box::pin(stream) }, Bytes::new(), binary)
 }
 
 /// Load rows already encoded in COPY text format.
 pub fn load_buffer(relid: pg_sys::Oid, columns: &[String], rows: Bytes) -> (i64, i64) {
-    run(relid, columns, Data::Buffer, rows)
+    run(relid, columns, Data::Buffer, rows, false)
 }
 
-fn run(relid: pg_sys::Oid, columns: &[String], data: Data, initial: Bytes) -> (i64, i64) {
+fn run(relid: pg_sys::Oid, columns: &[String], data: Data, initial: Bytes, binary: bool) -> (i64, i64) {
     SOURCE.with(|s| *s.borrow_mut() = Some(CopySource { data, pending: initial, bytes: 0 }));
     struct Reset;
     impl Drop for Reset {
@@ -118,6 +119,15 @@ fn run(relid: pg_sys::Oid, columns: &[String], data: Data, initial: Bytes) -> (i
         }
         // CopyFrom finds its result relation through the parse state's range table (as in
         // DoCopy and PostgreSQL's tablesync): without this entry it would dereference nothing.
+        let mut options: *mut pg_sys::List = std::ptr::null_mut();
+        if binary {
+            let format = pg_sys::makeDefElem(
+                pg_sys::pstrdup(c"format".as_ptr()),
+                pg_sys::makeString(pg_sys::pstrdup(c"binary".as_ptr())).cast(),
+                -1,
+            );
+            options = pg_sys::lappend(options, format.cast());
+        }
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
         pg_sys::addRangeTableEntryForRelation(pstate, rel, pg_sys::RowExclusiveLock as _, std::ptr::null_mut(), false, false);
         let cstate = pg_sys::BeginCopyFrom(
@@ -128,7 +138,7 @@ fn run(relid: pg_sys::Oid, columns: &[String], data: Data, initial: Bytes) -> (i
             false,
             Some(read_copy_data),
             attnames,
-            std::ptr::null_mut(),
+            options,
         );
         let rows = pg_sys::CopyFrom(cstate);
         pg_sys::EndCopyFrom(cstate);

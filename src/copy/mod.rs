@@ -1,37 +1,63 @@
-//! The initial copy of a connector's tables (states documented in `src/catalog/tables.rs`).
+//! The initial copy of a connector's tables (table states documented in
+//! `src/catalog/tables.rs`).
 //!
-//! Run by the connector's worker whenever tables are due ([`copy_due_tables`]): one exported
-//! snapshot per batch (see [`snapshot`]) — so tables added in quick succession share it — and one
-//! source connection that imports it (`SET TRANSACTION SNAPSHOT`) and streams each table's
-//! `COPY … TO STDOUT` into the target through [`load`]. Each table is loaded, its key built and
-//! its state set to `copied` in one target transaction, with `session_replication_role =
-//! replica` so foreign keys and user triggers stay quiet.
+//! The connector's worker coordinates a *batch* whenever tables are due ([`copy_due_tables`]):
+//! 1. it exports one snapshot for the whole batch (see [`snapshot`]), so tables added in quick
+//!    succession share it; the first batch exports it from the connector's permanent slot, so
+//!    the change stream starts exactly where the copies end;
+//! 2. for each table it reads the source definition under that snapshot, checks or creates the
+//!    target ([`target`]), decides the COPY format (binary when every column type is built in,
+//!    text otherwise) and splits large tables into ctid ranges ([`plan`]);
+//! 3. it starts up to `livesync.max_copy_workers` copy workers (`src/worker/copier.rs`), which
+//!    claim ranges, import the snapshot and stream each range's `COPY … TO STDOUT` into the
+//!    target through [`load`] — each range loaded and marked done in one target transaction;
+//! 4. it keeps the exporting connection open (the snapshot lives as long as it does) until every
+//!    range is loaded, then builds each table's key and marks it copied, in one transaction per
+//!    table, with the snapshot's LSN.
 //!
-//! Not yet here (issue 3): parallel copy workers and ctid ranges, binary format.
+//! While a batch runs the change stream is paused (it restarts from its replication origin
+//! afterwards; see the hand-off in `src/apply/`). A range whose copy worker died is taken over by
+//! another copy worker under the same snapshot, keeping the ranges already committed. A range
+//! that fails puts its table in `error`; like a table whose snapshot is gone (the coordinator's
+//! process ended, e.g. a server restart), it is retried by a later batch, which truncates what
+//! was loaded and starts the table over from a new snapshot.
 
 pub mod load;
+pub mod plan;
 pub mod snapshot;
 pub mod target;
 
+use std::time::Duration;
+
+use pgrx::bgworkers::DynamicBackgroundWorker;
 use pgrx::prelude::*;
 
 use crate::catalog::tables::{self, SyncTable};
-use crate::catalog::Connector;
+use crate::catalog::{ranges, Connector};
 use crate::runtime::block_on_until_shutdown;
 use crate::source::conninfo::SourceConninfo;
 use crate::source::{connect, quote_ident, quote_literal};
 use crate::worker::in_transaction;
+
+/// A copy worker that fails is relaunched at most this many times per batch.
+const MAX_WORKER_RESTARTS: u32 = 3;
 
 fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
 fn record_error(t: &SyncTable, message: &str, hint: Option<&str>) {
-    pgrx::log!(
-        "livesync: copy of {} failed: {message}",
-        qualified(&t.source_schema, &t.source_name)
-    );
+    pgrx::log!("livesync: copy of {} failed: {message}", qualified(&t.source_schema, &t.source_name));
     let _ = in_transaction(|| tables::mark_error(t.id, message, hint));
+}
+
+async fn slot_exists(info: &SourceConninfo, slot: &str) -> Result<bool, String> {
+    let client = connect::connect(info, "livesync").await.map_err(|e| e.to_string())?;
+    let r = client
+        .query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(r.is_some())
 }
 
 /// Copy every table of connector `c` that is due. Returns false if the worker must exit.
@@ -47,15 +73,13 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
         let _ = in_transaction(|| tables::mark_copying(t.id));
     }
 
-    // The first batch creates the connector's permanent slot and copies from its snapshot: the
-    // change stream then starts exactly where every copy of that batch ends. Later batches use a
-    // temporary slot's snapshot, which lies after the permanent slot's start, so the stream has
-    // every change the copy misses (see the hand-off in src/apply/).
     let slot_exists = match block_on_until_shutdown(rt, slot_exists(info, &c.slot_name)) {
         None => return false,
         Some(Ok(e)) => e,
         Some(Err(e)) => {
-            pgrx::log!("livesync: could not check for slot \"{}\": {e}", c.slot_name);
+            for t in &due {
+                record_error(t, &format!("could not reach the source: {e}"), None);
+            }
             return true;
         }
     };
@@ -75,9 +99,9 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
         }
     };
 
-    // One source transaction importing the snapshot serves every table of the batch.
+    // Read every table's definition under the snapshot: the shape the copy will have.
     let app = format!("livesync copy {}", c.name);
-    let client = match block_on_until_shutdown(rt, async {
+    let described = block_on_until_shutdown(rt, async {
         let client = connect::connect(info, &app).await.map_err(|e| e.to_string())?;
         client
             .batch_execute(&format!(
@@ -86,92 +110,149 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
             ))
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>(client)
-    }) {
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let mut defs = Vec::new();
+        for t in &due {
+            let def = crate::source::table::describe(&client, &qualified(&t.source_schema, &t.source_name)).await;
+            defs.push(def.map_err(|e| e.to_string()));
+        }
+        Ok::<_, String>((version, defs))
+    });
+    let (version, defs) = match described {
         None => return false,
-        Some(Ok(c)) => c,
+        Some(Ok(d)) => d,
         Some(Err(e)) => {
             for t in &due {
-                record_error(t, &format!("could not open the copy connection: {e}"), None);
+                record_error(t, &format!("could not read the source tables: {e}"), None);
             }
             return true;
         }
     };
 
-    for t in &due {
-        if crate::runtime::shutdown_requested() {
+    let range_bytes = i64::from(crate::guc::COPY_RANGE_MB.get()) << 20;
+    let mut total_ranges = 0usize;
+    for (t, def) in due.iter().zip(defs) {
+        let def = match def {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                record_error(t, "the source table no longer exists", Some("Remove it: SELECT livesync.remove_table('…');"));
+                continue;
+            }
+            Err(e) => {
+                record_error(t, &format!("could not read the source table: {e}"), None);
+                continue;
+            }
+        };
+        let binary = def.binary_copy_ok();
+        let planned = plan::plan(def.size_bytes, range_bytes, version, def.kind == "p");
+        let prepared = in_transaction(|| -> crate::error::Result<()> {
+            let target_q = target::qualified(&t.target_schema, &t.target_name);
+            if ranges::any_done(t.id)? {
+                // A previous attempt loaded ranges under a snapshot that is gone.
+                Spi::run(&format!("TRUNCATE {target_q}")).map_err(crate::catalog::spi_err)?;
+            }
+            let key = target::prepare(&def, &t.target_schema, &t.target_name)?;
+            tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn)?;
+            ranges::replace(t.id, &planned, &snap.name, binary)
+        });
+        match prepared {
+            Ok(Ok(())) => total_ranges += planned.len(),
+            Ok(Err(e)) => record_error(t, &e.message, e.hint.as_deref()),
+            Err(e) => record_error(t, &e, None),
+        }
+    }
+    if total_ranges == 0 {
+        return true;
+    }
+
+    // Run copy workers until every range is loaded (or failed for good), finishing tables as
+    // their last range lands. The exporting connection (`snap`) stays open meanwhile.
+    let workers = (crate::guc::MAX_COPY_WORKERS.get() as usize).min(total_ranges).max(1);
+    let mut handles: Vec<DynamicBackgroundWorker> = (0..workers).filter_map(|_| crate::worker::copier::start(c.id)).collect();
+    let mut restarts = 0;
+    loop {
+        finish_tables(c);
+        let remaining = match in_transaction(|| ranges::remaining(c.id)) {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        handles.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
+        if remaining == 0 {
+            break;
+        }
+        if handles.is_empty() {
+            if restarts >= MAX_WORKER_RESTARTS {
+                fail_unfinished(c, "the copy workers kept failing");
+                break;
+            }
+            restarts += 1;
+            handles = (0..workers.min(remaining as usize)).filter_map(|_| crate::worker::copier::start(c.id)).collect();
+            if handles.is_empty() {
+                fail_unfinished(c, "no background worker slot is free for a copy worker (max_worker_processes)");
+                break;
+            }
+        }
+        if !crate::worker::wait(Duration::from_millis(250)) {
+            for h in handles {
+                let _ = h.terminate();
+            }
             return false;
         }
-        copy_one(t, &client, &snap, rt);
     }
-    drop(client);
+    finish_tables(c);
     drop(snap);
     true
 }
 
-async fn slot_exists(info: &SourceConninfo, slot: &str) -> Result<bool, String> {
-    let client = connect::connect(info, "livesync").await.map_err(|e| e.to_string())?;
-    let r = client
-        .query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(r.is_some())
-}
-
-fn copy_one(t: &SyncTable, client: &tokio_postgres::Client, snap: &snapshot::ExportedSnapshot, rt: &tokio::runtime::Runtime) {
-    let source_q = qualified(&t.source_schema, &t.source_name);
-    let target_q = qualified(&t.target_schema, &t.target_name);
-
-    // The source's column list, read under the snapshot: the table's shape as of the copy.
-    let def = match block_on_until_shutdown(rt, crate::source::table::describe(client, &source_q)) {
-        None => return,
-        Some(Ok(Some(def))) => def,
-        Some(Ok(None)) => {
-            record_error(t, &format!("source table {source_q} no longer exists"), Some("livesync.remove_table() it, or recreate it on the source."));
-            return;
-        }
-        Some(Err(e)) => {
-            record_error(t, &format!("could not read source table {source_q}: {e}"), None);
-            return;
-        }
+/// Build the key and mark copied every table whose ranges are all loaded.
+fn finish_tables(c: &Connector) {
+    let finished = match in_transaction(|| ranges::finished_tables(c.id)) {
+        Ok(Ok(f)) => f,
+        _ => return,
     };
-    let columns: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
-    let copy_sql = format!("COPY {source_q} {} TO STDOUT", def.column_list());
-
-    let result = in_transaction(|| -> Result<(), (String, Option<String>)> {
-        let plain = |e: String| (e, None);
-        // Crash-sensitive: the rows, the key and the 'copied' mark commit together, or not at all.
-        Spi::run("SET LOCAL session_replication_role = replica").map_err(|e| plain(e.to_string()))?;
-        // Checks the target still fits (or creates it, for tables that joined the publication
-        // without add_table): a failure here is recorded on the table like any copy error.
-        let created_key = target::prepare(&def, &t.target_schema, &t.target_name).map_err(|e| (e.message, e.hint))?;
-        let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
-            .map_err(|e| plain(e.to_string()))?
-            .ok_or_else(|| plain(format!("target table {target_q} does not exist")))?;
-        let stream = match block_on_until_shutdown(rt, client.copy_out(copy_sql.as_str())) {
-            None => return Err(plain("worker shutting down".into())),
-            Some(r) => r.map_err(|e| plain(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())))?,
-        };
-        let (rows, bytes) = load::load(rt, relid, &columns, stream);
-        let primary = if created_key.is_some() { def.key_is_primary } else { t.build_key_primary };
-        if let Some(key) = t.build_key.as_ref().or(created_key.as_ref()) {
-            Spi::run(&crate::source::table::create_key_sql(&target_q, key, primary)).map_err(|e| plain(e.to_string()))?;
+    for (id, rows, bytes) in finished {
+        let r = in_transaction(|| -> crate::error::Result<()> {
+            // Crash-sensitive: the key and the 'copied' mark (with the snapshot's LSN) commit
+            // together; before this commit the table is not streamed.
+            let Some(t) = tables::by_id(id)? else { return Ok(()) };
+            if let Some(key) = &t.build_key {
+                let target_q = target::qualified(&t.target_schema, &t.target_name);
+                Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary))
+                    .map_err(crate::catalog::spi_err)?;
+            }
+            tables::mark_copied(id, rows, bytes)?;
+            pgrx::log!(
+                "livesync: copied {rows} rows of {} into {}",
+                qualified(&t.source_schema, &t.source_name),
+                qualified(&t.target_schema, &t.target_name)
+            );
+            Ok(())
+        });
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = in_transaction(|| tables::mark_error(id, &e.message, e.hint.as_deref()));
+            }
+            Err(e) => {
+                let _ = in_transaction(|| tables::mark_error(id, &format!("could not build the key: {e}"), None));
+            }
         }
-        tables::mark_copied(t.id, rows, bytes, &snap.lsn).map_err(|e| (e.message, e.hint))?;
-        pgrx::log!("livesync: copied {rows} rows of {source_q} into {target_q} (snapshot at {})", snap.lsn);
-        Ok(())
-    });
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err((e, hint))) => record_error(t, &e, hint.as_deref()),
-        Err(e) => record_error(t, &e, None),
     }
 }
 
-/// Follow the connector's publication on the source: a table added to it directly (`ALTER
-/// PUBLICATION … ADD TABLE`) is synced like `add_table` would (same schema and name on the
-/// target, created if missing at copy time); one dropped from it stops syncing (target data
-/// stays). Returns true when the table set changed.
+fn fail_unfinished(c: &Connector, why: &str) {
+    let _ = in_transaction(|| -> crate::error::Result<()> {
+        for t in tables::due_for_copy(c.id)?.iter().filter(|t| t.state == "copying") {
+            tables::mark_error(t.id, &format!("copy interrupted: {why}"), Some("It is retried automatically; check the server log."))?;
+        }
+        Ok(())
+    });
+}
+
 pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> bool {
     let published = match block_on_until_shutdown(rt, async {
         client

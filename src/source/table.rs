@@ -24,6 +24,8 @@ SELECT c.oid::int8, c.relkind::text, n.nspname::text, c.relname::text,
 pub const COLUMNS_QUERY: &str = "\
 SELECT a.attname::text,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
+       a.atttypid::int8,
+       t.typelem::int8,
        a.attnotnull,
        t.typtype::text,
        (SELECT e.extname::text FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
@@ -56,6 +58,9 @@ pub struct ColumnDef {
     /// `format_type()` output, e.g. `timestamp with time zone`, `numeric(10,2)`, `public.mood`.
     pub type_name: String,
     pub not_null: bool,
+    pub type_oid: u32,
+    /// For arrays: the element type.
+    pub elem_oid: u32,
     /// `pg_type.typtype`: b(ase), c(omposite), d(omain), e(num), r(ange), m(ultirange), p(seudo).
     pub type_kind: String,
     /// The extension owning the type, if any (e.g. `postgis` for `geometry`).
@@ -95,6 +100,34 @@ impl TableDef {
     pub fn column_list(&self) -> String {
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
         format!("({})", cols.join(", "))
+    }
+
+    /// Whether binary COPY can carry this table: only built-in types, whose binary form (arrays
+    /// included, which embed their element type's OID) is the same on every server.
+    pub fn binary_copy_ok(&self) -> bool {
+        const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+        self.columns.iter().all(|c| c.type_oid < FIRST_NORMAL_OBJECT_ID && c.elem_oid < FIRST_NORMAL_OBJECT_ID)
+    }
+
+    /// `COPY … TO STDOUT` for pages `[start, end)` (`end` None: to the end of the table), or the
+    /// whole table. A partitioned table is read through a query (COPY cannot read one directly)
+    /// and is never split: ctids are per partition.
+    pub fn copy_out_sql(&self, pages: Option<(i64, Option<i64>)>, binary: bool) -> String {
+        let format = if binary { " (FORMAT binary)" } else { "" };
+        let cols = self.column_list();
+        let select_cols = &cols[1..cols.len() - 1];
+        match pages {
+            None if self.kind != "p" => format!("COPY {} {cols} TO STDOUT{format}", self.qualified()),
+            None => format!("COPY (SELECT {select_cols} FROM {}) TO STDOUT{format}", self.qualified()),
+            Some((start, end)) => {
+                let mut q = format!("COPY (SELECT {select_cols} FROM {} WHERE ctid >= '({start},0)'::tid", self.qualified());
+                if let Some(end) = end {
+                    q.push_str(&format!(" AND ctid < '({end},0)'::tid"));
+                }
+                q.push_str(&format!(") TO STDOUT{format}"));
+                q
+            }
+        }
     }
 
     /// `CREATE TABLE` for the target, without any key (built after loading).
@@ -137,10 +170,12 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
         t.columns.push(ColumnDef {
             name: c.get(0),
             type_name: c.get(1),
-            not_null: c.get(2),
-            type_kind: c.get(3),
-            type_extension: c.get(4),
-            default_expr: c.get(5),
+            type_oid: c.get::<_, i64>(2) as u32,
+            elem_oid: c.get::<_, i64>(3) as u32,
+            not_null: c.get(4),
+            type_kind: c.get(5),
+            type_extension: c.get(6),
+            default_expr: c.get(7),
         });
     }
     if let Some(k) = client.query_opt(KEY_QUERY, &[&oid]).await? {
@@ -169,6 +204,8 @@ mod tests {
         ColumnDef {
             name: name.into(),
             type_name: ty.into(),
+            type_oid: 1184,
+            elem_oid: 0,
             not_null: nn,
             type_kind: "b".into(),
             type_extension: None,
@@ -204,6 +241,25 @@ mod tests {
         assert_eq!(t.column_list(), "(\"time\", \"value\")");
         assert_eq!(create_key_sql("x", &t.key, true), "ALTER TABLE x ADD PRIMARY KEY (\"time\")");
         assert_eq!(create_key_sql("x", &t.key, false), "CREATE UNIQUE INDEX ON x (\"time\")");
+    }
+
+    #[test]
+    fn copy_statements() {
+        let mut t = metrics();
+        assert_eq!(
+            t.copy_out_sql(None, false),
+            "COPY \"public\".\"Weird \"\"Name\"\"\" (\"time\", \"value\") TO STDOUT"
+        );
+        assert_eq!(
+            t.copy_out_sql(Some((0, Some(128))), true),
+            "COPY (SELECT \"time\", \"value\" FROM \"public\".\"Weird \"\"Name\"\"\" WHERE ctid >= '(0,0)'::tid AND ctid < '(128,0)'::tid) TO STDOUT (FORMAT binary)"
+        );
+        assert!(t.copy_out_sql(Some((128, None)), false).ends_with("WHERE ctid >= '(128,0)'::tid) TO STDOUT"));
+        t.kind = "p".into();
+        assert!(t.copy_out_sql(None, false).starts_with("COPY (SELECT"));
+        assert!(t.binary_copy_ok());
+        t.columns[0].elem_oid = 20000; // array of a user-defined type
+        assert!(!t.binary_copy_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!  └─ livesync launcher            (static, no database; one per cluster)
 //!      └─ livesync manager          (one per database where the extension is installed)
 //!          └─ livesync connector    (one per enabled connector)
+//!              └─ livesync copy     (up to livesync.max_copy_workers, during an initial copy)
 //! ```
 //! - [`launcher`] starts at server start and asks every connectable database for a manager; a
 //!   manager finding no livesync in its database exits for good. `CREATE EXTENSION livesync`
@@ -29,6 +30,7 @@ use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 
 pub mod connector;
+pub mod copier;
 pub mod launcher;
 pub mod manager;
 pub mod stream;
@@ -43,6 +45,7 @@ pub const LOCK_CLASS_TABLES: i32 = 0x4c53_5442; // "LSTB"
 pub const BACKEND_TYPE_LAUNCHER: &str = "livesync launcher";
 pub const BACKEND_TYPE_MANAGER: &str = "livesync manager";
 pub const BACKEND_TYPE_CONNECTOR: &str = "livesync connector";
+pub const BACKEND_TYPE_COPY: &str = "livesync copy";
 
 /// Run `f` in its own transaction. A PostgreSQL ERROR (or Rust panic) inside aborts the
 /// transaction and is returned as its message, so a worker can record it and carry on instead of

@@ -1,0 +1,119 @@
+//! `livesync.copy_range`: the units of work of a table's initial copy (see `src/copy/plan.rs`).
+//! A range is claimed by one copy worker at a time and marked done in the transaction that loaded
+//! it, so after a failure only unfinished ranges are loaded again — as long as the exported
+//! snapshot they must be read under still exists; otherwise the table starts over.
+
+use pgrx::prelude::*;
+
+use super::{first_value, spi_err};
+use crate::copy::plan::PageRange;
+use crate::error::Result;
+
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub table_id: i32,
+    pub range_no: i32,
+    pub start_page: i64,
+    pub end_page: Option<i64>,
+    pub whole_table: bool,
+    pub snapshot: String,
+    pub binary: bool,
+}
+
+/// Whether a previous attempt loaded any range of the table (its rows must go first).
+pub fn any_done(table_id: i32) -> Result<bool> {
+    Ok(first_value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM livesync.copy_range WHERE table_id = $1 AND done)",
+        &[table_id.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Replace the table's ranges by a new plan under `snapshot`.
+pub fn replace(table_id: i32, ranges: &[PageRange], snapshot: &str, binary: bool) -> Result<()> {
+    Spi::run_with_args("DELETE FROM livesync.copy_range WHERE table_id = $1", &[table_id.into()]).map_err(spi_err)?;
+    for (i, r) in ranges.iter().enumerate() {
+        Spi::run_with_args(
+            "INSERT INTO livesync.copy_range (table_id, range_no, start_page, end_page, snapshot, binary_format)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[table_id.into(), (i as i32).into(), r.start.into(), r.end.into(), snapshot.into(), binary.into()],
+        )
+        .map_err(spi_err)?;
+    }
+    Ok(())
+}
+
+/// Claim the next range of connector `connector_id` nobody (alive) is loading. Commits on its
+/// own so other copy workers see the claim.
+pub fn claim_next(connector_id: i32) -> Result<Option<Claimed>> {
+    Spi::connect_mut(|c| {
+        let mut t = c.update(
+            "UPDATE livesync.copy_range r SET claimed_by = pg_catalog.pg_backend_pid()
+              WHERE (r.table_id, r.range_no) = (
+                    SELECT cr.table_id, cr.range_no
+                      FROM livesync.copy_range cr
+                      JOIN livesync.sync_table t ON t.id = cr.table_id
+                     WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT cr.done
+                       AND (cr.claimed_by IS NULL OR NOT EXISTS (
+                              SELECT 1 FROM pg_catalog.pg_stat_activity a
+                               WHERE a.pid = cr.claimed_by AND a.backend_type = 'livesync copy'))
+                     ORDER BY cr.table_id, cr.range_no
+                     LIMIT 1
+                       FOR UPDATE OF cr SKIP LOCKED)
+             RETURNING r.table_id, r.range_no, r.start_page, r.end_page, r.snapshot, r.binary_format,
+                       (SELECT count(*) FROM livesync.copy_range x WHERE x.table_id = r.table_id) = 1",
+            Some(1),
+            &[connector_id.into()],
+        )?;
+        match t.next() {
+            None => Ok(None),
+            Some(row) => Ok(Some(Claimed {
+                table_id: row.get::<i32>(1)?.unwrap_or_default(),
+                range_no: row.get::<i32>(2)?.unwrap_or_default(),
+                start_page: row.get::<i64>(3)?.unwrap_or_default(),
+                end_page: row.get::<i64>(4)?,
+                snapshot: row.get::<String>(5)?.unwrap_or_default(),
+                binary: row.get::<bool>(6)?.unwrap_or(false),
+                whole_table: row.get::<bool>(7)?.unwrap_or(true),
+            })),
+        }
+    })
+    .map_err(spi_err)
+}
+
+/// Must run in the transaction that loaded the range.
+pub fn mark_done(table_id: i32, range_no: i32, rows: i64, bytes: i64) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.copy_range SET done = true, rows = $3, bytes = $4, finished_at = now()
+          WHERE table_id = $1 AND range_no = $2",
+        &[table_id.into(), range_no.into(), rows.into(), bytes.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Tables of the batch whose ranges are all done: (table id, rows, bytes).
+pub fn finished_tables(connector_id: i32) -> Result<Vec<(i32, i64, i64)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT t.id, sum(r.rows)::int8, sum(r.bytes)::int8
+               FROM livesync.sync_table t JOIN livesync.copy_range r ON r.table_id = t.id
+              WHERE t.connector_id = $1 AND t.state = 'copying'
+              GROUP BY t.id HAVING bool_and(r.done)",
+            None,
+            &[connector_id.into()],
+        )?;
+        t.map(|r| Ok((r.get::<i32>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
+/// Ranges of the batch still to load (of tables still copying).
+pub fn remaining(connector_id: i32) -> Result<i64> {
+    Ok(first_value::<i64>(
+        "SELECT count(*) FROM livesync.copy_range r JOIN livesync.sync_table t ON t.id = r.table_id
+          WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT r.done",
+        &[connector_id.into()],
+    )?
+    .unwrap_or(0))
+}

@@ -1,0 +1,154 @@
+//! A copy worker: loads ranges of a connector's initial-copy batch (see `src/copy/`).
+//!
+//! Started by the connector's worker for one batch. It claims ranges one at a time
+//! (`livesync.copy_range`), opens a source transaction that imports the batch's exported
+//! snapshot, and streams each range's `COPY … TO STDOUT` into the target with COPY FROM — the
+//! rows and the range's "done" mark committed in one target transaction, with
+//! `session_replication_role = replica`. A failing range puts its table in `error` (the other
+//! tables go on) and the worker moves on. It exits when no range is left.
+
+use std::collections::HashMap;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
+use pgrx::prelude::*;
+
+use super::BACKEND_TYPE_COPY;
+use crate::catalog::{self, ranges, tables};
+use crate::copy::{load, target};
+use crate::runtime::{block_on_until_shutdown, new_runtime};
+use crate::source::conninfo::SourceConninfo;
+use crate::source::table::TableDef;
+use crate::source::{connect, quote_ident, quote_literal};
+
+/// Start a copy worker for connector `connector_id` (called by its connector worker).
+pub fn start(connector_id: i32) -> Option<DynamicBackgroundWorker> {
+    let dboid = unsafe { pg_sys::MyDatabaseId };
+    unsafe {
+        pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+            BackgroundWorkerBuilder::new(&format!("livesync copy {connector_id}"))
+                .set_type(BACKEND_TYPE_COPY)
+                .set_function("livesync_copy_main")
+                .set_library("livesync")
+                .enable_shmem_access(None)
+                .enable_spi_access()
+                .set_start_time(BgWorkerStartTime::RecoveryFinished)
+                .set_restart_time(None)
+                .set_argument(connector_id.into_datum())
+                .set_extra(&dboid.to_u32().to_string())
+                .set_notify_pid(pg_sys::MyProcPid)
+                .load_dynamic()
+                .ok()
+        })
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
+    super::attach_signals();
+    let connector_id = unsafe { i32::from_datum(arg, false) }.expect("copy worker needs a connector id");
+    let dboid: u32 = BackgroundWorker::get_extra().parse().expect("copy worker needs a database OID");
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    super::set_worker_session_defaults();
+    // A range of a big table may take long: no statement timeout here.
+    let _ = super::in_transaction(|| Spi::run("SELECT pg_catalog.set_config('statement_timeout', '0', false)"));
+
+    let Ok(Ok(Some(conninfo))) = super::in_transaction(|| catalog::conninfo(connector_id)) else { return };
+    let Ok(info) = SourceConninfo::parse(&conninfo) else { return };
+    let name = match super::in_transaction(|| catalog::connector_by_id(connector_id)) {
+        Ok(Ok(Some(c))) => c.name,
+        _ => return,
+    };
+    super::set_application_name(&format!("livesync copy {name}"));
+
+    let rt = new_runtime();
+    // The source transaction importing the current snapshot, and table definitions read in it.
+    let mut session: Option<(String, tokio_postgres::Client)> = None;
+    let mut defs: HashMap<i32, TableDef> = HashMap::new();
+
+    while !crate::runtime::shutdown_requested() {
+        let claimed = match super::in_transaction(|| ranges::claim_next(connector_id)) {
+            Ok(Ok(Some(c))) => c,
+            _ => break,
+        };
+        let Ok(Ok(Some(t))) = super::in_transaction(|| tables::by_id(claimed.table_id)) else { continue };
+
+        if session.as_ref().is_none_or(|(s, _)| s != &claimed.snapshot) {
+            defs.clear();
+            let app = format!("livesync copy {name}");
+            let opened = block_on_until_shutdown(&rt, async {
+                let client = connect::connect(&info, &app).await.map_err(|e| e.to_string())?;
+                client
+                    .batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                        quote_literal(&claimed.snapshot)
+                    ))
+                    .await
+                    .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
+                Ok::<_, String>(client)
+            });
+            match opened {
+                None => break,
+                Some(Ok(client)) => session = Some((claimed.snapshot.clone(), client)),
+                Some(Err(e)) => {
+                    // Typically "invalid snapshot identifier": the coordinator is gone.
+                    fail(claimed.table_id, &format!("could not import the copy snapshot: {e}"));
+                    session = None;
+                    continue;
+                }
+            }
+        }
+        let client = &session.as_ref().unwrap().1;
+
+        if !defs.contains_key(&t.id) {
+            let source_q = format!("{}.{}", quote_ident(&t.source_schema), quote_ident(&t.source_name));
+            match block_on_until_shutdown(&rt, crate::source::table::describe(client, &source_q)) {
+                None => break,
+                Some(Ok(Some(d))) => {
+                    defs.insert(t.id, d);
+                }
+                Some(Ok(None)) => {
+                    fail(t.id, "the source table no longer exists");
+                    continue;
+                }
+                Some(Err(e)) => {
+                    fail(t.id, &format!("could not read the source table: {e}"));
+                    continue;
+                }
+            }
+        }
+        let def = &defs[&t.id];
+        let pages = (!claimed.whole_table).then_some((claimed.start_page, claimed.end_page));
+        let copy_sql = def.copy_out_sql(pages, claimed.binary);
+        let columns: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
+        let target_q = target::qualified(&t.target_schema, &t.target_name);
+
+        let result = super::in_transaction(|| -> Result<(), String> {
+            // Crash-sensitive: the range's rows and its "done" mark commit together.
+            Spi::run("SET LOCAL session_replication_role = replica").map_err(|e| e.to_string())?;
+            let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("target table {target_q} does not exist"))?;
+            let stream = match block_on_until_shutdown(&rt, client.copy_out(copy_sql.as_str())) {
+                None => return Err("copy worker shutting down".into()),
+                Some(r) => r.map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?,
+            };
+            let (rows, bytes) = load::load(&rt, relid, &columns, stream, claimed.binary);
+            ranges::mark_done(claimed.table_id, claimed.range_no, rows, bytes).map_err(|e| e.message)?;
+            Ok(())
+        });
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => {
+                fail(t.id, &e);
+                // The source transaction may be unusable after a failed COPY: start a new one.
+                session = None;
+            }
+        }
+    }
+}
+
+fn fail(table_id: i32, message: &str) {
+    pgrx::log!("livesync: copy of table {table_id} failed: {message}");
+    let _ = super::in_transaction(|| tables::mark_error(table_id, message, None));
+}
