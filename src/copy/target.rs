@@ -73,22 +73,53 @@ pub fn check_existing_target(def: &TableDef, target: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every column type must exist on the target before the table can be created there.
+fn type_exists(type_name: &str) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[type_name.into()])
+        .map_err(catalog::spi_err)?
+        .unwrap_or(false))
+}
+
+fn ensure_schema(schema: &str) -> Result<()> {
+    let exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+        &[schema.into()],
+    )
+    .map_err(catalog::spi_err)?
+    .unwrap_or(false);
+    if !exists {
+        Spi::run(&format!("CREATE SCHEMA {}", spi::quote_identifier(schema))).map_err(catalog::spi_err)?;
+        pgrx::notice!("created schema {} on the target", spi::quote_identifier(schema));
+    }
+    Ok(())
+}
+
+/// Every column type must exist on the target before the table can be created there. Enums,
+/// domains and composite types that are missing are created from the source's definition; a
+/// type from an extension (or any other missing type) is an error saying what to install.
 pub fn check_types_exist(def: &TableDef) -> Result<()> {
     for c in &def.columns {
-        let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[c.type_name.as_str().into()])
-            .map_err(catalog::spi_err)?
-            .unwrap_or(false);
-        if exists {
+        if type_exists(&c.type_name)? {
             continue;
+        }
+        if let Some((ddl, schema)) = &c.type_ddl {
+            ensure_schema(schema)?;
+            Spi::run(ddl).map_err(|e| {
+                LivesyncError::new(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    format!("could not create type of column \"{}\" on the target: {e}", c.name),
+                )
+                .detail(format!("Statement: {ddl}"))
+                .hint("Create the type on the target yourself (pg_dump --schema-only of the source has it), then add the table again.")
+            })?;
+            pgrx::notice!("created type {} on the target", c.type_name.trim_end_matches("[]"));
+            if type_exists(&c.type_name)? {
+                continue;
+            }
         }
         let base = c.type_name.trim_end_matches("[]");
         let hint = match (&c.type_extension, c.type_kind.as_str()) {
             (Some(ext), _) => format!("CREATE EXTENSION {} on the target first.", spi::quote_identifier(ext)),
-            (None, "e") => format!("Create the enum type on the target first (its definition: SELECT pg_catalog.enum_range(NULL::{base}) on the source)."),
-            (None, "d") => "Create the domain on the target first (copy its definition from the source with pg_dump --schema-only).".to_string(),
-            (None, "c") => "Create the composite type on the target first (copy its definition from the source with pg_dump --schema-only).".to_string(),
-            _ => "Create the type on the target first.".to_string(),
+            _ => "Create the type on the target first (pg_dump --schema-only of the source has its definition).".to_string(),
         };
         return Err(LivesyncError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
@@ -98,7 +129,6 @@ pub fn check_types_exist(def: &TableDef) -> Result<()> {
     }
     Ok(())
 }
-
 
 /// `"schema"."name"` quoted for the target.
 pub fn qualified(schema: &str, name: &str) -> String {
@@ -117,16 +147,7 @@ pub fn prepare(def: &TableDef, schema: &str, name: &str) -> Result<Option<Vec<St
         return Ok(None);
     }
     check_types_exist(def)?;
-    let schema_exists = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-        &[schema.into()],
-    )
-    .map_err(catalog::spi_err)?
-    .unwrap_or(false);
-    if !schema_exists {
-        Spi::run(&format!("CREATE SCHEMA {}", spi::quote_identifier(schema))).map_err(catalog::spi_err)?;
-        pgrx::notice!("created schema {} on the target", spi::quote_identifier(schema));
-    }
+    ensure_schema(schema)?;
     Spi::run(&def.create_table_sql(&target_q)).map_err(catalog::spi_err)?;
     Ok((!def.key.is_empty()).then(|| def.key.clone()))
 }

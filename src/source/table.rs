@@ -34,7 +34,26 @@ SELECT a.attname::text,
                 SELECT 1 FROM pg_catalog.pg_depend d
                  WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
                    AND d.refobjid <> a.attrelid)
-            THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END
+            THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END,
+       (SELECT CASE ut.typtype
+                 WHEN 'e' THEN format('CREATE TYPE %I.%I AS ENUM (%s)', un.nspname, ut.typname,
+                        (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+                           FROM pg_catalog.pg_enum e WHERE e.enumtypid = ut.oid))
+                 WHEN 'd' THEN format('CREATE DOMAIN %I.%I AS %s%s%s%s', un.nspname, ut.typname,
+                        pg_catalog.format_type(ut.typbasetype, ut.typtypmod),
+                        CASE WHEN ut.typdefault IS NOT NULL THEN ' DEFAULT ' || ut.typdefault ELSE '' END,
+                        CASE WHEN ut.typnotnull THEN ' NOT NULL' ELSE '' END,
+                        coalesce((SELECT string_agg(' CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid), '')
+                                    FROM pg_catalog.pg_constraint c WHERE c.contypid = ut.oid), ''))
+                 WHEN 'c' THEN format('CREATE TYPE %I.%I AS (%s)', un.nspname, ut.typname,
+                        (SELECT string_agg(quote_ident(ca.attname) || ' ' || pg_catalog.format_type(ca.atttypid, ca.atttypmod), ', ' ORDER BY ca.attnum)
+                           FROM pg_catalog.pg_attribute ca WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped))
+               END || E'\n' || un.nspname
+          FROM pg_catalog.pg_type ut JOIN pg_catalog.pg_namespace un ON un.oid = ut.typnamespace
+         WHERE ut.oid = CASE WHEN t.typelem <> 0 AND t.typcategory = 'A' THEN t.typelem ELSE t.oid END
+           AND ut.typtype IN ('e', 'd', 'c') AND ut.oid >= 16384
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::regclass
+                                                              AND d.objid = ut.oid AND d.deptype = 'e'))
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
   LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
@@ -67,6 +86,9 @@ pub struct ColumnDef {
     pub type_extension: Option<String>,
     /// A default expression that depends on no other object, if any.
     pub default_expr: Option<String>,
+    /// For a user-defined enum, domain or composite type (or an array of one): the statement
+    /// that creates it, and its schema.
+    pub type_ddl: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +198,10 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
             type_kind: c.get(5),
             type_extension: c.get(6),
             default_expr: c.get(7),
+            type_ddl: c.get::<_, Option<String>>(8).and_then(|v| {
+                let (ddl, schema) = v.rsplit_once('\n')?;
+                Some((ddl.to_string(), schema.to_string()))
+            }),
         });
     }
     if let Some(k) = client.query_opt(KEY_QUERY, &[&oid]).await? {
@@ -210,6 +236,7 @@ mod tests {
             type_kind: "b".into(),
             type_extension: None,
             default_expr: d.map(Into::into),
+            type_ddl: None,
         }
     }
 
