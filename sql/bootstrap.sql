@@ -18,6 +18,9 @@ CREATE TABLE livesync.connector (
     source_user       text NOT NULL,
     -- Desired state: false after pause_connector.
     enabled           bool NOT NULL DEFAULT true,
+    -- Option: when the source adds a column, add it (nullable) to the target instead of
+    -- stopping the table.
+    auto_add_columns  bool NOT NULL DEFAULT false,
     -- Last state reported by the connector's worker. The view livesync.connectors combines it
     -- with `enabled` and with whether worker_pid is alive.
     state             text NOT NULL DEFAULT 'starting'

@@ -9,6 +9,7 @@ SELECT c.name,
            ELSE c.state
        END AS state,
        c.enabled,
+       c.auto_add_columns,
        a.pid AS worker_pid,
        c.source_host,
        c.source_port,

@@ -155,6 +155,22 @@ fn resume_connector(name: &str) {
     wake_manager_after_commit();
 }
 
+/// Connector options. `auto_add_columns`: when the source adds a column to a synced table, add it
+/// (nullable, same type) to the target instead of putting the table in `error`.
+#[pg_extern]
+fn alter_connector(name: &str, auto_add_columns: default!(Option<bool>, "NULL")) {
+    let c = catalog::lock_connector_by_name(name).or_raise();
+    if let Some(on) = auto_add_columns {
+        catalog::set_auto_add_columns(c.id, on).or_raise();
+    }
+    // The worker reads options when its stream (re)starts: restart it.
+    if let Some(pid) = catalog::live_worker_pid(c.id).or_raise() {
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        });
+    }
+}
+
 #[pg_extern]
 fn rename_connector(name: &str, new_name: &str) {
     validate_name(new_name, "connector name").or_raise();

@@ -124,10 +124,14 @@ pub struct Applier {
     pub current_table: Option<i32>,
     pub reload_tables: bool,
     batch: Option<InsertBatch>,
+    /// The connector's option: add columns the source added (nullable) to the target.
+    auto_add_columns: bool,
+    /// User-defined types the stream described (TYPE messages): OID → (schema, name).
+    remote_types: HashMap<u32, (String, String)>,
 }
 
 impl Applier {
-    pub fn new(connector_id: i32) -> Self {
+    pub fn new(connector_id: i32, auto_add_columns: bool) -> Self {
         Applier {
             connector_id,
             relations: Default::default(),
@@ -142,6 +146,8 @@ impl Applier {
             current_table: None,
             reload_tables: true,
             batch: None,
+            auto_add_columns,
+            remote_types: HashMap::new(),
         }
     }
 
@@ -233,7 +239,22 @@ impl Applier {
         };
         let target = format!("{}.{}", quote_ident(&t.target_schema), quote_ident(&t.target_name));
         if self.relations[&rel_id].target.is_none() {
-            let cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, message: m, hint: None })?;
+            let mut cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, message: m, hint: None })?;
+            if self.auto_add_columns {
+                let mr = &self.relations[&rel_id];
+                let m = Mapping::new(&mr.remote, &cols);
+                let missing: Vec<RemoteColumn> = m.missing_columns(&mr.remote).into_iter().cloned().collect();
+                if !missing.is_empty() {
+                    for c in &missing {
+                        if let Some(ty) = self.type_name_on_target(c) {
+                            Spi::run(&format!("ALTER TABLE {target} ADD COLUMN {} {ty}", quote_ident(&c.name)))
+                                .expect("ALTER TABLE failed");
+                            pgrx::log!("livesync: added column {} {ty} to {target} (the source added it)", quote_ident(&c.name));
+                        }
+                    }
+                    cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, message: m, hint: None })?;
+                }
+            }
             let mr = self.relations.get_mut(&rel_id).unwrap();
             let m = Mapping::new(&mr.remote, &cols);
             if let Some(missing) = m.missing_column(&mr.remote) {
@@ -258,6 +279,27 @@ impl Applier {
                 .flatten();
         }
         Ok(Some((t, target)))
+    }
+
+    /// The target's spelling of a remote column's type: built-in types by OID, others by the
+    /// name the stream's TYPE message gave them (when the target has that type).
+    fn type_name_on_target(&self, c: &RemoteColumn) -> Option<String> {
+        let spelled = if c.type_oid < 16384 {
+            Spi::get_one_with_args::<String>(
+                "SELECT pg_catalog.format_type($1::oid, $2)",
+                &[(c.type_oid as i64).into(), c.type_mod.into()],
+            )
+            .ok()
+            .flatten()?
+        } else {
+            let (nsp, name) = self.remote_types.get(&c.type_oid)?;
+            format!("{}.{}", quote_ident(nsp), quote_ident(name))
+        };
+        let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[spelled.as_str().into()])
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        exists.then_some(spelled)
     }
 
     fn count(&mut self, id: i32, applied: bool) {
@@ -333,7 +375,7 @@ impl Applier {
                     columns: r
                         .columns
                         .iter()
-                        .map(|c| RemoteColumn { name: c.name.clone(), type_oid: c.type_oid, key: c.is_key() })
+                        .map(|c| RemoteColumn { name: c.name.clone(), type_oid: c.type_oid, type_mod: c.type_modifier, key: c.is_key() })
                         .collect(),
                 };
                 self.flush();
@@ -430,7 +472,10 @@ impl Applier {
                     self.changes_in_txn += 1;
                 }
             }
-            LogicalMessage::Origin(_) | LogicalMessage::Type(_) | LogicalMessage::Message(_) => {}
+            LogicalMessage::Type(ty) => {
+                self.remote_types.insert(ty.type_oid, (ty.namespace, ty.name));
+            }
+            LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {}
             LogicalMessage::StreamStart(_)
             | LogicalMessage::StreamStop
             | LogicalMessage::StreamCommit(_)

@@ -8,6 +8,7 @@ use crate::source::quote_ident;
 pub struct RemoteColumn {
     pub name: String,
     pub type_oid: u32,
+    pub type_mod: i32,
     /// Part of the source's replica identity (key) — or every column under REPLICA IDENTITY FULL.
     pub key: bool,
 }
@@ -57,7 +58,11 @@ impl Mapping {
 
     /// The first remote column missing on the target, if any.
     pub fn missing_column<'r>(&self, remote: &'r RemoteRelation) -> Option<&'r str> {
-        remote.columns.iter().zip(&self.target_types).find(|(_, t)| t.is_none()).map(|(c, _)| c.name.as_str())
+        self.missing_columns(remote).first().map(|c| c.name.as_str())
+    }
+
+    pub fn missing_columns<'r>(&self, remote: &'r RemoteRelation) -> Vec<&'r RemoteColumn> {
+        remote.columns.iter().zip(&self.target_types).filter(|(_, t)| t.is_none()).map(|(c, _)| c).collect()
     }
 }
 
@@ -150,9 +155,9 @@ mod tests {
             name: "t".into(),
             replica_identity: ident,
             columns: vec![
-                RemoteColumn { name: "id".into(), type_oid: 23, key: ident != b'f' },
-                RemoteColumn { name: "doc".into(), type_oid: 114, key: false },
-                RemoteColumn { name: "v".into(), type_oid: 25, key: false },
+                RemoteColumn { name: "id".into(), type_oid: 23, type_mod: -1, key: ident != b'f' },
+                RemoteColumn { name: "doc".into(), type_oid: 114, type_mod: -1, key: false },
+                RemoteColumn { name: "v".into(), type_oid: 25, type_mod: -1, key: false },
             ],
         }
     }
@@ -200,7 +205,7 @@ mod tests {
         }
         let m = Mapping::new(&r, &target());
         assert!(delete_sql("t", &r, &m, &[true, true, true]).is_none());
-        r.columns.push(RemoteColumn { name: "added".into(), type_oid: 23, key: false });
+        r.columns.push(RemoteColumn { name: "added".into(), type_oid: 23, type_mod: -1, key: false });
         let m = Mapping::new(&r, &target());
         assert_eq!(m.missing_column(&r), Some("added"));
     }

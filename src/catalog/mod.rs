@@ -30,6 +30,7 @@ pub struct Connector {
     pub slot_name: String,
     pub enabled: bool,
     pub worker_pid: Option<i32>,
+    pub auto_add_columns: bool,
 }
 
 /// What the manager needs per connector to reconcile workers.
@@ -79,7 +80,8 @@ pub fn installed() -> bool {
         .unwrap_or(false)
 }
 
-const CONNECTOR_COLUMNS: &str = "id, name, token, publication_name::text, slot_name::text, enabled, worker_pid";
+const CONNECTOR_COLUMNS: &str =
+    "id, name, token, publication_name::text, slot_name::text, enabled, worker_pid, auto_add_columns";
 
 fn connector_from_row(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Connector> {
     Ok(Connector {
@@ -90,6 +92,7 @@ fn connector_from_row(row: &pgrx::spi::SpiHeapTupleData) -> SpiResult<Connector>
         slot_name: row.get::<String>(5)?.unwrap_or_default(),
         enabled: row.get::<bool>(6)?.unwrap_or(false),
         worker_pid: row.get::<i32>(7)?,
+        auto_add_columns: row.get::<bool>(8)?.unwrap_or(false),
     })
 }
 
@@ -186,6 +189,11 @@ pub fn set_enabled(id: i32, enabled: bool) -> Result<()> {
         &[id.into(), enabled.into()],
     )
     .map_err(spi_err)
+}
+
+pub fn set_auto_add_columns(id: i32, on: bool) -> Result<()> {
+    Spi::run_with_args("UPDATE livesync.connector SET auto_add_columns = $2 WHERE id = $1", &[id.into(), on.into()])
+        .map_err(spi_err)
 }
 
 pub fn rename(id: i32, new_name: &str) -> Result<()> {

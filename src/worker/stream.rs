@@ -154,7 +154,7 @@ pub fn run(
     let _ = super::in_transaction(|| catalog::report_running(c.id));
 
     let mut decoder = Decoder::new();
-    let mut applier = Applier::new(c.id);
+    let mut applier = Applier::new(c.id, c.auto_add_columns);
     let mut p = Progress {
         received: start,
         committed_remote: start,
