@@ -7,10 +7,12 @@
 
 use std::io;
 
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use super::conninfo::SourceConninfo;
+use super::conninfo::{SourceConninfo, SslMode, TlsSettings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectError {
@@ -26,8 +28,8 @@ pub enum ConnectError {
     Rejected { endpoint: String, user: String, server_message: String },
     /// The database named in the conninfo does not exist on the source.
     NoDatabase { endpoint: String, dbname: String },
-    /// The conninfo asks for TLS, which this build cannot do yet.
-    TlsUnsupported { endpoint: String },
+    /// TLS could not be set up or the server's certificate was not accepted.
+    Tls { endpoint: String, reason: String },
     /// Anything else (server shutting down, too many connections, protocol error...).
     Other { endpoint: String, reason: String },
 }
@@ -54,10 +56,9 @@ impl std::fmt::Display for ConnectError {
             ConnectError::NoDatabase { endpoint, dbname } => {
                 write!(f, "database \"{dbname}\" does not exist on the source at \"{endpoint}\"")
             }
-            ConnectError::TlsUnsupported { endpoint } => write!(
-                f,
-                "could not connect to the source at \"{endpoint}\": TLS connections are not supported by this livesync build"
-            ),
+            ConnectError::Tls { endpoint, reason } => {
+                write!(f, "could not establish a TLS connection to the source at \"{endpoint}\": {reason}")
+            }
             ConnectError::Other { endpoint, reason } => {
                 write!(f, "could not connect to the source at \"{endpoint}\": {reason}")
             }
@@ -92,7 +93,7 @@ impl ConnectError {
             ConnectError::Unresolvable { .. } => "Check the host name, or use the source's IP address (hostaddr=).".into(),
             ConnectError::Rejected { .. } => "Check user and password in the connection string, and that the source's pg_hba.conf allows this role to connect from the target server.".into(),
             ConnectError::NoDatabase { dbname, .. } => format!("Create database \"{dbname}\" on the source, or fix dbname= in the connection string."),
-            ConnectError::TlsUnsupported { .. } => "Use sslmode=disable or sslmode=prefer for now.".into(),
+            ConnectError::Tls { .. } => "Check sslmode and sslrootcert (the CA that signed the source's certificate; with verify-full the certificate must name the host you connect to), and that the source has ssl = on.".into(),
             ConnectError::Other { .. } => "Check the source server's log for the reason.".into(),
         }
     }
@@ -117,8 +118,34 @@ impl ConnectError {
             return ConnectError::Other { endpoint, reason: db.message().to_string() };
         }
         let text = err.to_string();
-        if text.contains("TLS") || text.contains("tls") {
-            return ConnectError::TlsUnsupported { endpoint };
+        let mut chain: Vec<String> = Vec::new();
+        let mut src = std::error::Error::source(err);
+        while let Some(s) = src {
+            chain.push(s.to_string());
+            src = s.source();
+        }
+        let all = chain.join(" ");
+        if text.contains("TLS") || all.contains("certificate") || all.contains("SSL routines") {
+            // OpenSSL's own lines ("error:0A000086:SSL routines:…") say little; keep the verdicts
+            // ("self-signed certificate", "hostname mismatch", "certificate verify failed").
+            let mut parts: Vec<String> = Vec::new();
+            for line in std::iter::once(&text).chain(chain.iter()).flat_map(|c| c.split(": ")) {
+                let line = line.trim().trim_end_matches(':');
+                let verdict = if let Some(i) = line.find("SSL routines:") {
+                    line[i..].split(':').nth(2).unwrap_or("").to_string()
+                } else {
+                    line.to_string()
+                };
+                if !verdict.is_empty()
+                    && !verdict.starts_with("../")
+                    && verdict != "error performing TLS handshake"
+                    && !parts.contains(&verdict)
+                {
+                    parts.push(verdict);
+                }
+            }
+            let reason = if parts.is_empty() { text } else { parts.join(": ") };
+            return ConnectError::Tls { endpoint, reason };
         }
         let mut source = std::error::Error::source(err);
         while let Some(s) = source {
@@ -155,14 +182,61 @@ impl ConnectError {
     }
 }
 
+/// An OpenSSL connector configured as libpq would for `sslmode`: `require` (and `prefer`,
+/// `allow`) encrypt without verifying, `verify-ca` checks the certificate chain against
+/// `sslrootcert` (default: `~/.postgresql/root.crt` of the server's OS user, else the system's
+/// CAs), `verify-full` also checks that the certificate names the host.
+/// The last reason of an OpenSSL error stack ("no such file", "certificate verify failed").
+fn openssl_reason(e: &openssl::error::ErrorStack) -> String {
+    e.errors().iter().rev().find_map(|x| x.reason().map(str::to_string)).unwrap_or_else(|| e.to_string())
+}
+
+pub fn tls_connector(tls: &TlsSettings) -> Result<MakeTlsConnector, String> {
+    for (what, path) in [("sslrootcert", &tls.root_cert), ("sslcert", &tls.cert), ("sslkey", &tls.key)] {
+        if let Some(p) = path.as_deref().filter(|p| *p != "system") {
+            if !std::path::Path::new(p).exists() {
+                return Err(format!(
+                    "{what} file \"{p}\" does not exist (it is read on the target server, by the OS user running PostgreSQL)"
+                ));
+            }
+        }
+    }
+    let mut b = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
+    let verify = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    if verify {
+        b.set_verify(SslVerifyMode::PEER);
+        let default_root = std::env::var("HOME").ok().map(|h| format!("{h}/.postgresql/root.crt"));
+        match tls.root_cert.as_deref().or(default_root.as_deref().filter(|p| std::path::Path::new(p).exists())) {
+            Some("system") | None => b.set_default_verify_paths().map_err(|e| e.to_string())?,
+            Some(path) => b.set_ca_file(path).map_err(|e| format!("could not read sslrootcert \"{path}\": {}", openssl_reason(&e)))?,
+        }
+    } else {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+    if let Some(cert) = &tls.cert {
+        b.set_certificate_chain_file(cert).map_err(|e| format!("could not read sslcert \"{cert}\": {}", openssl_reason(&e)))?;
+    }
+    if let Some(key) = &tls.key {
+        b.set_private_key_file(key, SslFiletype::PEM).map_err(|e| format!("could not read sslkey \"{key}\": {}", openssl_reason(&e)))?;
+    }
+    let mut c = MakeTlsConnector::new(b.build());
+    let full = tls.mode == SslMode::VerifyFull;
+    c.set_callback(move |cfg, _| {
+        cfg.set_verify_hostname(full);
+        Ok(())
+    });
+    Ok(c)
+}
+
 /// Connect to the source. The connection task is spawned on the current tokio runtime; it makes
 /// progress whenever that runtime is driven.
 pub async fn connect(info: &SourceConninfo, application_name: &str) -> Result<Client, ConnectError> {
     let config = info.config_for(application_name);
+    let tls = tls_connector(info.tls()).map_err(|reason| ConnectError::Tls { endpoint: info.endpoint(), reason })?;
     // tokio-postgres applies connect_timeout to the TCP connect only; like libpq, bound the whole
     // login, so a server that accepts the connection but never answers cannot hang the caller.
     let secs = info.connect_timeout().as_secs();
-    let attempt = tokio::time::timeout(info.connect_timeout(), config.connect(NoTls)).await;
+    let attempt = tokio::time::timeout(info.connect_timeout(), config.connect(tls)).await;
     let Ok(attempt) = attempt else {
         return Err(ConnectError::TimedOut { endpoint: info.endpoint(), secs });
     };

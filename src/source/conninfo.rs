@@ -17,6 +17,175 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct SourceConninfo {
     config: tokio_postgres::Config,
+    tls: TlsSettings,
+}
+
+/// libpq's `sslmode` values. tokio-postgres knows only disable/prefer/require, so livesync reads
+/// the TLS keywords itself and configures OpenSSL the way libpq would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    /// `sslrootcert`: CA certificates to verify the server with (verify-ca / verify-full).
+    pub root_cert: Option<String>,
+    /// `sslcert` / `sslkey`: client certificate authentication.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings { mode: SslMode::Prefer, root_cert: None, cert: None, key: None }
+    }
+}
+
+const TLS_KEYWORDS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Split libpq `key=value` conninfo into pairs (values may be single-quoted, with backslash
+/// escapes).
+fn split_pairs(raw: &str) -> Result<Vec<(String, String)>, ConninfoError> {
+    let mut out = Vec::new();
+    let mut it = raw.chars().peekable();
+    loop {
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(&c) = it.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            it.next();
+        }
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.next() != Some('=') {
+            return Err(ConninfoError(format!("missing \"=\" after \"{key}\" in connection info string")));
+        }
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        let mut value = String::new();
+        if it.peek() == Some(&'\'') {
+            it.next();
+            loop {
+                match it.next() {
+                    None => return Err(ConninfoError("unterminated quoted string in connection info string".into())),
+                    Some('\\') => {
+                        if let Some(c) = it.next() {
+                            value.push(c);
+                        }
+                    }
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = it.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                if c == '\\' {
+                    it.next();
+                    if let Some(n) = it.next() {
+                        value.push(n);
+                    }
+                    continue;
+                }
+                value.push(c);
+                it.next();
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn quote_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn parse_sslmode(v: &str) -> Result<SslMode, ConninfoError> {
+    Ok(match v {
+        "disable" => SslMode::Disable,
+        "allow" => SslMode::Allow,
+        "prefer" => SslMode::Prefer,
+        "require" => SslMode::Require,
+        "verify-ca" => SslMode::VerifyCa,
+        "verify-full" => SslMode::VerifyFull,
+        _ => return Err(ConninfoError(format!("invalid sslmode value: \"{v}\""))),
+    })
+}
+
+/// Take the TLS keywords out of a conninfo (key=value or URI form), returning the rest for
+/// tokio-postgres.
+fn extract_tls(raw: &str) -> Result<(String, TlsSettings), ConninfoError> {
+    let mut tls = TlsSettings::default();
+    let mut set = |k: &str, v: String| -> Result<(), ConninfoError> {
+        match k {
+            "sslmode" => tls.mode = parse_sslmode(&v)?,
+            "sslrootcert" => tls.root_cert = Some(v),
+            "sslcert" => tls.cert = Some(v),
+            "sslkey" => tls.key = Some(v),
+            _ => {}
+        }
+        Ok(())
+    };
+    let trimmed = raw.trim();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        let Some((base, query)) = trimmed.split_once('?') else { return Ok((trimmed.to_string(), tls)) };
+        let mut kept = Vec::new();
+        for part in query.split('&') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            if TLS_KEYWORDS.contains(&k) {
+                set(k, percent_decode(v))?;
+            } else {
+                kept.push(part);
+            }
+        }
+        let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+        return Ok((rest, tls));
+    }
+    let mut kept = Vec::new();
+    for (k, v) in split_pairs(raw)? {
+        if TLS_KEYWORDS.contains(&k.as_str()) {
+            set(&k, v)?;
+        } else {
+            kept.push(format!("{k}={}", quote_value(&v)));
+        }
+    }
+    Ok((kept.join(" "), tls))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl std::fmt::Debug for SourceConninfo {
@@ -36,7 +205,8 @@ impl SourceConninfo {
         if raw.trim().is_empty() {
             return Err(ConninfoError("the connection string is empty".into()));
         }
-        let mut config = tokio_postgres::Config::from_str(raw).map_err(|e| {
+        let (rest, tls) = extract_tls(raw)?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
             // tokio-postgres reports "invalid value for option `port`" and the like (in the
             // error's source): keyword only, never the value.
             match std::error::Error::source(&e) {
@@ -62,7 +232,12 @@ impl SourceConninfo {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
-        Ok(Self { config })
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
+        Ok(Self { config, tls })
     }
 
     /// A copy of the connection settings with `application_name` set to `app` unless the user
@@ -73,6 +248,10 @@ impl SourceConninfo {
             c.application_name(app);
         }
         c
+    }
+
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
     }
 
     pub fn host(&self) -> String {
@@ -147,6 +326,20 @@ mod tests {
         assert_eq!(c.config_for("livesync x").get_application_name(), Some("livesync x"));
         let c = SourceConninfo::parse("host=h user=u application_name=mine").unwrap();
         assert_eq!(c.config_for("livesync x").get_application_name(), Some("mine"));
+    }
+
+    #[test]
+    fn tls_keywords_are_read_like_libpq() {
+        let c = SourceConninfo::parse("host=h user=u sslmode=verify-full sslrootcert='/etc/ca dir/root.crt' password='a b'").unwrap();
+        assert_eq!(c.tls().mode, SslMode::VerifyFull);
+        assert_eq!(c.tls().root_cert.as_deref(), Some("/etc/ca dir/root.crt"));
+        assert_eq!(c.config_for("x").get_password(), Some(&b"a b"[..]));
+        let c = SourceConninfo::parse("postgresql://u@h/db?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=2").unwrap();
+        assert_eq!(c.tls().mode, SslMode::VerifyCa);
+        assert_eq!(c.tls().root_cert.as_deref(), Some("/tmp/ca.pem"));
+        assert_eq!(c.connect_timeout(), Duration::from_secs(2));
+        assert_eq!(SourceConninfo::parse("host=h user=u").unwrap().tls().mode, SslMode::Prefer);
+        assert!(SourceConninfo::parse("host=h user=u sslmode=bogus").is_err());
     }
 
     #[test]
