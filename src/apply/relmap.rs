@@ -136,11 +136,27 @@ pub fn update_sql(
     if sets.is_empty() {
         return None;
     }
-    Some((format!("UPDATE {target} SET {} WHERE {wh}", sets.join(", ")), set_idx, where_idx))
+    let sql = if remote.replica_identity == b'f' {
+        format!("{} UPDATE {target} AS _ls_t SET {} FROM _ls_r {ONE_ROW_JOIN}", one_row(target, &wh), sets.join(", "))
+    } else {
+        format!("UPDATE {target} SET {} WHERE {wh}", sets.join(", "))
+    };
+    Some((sql, set_idx, where_idx))
 }
+
+/// Under REPLICA IDENTITY FULL identical rows are possible, and a change on the source touched
+/// exactly one of them: pick one row (by partition and ctid), as PostgreSQL's subscriber does.
+fn one_row(target: &str, wh: &str) -> String {
+    format!("WITH _ls_r AS (SELECT tableoid AS toid, ctid AS tid FROM {target} WHERE {wh} LIMIT 1)")
+}
+
+const ONE_ROW_JOIN: &str = "WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _ls_r.tid";
 
 pub fn delete_sql(target: &str, remote: &RemoteRelation, m: &Mapping, old_present: &[bool]) -> Option<(String, Vec<usize>)> {
     let (wh, idx) = where_sql(remote, m, old_present, 1)?;
+    if remote.replica_identity == b'f' {
+        return Some((format!("{} DELETE FROM {target} AS _ls_t USING _ls_r {ONE_ROW_JOIN}", one_row(target, &wh)), idx));
+    }
     Some((format!("DELETE FROM {target} WHERE {wh}"), idx))
 }
 
@@ -193,8 +209,15 @@ mod tests {
         let r = rel(b'f');
         let m = Mapping::new(&r, &target());
         let (sql, idx) = delete_sql("t", &r, &m, &[true, true, true]).unwrap();
-        assert_eq!(sql, "DELETE FROM t WHERE \"id\" IS NOT DISTINCT FROM $1::integer AND \"v\" IS NOT DISTINCT FROM $2::text");
+        assert_eq!(
+            sql,
+            "WITH _ls_r AS (SELECT tableoid AS toid, ctid AS tid FROM t WHERE \"id\" IS NOT DISTINCT FROM $1::integer AND \"v\" IS NOT DISTINCT FROM $2::text LIMIT 1) DELETE FROM t AS _ls_t USING _ls_r WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _ls_r.tid"
+        );
         assert_eq!(idx, vec![0, 2]);
+        let (sql, set, wh) = update_sql("t", &r, &m, &[true, true, true], &[true, true, true]).unwrap();
+        assert!(sql.starts_with("WITH _ls_r AS (SELECT tableoid AS toid, ctid AS tid FROM t WHERE \"id\" IS NOT DISTINCT FROM $4::integer"), "{sql}");
+        assert!(sql.ends_with("UPDATE t AS _ls_t SET \"id\" = $1::integer, \"doc\" = $2::json, \"v\" = $3::text FROM _ls_r WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _ls_r.tid"), "{sql}");
+        assert_eq!((set, wh), (vec![0, 1, 2], vec![0, 2]));
     }
 
     #[test]

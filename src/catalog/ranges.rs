@@ -84,7 +84,7 @@ pub fn claim_next(connector_id: i32) -> Result<Option<Claimed>> {
 /// Must run in the transaction that loaded the range.
 pub fn mark_done(table_id: i32, range_no: i32, rows: i64, bytes: i64) -> Result<()> {
     Spi::run_with_args(
-        "UPDATE livesync.copy_range SET done = true, rows = $3, bytes = $4, finished_at = now()
+        "UPDATE livesync.copy_range SET done = true, rows = $3, bytes = $4, finished_at = clock_timestamp()
           WHERE table_id = $1 AND range_no = $2",
         &[table_id.into(), range_no.into(), rows.into(), bytes.into()],
     )

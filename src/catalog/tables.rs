@@ -163,7 +163,7 @@ pub fn mark_copied(id: i32, rows: i64, bytes: i64) -> Result<()> {
         "UPDATE livesync.sync_table
             SET state = 'copied', rows_copied = $2, bytes_copied = $3,
                 build_key = NULL,
-                finished_at = now(), attempts = 0, next_attempt_at = NULL,
+                finished_at = clock_timestamp(), attempts = 0, next_attempt_at = NULL,
                 last_error = NULL, last_error_hint = NULL, last_error_at = NULL
           WHERE id = $1",
         &[id.into(), rows.into(), bytes.into()],

@@ -88,7 +88,7 @@ fn ensure_schema(schema: &str) -> Result<()> {
     .unwrap_or(false);
     if !exists {
         Spi::run(&format!("CREATE SCHEMA {}", spi::quote_identifier(schema))).map_err(catalog::spi_err)?;
-        pgrx::notice!("created schema {} on the target", spi::quote_identifier(schema));
+        pgrx::notice!("created schema \"{schema}\" on the target");
     }
     Ok(())
 }
@@ -101,17 +101,22 @@ pub fn check_types_exist(def: &TableDef) -> Result<()> {
         if type_exists(&c.type_name)? {
             continue;
         }
-        if let Some((ddl, schema)) = &c.type_ddl {
-            ensure_schema(schema)?;
-            Spi::run(ddl).map_err(|e| {
-                LivesyncError::new(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-                    format!("could not create type of column \"{}\" on the target: {e}", c.name),
-                )
-                .detail(format!("Statement: {ddl}"))
-                .hint("Create the type on the target yourself (pg_dump --schema-only of the source has it), then add the table again.")
-            })?;
-            pgrx::notice!("created type {} on the target", c.type_name.trim_end_matches("[]"));
+        if !c.type_ddl.is_empty() {
+            for ty in &c.type_ddl {
+                if type_exists(&ty.qualified)? {
+                    continue;
+                }
+                ensure_schema(&ty.schema)?;
+                Spi::run(&ty.create).map_err(|e| {
+                    LivesyncError::new(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                        format!("could not create type {} of column \"{}\" on the target: {e}", ty.qualified, c.name),
+                    )
+                    .detail(format!("Statement: {}", ty.create))
+                    .hint("Create the type on the target yourself (pg_dump --schema-only of the source has it), then add the table again.")
+                })?;
+                pgrx::notice!("created type {} on the target", ty.qualified);
+            }
             if type_exists(&c.type_name)? {
                 continue;
             }

@@ -34,31 +34,64 @@ SELECT a.attname::text,
                 SELECT 1 FROM pg_catalog.pg_depend d
                  WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
                    AND d.refobjid <> a.attrelid)
-            THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END,
-       (SELECT CASE ut.typtype
-                 WHEN 'e' THEN format('CREATE TYPE %I.%I AS ENUM (%s)', un.nspname, ut.typname,
-                        (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
-                           FROM pg_catalog.pg_enum e WHERE e.enumtypid = ut.oid))
-                 WHEN 'd' THEN format('CREATE DOMAIN %I.%I AS %s%s%s%s', un.nspname, ut.typname,
-                        pg_catalog.format_type(ut.typbasetype, ut.typtypmod),
-                        CASE WHEN ut.typdefault IS NOT NULL THEN ' DEFAULT ' || ut.typdefault ELSE '' END,
-                        CASE WHEN ut.typnotnull THEN ' NOT NULL' ELSE '' END,
-                        coalesce((SELECT string_agg(' CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid), '')
-                                    FROM pg_catalog.pg_constraint c WHERE c.contypid = ut.oid), ''))
-                 WHEN 'c' THEN format('CREATE TYPE %I.%I AS (%s)', un.nspname, ut.typname,
-                        (SELECT string_agg(quote_ident(ca.attname) || ' ' || pg_catalog.format_type(ca.atttypid, ca.atttypmod), ', ' ORDER BY ca.attnum)
-                           FROM pg_catalog.pg_attribute ca WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped))
-               END || E'\n' || un.nspname
-          FROM pg_catalog.pg_type ut JOIN pg_catalog.pg_namespace un ON un.oid = ut.typnamespace
-         WHERE ut.oid = CASE WHEN t.typelem <> 0 AND t.typcategory = 'A' THEN t.typelem ELSE t.oid END
-           AND ut.typtype IN ('e', 'd', 'c') AND ut.oid >= 16384
-           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::regclass
-                                                              AND d.objid = ut.oid AND d.deptype = 'e'))
+            THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
   LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
  WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
  ORDER BY a.attnum";
+
+/// The user-defined types (enums, domains, composites; not from extensions) that type `$1` is or
+/// is built on — array elements, domain base types and composite attributes, recursively — each
+/// with the statement creating it, the ones others depend on first.
+pub const TYPE_DDL_QUERY: &str = "\
+WITH RECURSIVE deps(oid, depth) AS (
+    SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END, 0
+      FROM pg_catalog.pg_type t WHERE t.oid = $1::int8::oid
+    UNION ALL
+    SELECT CASE WHEN dt.typcategory = 'A' AND dt.typelem <> 0 THEN dt.typelem ELSE dt.oid END, d.depth + 1
+      FROM deps d
+      JOIN pg_catalog.pg_type ut ON ut.oid = d.oid
+      CROSS JOIN LATERAL (
+            SELECT ut.typbasetype AS dep WHERE ut.typtype = 'd'
+            UNION ALL
+            SELECT ca.atttypid FROM pg_catalog.pg_attribute ca
+             WHERE ut.typtype = 'c' AND ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped) x
+      JOIN pg_catalog.pg_type dt ON dt.oid = x.dep
+     WHERE d.depth < 20
+)
+SELECT CASE ut.typtype
+         WHEN 'e' THEN format('CREATE TYPE %I.%I AS ENUM (%s)', un.nspname, ut.typname,
+                (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+                   FROM pg_catalog.pg_enum e WHERE e.enumtypid = ut.oid))
+         WHEN 'd' THEN format('CREATE DOMAIN %I.%I AS %s%s%s%s', un.nspname, ut.typname,
+                pg_catalog.format_type(ut.typbasetype, ut.typtypmod),
+                CASE WHEN ut.typdefault IS NOT NULL THEN ' DEFAULT ' || ut.typdefault ELSE '' END,
+                CASE WHEN ut.typnotnull THEN ' NOT NULL' ELSE '' END,
+                coalesce((SELECT string_agg(' CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid), '')
+                            FROM pg_catalog.pg_constraint c WHERE c.contypid = ut.oid), ''))
+         WHEN 'c' THEN format('CREATE TYPE %I.%I AS (%s)', un.nspname, ut.typname,
+                (SELECT string_agg(quote_ident(ca.attname) || ' ' || pg_catalog.format_type(ca.atttypid, ca.atttypmod), ', ' ORDER BY ca.attnum)
+                   FROM pg_catalog.pg_attribute ca WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped))
+       END,
+       un.nspname::text,
+       format('%I.%I', un.nspname, ut.typname)
+  FROM (SELECT oid, max(depth) AS depth FROM deps GROUP BY oid) d
+  JOIN pg_catalog.pg_type ut ON ut.oid = d.oid
+  JOIN pg_catalog.pg_namespace un ON un.oid = ut.typnamespace
+ WHERE ut.typtype IN ('e', 'd', 'c') AND ut.oid >= 16384
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend dp WHERE dp.classid = 'pg_catalog.pg_type'::regclass
+                                                      AND dp.objid = ut.oid AND dp.deptype = 'e')
+ ORDER BY d.depth DESC, ut.oid";
+
+/// A user-defined type to create on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeDdl {
+    pub create: String,
+    pub schema: String,
+    /// `"schema"."name"`.
+    pub qualified: String,
+}
 
 /// Key columns of table `$1`: the primary key, else the replica identity index.
 pub const KEY_QUERY: &str = "\
@@ -86,9 +119,9 @@ pub struct ColumnDef {
     pub type_extension: Option<String>,
     /// A default expression that depends on no other object, if any.
     pub default_expr: Option<String>,
-    /// For a user-defined enum, domain or composite type (or an array of one): the statement
-    /// that creates it, and its schema.
-    pub type_ddl: Option<(String, String)>,
+    /// For a user-defined enum, domain or composite type (or an array of one): the statements
+    /// creating it and the user-defined types it is built on, in creation order.
+    pub type_ddl: Vec<TypeDdl>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,11 +231,13 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
             type_kind: c.get(5),
             type_extension: c.get(6),
             default_expr: c.get(7),
-            type_ddl: c.get::<_, Option<String>>(8).and_then(|v| {
-                let (ddl, schema) = v.rsplit_once('\n')?;
-                Some((ddl.to_string(), schema.to_string()))
-            }),
+            type_ddl: Vec::new(),
         });
+    }
+    for c in t.columns.iter_mut().filter(|c| c.type_oid >= 16384 && c.type_extension.is_none()) {
+        for r in client.query(TYPE_DDL_QUERY, &[&(c.type_oid as i64)]).await? {
+            c.type_ddl.push(TypeDdl { create: r.get(0), schema: r.get(1), qualified: r.get(2) });
+        }
     }
     if let Some(k) = client.query_opt(KEY_QUERY, &[&oid]).await? {
         t.key_is_primary = k.get(0);
@@ -236,7 +271,7 @@ mod tests {
             type_kind: "b".into(),
             type_extension: None,
             default_expr: d.map(Into::into),
-            type_ddl: None,
+            type_ddl: Vec::new(),
         }
     }
 

@@ -21,3 +21,7 @@ mod privileges;
 mod restarts;
 mod secrets;
 mod smoke;
+mod sync_add_table;
+mod sync_copy;
+mod sync_stream;
+mod sync_crash;

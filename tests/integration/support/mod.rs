@@ -4,6 +4,7 @@
 
 mod cluster;
 mod shared;
+mod sync;
 
 #[allow(unused_imports)]
 pub use cluster::{
@@ -16,6 +17,8 @@ pub use shared::{
     HOSTILE_PASSWORD_TOKEN, HOSTILE_USER, SCRAM_PASSWORD, SCRAM_PASSWORD_TOKEN, SCRAM_USER,
     SYNC_USER,
 };
+#[allow(unused_imports)]
+pub use sync::*;
 
 use std::collections::BTreeMap;
 use std::fmt;
