@@ -209,12 +209,12 @@ print(f'| $label | {n} | {tn:.1f} | {n/tn:,.0f} | {$RSS_native/1024:.0f} | {tl:.
   }
   w_ts_multi() { CHANGES=1000000; src -d apply -c "INSERT INTO ts SELECT d, timestamptz '2026-01-01' + i * interval '1 s', random() FROM generate_series(1, 1000) d, generate_series(1, 1000) i" ; }
   w_ts_single() {
-    CHANGES=40000
+    CHANGES=200000
     printf 'INSERT INTO ts VALUES (:client_id + 5000, now() + random() * interval %s, random());\n' "'1000 days'" > "$W/single.sql"
     chmod a+r "$W/single.sql"
-    as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 10000 -f "$W/single.sql" apply >/dev/null 2>&1
+    as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 50000 -f "$W/single.sql" apply >/dev/null 2>&1
   }
-  w_tpcb() { CHANGES=$((20000 * 5)); as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 5000 apply >/dev/null 2>&1; }
+  w_tpcb() { CHANGES=$((80000 * 5)); as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 20000 apply >/dev/null 2>&1; }
   w_big() { CHANGES=2000000; src -d apply -c "INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, 2000000) i"; }
 
   say "apply (a) insert-only time series, multi-row transactions"; apply_case "(a) time series, 1000-row transactions" w_ts_multi

@@ -140,11 +140,20 @@ pub fn set_application_name(name: &str) {
     });
 }
 
-/// Make sure no catalog write of a worker can wait long behind a user's open transaction: a
-/// worker stuck on a row lock could not honour SIGTERM.
+/// Session settings of every livesync worker:
+/// - `lock_timeout`: no catalog write of a worker may wait long behind a user's open transaction
+///   (a worker stuck on a row lock could not honour SIGTERM);
+/// - `synchronous_commit = off`: a worker's commits need not wait for the WAL flush. Nothing is
+///   acknowledged to anyone on the strength of a commit alone: the change stream flushes WAL
+///   explicitly (`XLogFlush`) before it confirms a position to the source, and a copy range lost
+///   in a crash is simply loaded again (its rows and its "done" mark are lost together).
 pub fn set_worker_session_defaults() {
     let _ = in_transaction(|| {
-        Spi::run("SELECT pg_catalog.set_config('lock_timeout', '2s', false), pg_catalog.set_config('statement_timeout', '30s', false)")
+        Spi::run(
+            "SELECT pg_catalog.set_config('lock_timeout', '2s', false),
+                    pg_catalog.set_config('statement_timeout', '30s', false),
+                    pg_catalog.set_config('synchronous_commit', 'off', false)",
+        )
     });
 }
 

@@ -166,6 +166,7 @@ pub fn run(
     let mut last_feedback = Instant::now();
     let mut last_housekeeping = Instant::now();
     let mut last_source_check = Instant::now();
+    let mut socket_tuned = false;
 
     loop {
         match conn.receive() {
@@ -206,6 +207,21 @@ pub fn run(
                 }
             }
             Received::WouldBlock(fd) => {
+                if !socket_tuned {
+                    socket_tuned = true;
+                    // A large receive buffer lets the walsender keep sending while a batch is
+                    // applied, instead of the two processes taking turns.
+                    let size: libc::c_int = 8 << 20;
+                    unsafe {
+                        libc::setsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_RCVBUF,
+                            &size as *const libc::c_int as *const libc::c_void,
+                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                        );
+                    }
+                }
                 if applier.txn_open && !applier.in_source_txn() {
                     if let Err(o) = commit(&mut applier, &mut p) {
                         return o;
