@@ -53,7 +53,7 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
 
-use crate::catalog::tables::{self, StreamTable};
+use crate::catalog::tables::{self, SyncTable};
 use crate::source::pgoutput::{ColumnValue, LogicalMessage, OldTuple, TupleData};
 use crate::source::quote_ident;
 use relmap::{Mapping, RemoteColumn, RemoteRelation, TargetColumn};
@@ -67,7 +67,7 @@ pub struct ApplyError {
 }
 
 /// How the stream should treat a table's changes right now (see the hand-off above).
-fn applies(t: &StreamTable, final_lsn: u64) -> Option<bool> {
+fn applies(t: &SyncTable, final_lsn: u64) -> Option<bool> {
     match t.state.as_str() {
         "copied" => Some(final_lsn >= t.snapshot_lsn),
         "error" => None, // skipped and counted
@@ -108,7 +108,7 @@ struct Counts {
 pub struct Applier {
     connector_id: i32,
     relations: HashMap<u32, MappedRelation>,
-    tables: Vec<StreamTable>,
+    tables: Vec<SyncTable>,
     statements: HashMap<String, OwnedPreparedStatement>,
     counts: HashMap<i32, Counts>,
     /// Inside a source transaction (between Begin and Commit).
@@ -224,13 +224,13 @@ impl Applier {
         self.current_table = None;
     }
 
-    fn table_of(&self, schema: &str, name: &str) -> Option<&StreamTable> {
+    fn table_of(&self, schema: &str, name: &str) -> Option<&SyncTable> {
         self.tables.iter().find(|t| t.source_schema == schema && t.source_name == name)
     }
 
     /// Look up (once) the target of remote relation `rel_id`: the synced table's id, target and
     /// column mapping; None when the relation is not synced.
-    fn resolve(&mut self, rel_id: u32) -> Result<Option<(StreamTable, String)>, ApplyError> {
+    fn resolve(&mut self, rel_id: u32) -> Result<Option<(SyncTable, String)>, ApplyError> {
         let Some(mr) = self.relations.get(&rel_id) else {
             return Ok(None);
         };
@@ -312,7 +312,7 @@ impl Applier {
     }
 
     /// Decide whether the change to `rel_id` applies; returns its table and target when it does.
-    fn gate(&mut self, rel_id: u32) -> Result<Option<(StreamTable, String)>, ApplyError> {
+    fn gate(&mut self, rel_id: u32) -> Result<Option<(SyncTable, String)>, ApplyError> {
         let Some(mr) = self.relations.get(&rel_id) else { return Ok(None) };
         let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name).cloned() else { return Ok(None) };
         match applies(&t, self.final_lsn) {
@@ -487,7 +487,7 @@ impl Applier {
     }
 }
 
-fn no_identity(t: &StreamTable, r: &RemoteRelation, what: &str) -> ApplyError {
+fn no_identity(t: &SyncTable, r: &RemoteRelation, what: &str) -> ApplyError {
     let q = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
     ApplyError {
         table_id: t.id,

@@ -40,6 +40,8 @@ pub struct SyncTable {
     pub state: String,
     pub build_key: Option<Vec<String>>,
     pub build_key_primary: bool,
+    /// `snapshot_lsn` as a number (0 until the table's copy is planned).
+    pub snapshot_lsn: u64,
 }
 
 pub struct NewSyncTable<'a> {
@@ -54,8 +56,8 @@ pub struct NewSyncTable<'a> {
     pub est_bytes: i64,
 }
 
-const COLUMNS: &str =
-    "id, source_schema, source_name, target_schema, target_name, state, build_key, build_key_primary";
+const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
+                       build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -67,6 +69,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
         state: row.get::<String>(6)?.unwrap_or_default(),
         build_key: row.get::<Vec<String>>(7)?,
         build_key_primary: row.get::<bool>(8)?.unwrap_or(true),
+        snapshot_lsn: row.get::<i64>(9)?.unwrap_or_default() as u64,
     })
 }
 
@@ -182,42 +185,9 @@ pub fn mark_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {
     .map_err(spi_err)
 }
 
-/// What the change stream needs to know about each synced table.
-#[derive(Debug, Clone)]
-pub struct StreamTable {
-    pub id: i32,
-    pub source_schema: String,
-    pub source_name: String,
-    pub target_schema: String,
-    pub target_name: String,
-    pub state: String,
-    /// `snapshot_lsn` as a number (0 when not copied yet).
-    pub snapshot_lsn: u64,
-}
-
-pub fn stream_tables(connector_id: i32) -> Result<Vec<StreamTable>> {
-    Spi::connect(|c| {
-        let t = c.select(
-            "SELECT id, source_schema, source_name, target_schema, target_name, state,
-                    coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8
-               FROM livesync.sync_table WHERE connector_id = $1",
-            None,
-            &[connector_id.into()],
-        )?;
-        t.map(|r| {
-            Ok(StreamTable {
-                id: r.get::<i32>(1)?.unwrap_or_default(),
-                source_schema: r.get::<String>(2)?.unwrap_or_default(),
-                source_name: r.get::<String>(3)?.unwrap_or_default(),
-                target_schema: r.get::<String>(4)?.unwrap_or_default(),
-                target_name: r.get::<String>(5)?.unwrap_or_default(),
-                state: r.get::<String>(6)?.unwrap_or_default(),
-                snapshot_lsn: r.get::<i64>(7)?.unwrap_or_default() as u64,
-            })
-        })
-        .collect::<pgrx::spi::SpiResult<Vec<_>>>()
-    })
-    .map_err(spi_err)
+/// Every table of a connector (what the change stream gates on).
+pub fn stream_tables(connector_id: i32) -> Result<Vec<SyncTable>> {
+    select("connector_id = $1", &[connector_id.into()])
 }
 
 /// Add to a table's change counters (in the apply transaction).

@@ -72,8 +72,7 @@ fn application_name(name: &str) -> String {
 pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
     super::attach_signals();
     let id = unsafe { i32::from_datum(arg, false) }.expect("connector worker needs a connector id");
-    let dboid: u32 = BackgroundWorker::get_extra().parse().expect("connector worker needs a database OID");
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(super::worker_database()), None);
 
     // One worker per connector. drop_connector holds this lock (transaction-level) while it
     // removes the connector, so a worker started meanwhile exits here.

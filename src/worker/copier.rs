@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
+use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 
 use super::BACKEND_TYPE_COPY;
@@ -20,26 +20,18 @@ use crate::source::conninfo::SourceConninfo;
 use crate::source::table::TableDef;
 use crate::source::{connect, quote_ident, quote_literal};
 
-/// Start a copy worker for connector `connector_id` (called by its connector worker).
+/// Start a copy worker for connector `connector_id` (called by its connector worker, which
+/// relaunches failed ones itself).
 pub fn start(connector_id: i32) -> Option<DynamicBackgroundWorker> {
-    let dboid = unsafe { pg_sys::MyDatabaseId };
-    unsafe {
-        pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
-            BackgroundWorkerBuilder::new(&format!("livesync copy {connector_id}"))
-                .set_type(BACKEND_TYPE_COPY)
-                .set_function("livesync_copy_main")
-                .set_library("livesync")
-                .enable_shmem_access(None)
-                .enable_spi_access()
-                .set_start_time(BgWorkerStartTime::RecoveryFinished)
-                .set_restart_time(None)
-                .set_argument(connector_id.into_datum())
-                .set_extra(&dboid.to_u32().to_string())
-                .set_notify_pid(pg_sys::MyProcPid)
-                .load_dynamic()
-                .ok()
-        })
-    }
+    super::launch(
+        &format!("livesync copy {connector_id}"),
+        BACKEND_TYPE_COPY,
+        "livesync_copy_main",
+        connector_id,
+        unsafe { pg_sys::MyDatabaseId },
+        None,
+        true,
+    )
 }
 
 #[pg_guard]
@@ -47,8 +39,7 @@ pub fn start(connector_id: i32) -> Option<DynamicBackgroundWorker> {
 pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
     super::attach_signals();
     let connector_id = unsafe { i32::from_datum(arg, false) }.expect("copy worker needs a connector id");
-    let dboid: u32 = BackgroundWorker::get_extra().parse().expect("copy worker needs a database OID");
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(super::worker_database()), None);
     super::set_worker_session_defaults();
     // A range of a big table may take long: no statement timeout here.
     let _ = super::in_transaction(|| Spi::run("SELECT pg_catalog.set_config('statement_timeout', '0', false)"));

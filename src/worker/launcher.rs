@@ -32,32 +32,10 @@ pub fn register() {
 /// Start the manager of database `dboid` (from any process). Returns false when no background
 /// worker slot is free (`max_worker_processes`).
 pub fn start_manager(dboid: pg_sys::Oid) -> bool {
-    let r = unsafe {
-        pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
-            BackgroundWorkerBuilder::new(BACKEND_TYPE_MANAGER)
-                .set_type(BACKEND_TYPE_MANAGER)
-                .set_function("livesync_manager_main")
-                .set_library("livesync")
-                .enable_shmem_access(None)
-                .enable_spi_access()
-                .set_start_time(BgWorkerStartTime::RecoveryFinished)
-                // A manager that fails is restarted by the postmaster; one that exits cleanly
-                // (no livesync in its database, or already running) is not.
-                .set_restart_time(Some(Duration::from_secs(10)))
-                .set_extra(&dboid.to_u32().to_string())
-                .load_dynamic()
-        })
-    };
-    match r {
-        Ok(_handle) => true,
-        Err(_) => {
-            pgrx::warning!(
-                "livesync could not start a manager for database with OID {}: no free background worker slot",
-                dboid.to_u32()
-            );
-            false
-        }
-    }
+    // A manager that fails is restarted by the postmaster; one that exits cleanly (no livesync
+    // in its database, or already running) is not.
+    super::launch(BACKEND_TYPE_MANAGER, BACKEND_TYPE_MANAGER, "livesync_manager_main", 0, dboid, Some(Duration::from_secs(10)), false)
+        .is_some()
 }
 
 /// Connectable, non-template databases.

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
+use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 
 use super::{Backoff, BACKEND_TYPE_CONNECTOR, BACKEND_TYPE_MANAGER, LOCK_CLASS_MANAGER};
@@ -53,32 +53,16 @@ impl Child {
 }
 
 fn start_connector_worker(connector_id: i32) -> Option<DynamicBackgroundWorker> {
-    let dboid = unsafe { pg_sys::MyDatabaseId };
-    let r = unsafe {
-        pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
-            BackgroundWorkerBuilder::new(&format!("livesync connector {connector_id}"))
-                .set_type(BACKEND_TYPE_CONNECTOR)
-                .set_function("livesync_connector_main")
-                .set_library("livesync")
-                .enable_shmem_access(None)
-                .enable_spi_access()
-                .set_start_time(BgWorkerStartTime::RecoveryFinished)
-                .set_restart_time(None) // the manager restarts it, with back-off
-                .set_argument(connector_id.into_datum())
-                .set_extra(&dboid.to_u32().to_string())
-                .set_notify_pid(pg_sys::MyProcPid)
-                .load_dynamic()
-        })
-    };
-    match r {
-        Ok(h) => Some(h),
-        Err(_) => {
-            pgrx::warning!(
-                "livesync could not start the worker of connector {connector_id}: no free background worker slot"
-            );
-            None
-        }
-    }
+    // No restart by the postmaster: the manager restarts it, with back-off.
+    super::launch(
+        &format!("livesync connector {connector_id}"),
+        BACKEND_TYPE_CONNECTOR,
+        "livesync_connector_main",
+        connector_id,
+        unsafe { pg_sys::MyDatabaseId },
+        None,
+        true,
+    )
 }
 
 fn terminate_pid(pid: i32) {
@@ -91,8 +75,7 @@ fn terminate_pid(pid: i32) {
 #[no_mangle]
 pub extern "C-unwind" fn livesync_manager_main(_arg: pg_sys::Datum) {
     super::attach_signals();
-    let dboid: u32 = BackgroundWorker::get_extra().parse().expect("manager needs a database OID");
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(super::worker_database()), None);
 
     // Exit cleanly (exit code 0: the postmaster will not restart us) when there is nothing to do.
     match super::in_transaction(catalog::installed) {

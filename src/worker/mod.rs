@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use pgrx::bgworkers::BackgroundWorker;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 
@@ -46,6 +46,52 @@ pub const BACKEND_TYPE_LAUNCHER: &str = "livesync launcher";
 pub const BACKEND_TYPE_MANAGER: &str = "livesync manager";
 pub const BACKEND_TYPE_CONNECTOR: &str = "livesync connector";
 pub const BACKEND_TYPE_COPY: &str = "livesync copy";
+
+/// Start a dynamic livesync worker in this database (or database `dboid`): `function` is its
+/// entry point, `arg` its argument. `restart`: None for workers their parent restarts itself;
+/// `notify`: set this process's latch when it starts or stops. The handle lives in
+/// TopMemoryContext, so it outlives the transaction. None (with a WARNING) when no background
+/// worker slot is free.
+pub fn launch(
+    name: &str,
+    backend_type: &str,
+    function: &str,
+    arg: i32,
+    dboid: pg_sys::Oid,
+    restart: Option<Duration>,
+    notify: bool,
+) -> Option<DynamicBackgroundWorker> {
+    let r = unsafe {
+        pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+            let mut b = BackgroundWorkerBuilder::new(name)
+                .set_type(backend_type)
+                .set_function(function)
+                .set_library("livesync")
+                .enable_shmem_access(None)
+                .enable_spi_access()
+                .set_start_time(BgWorkerStartTime::RecoveryFinished)
+                .set_restart_time(restart)
+                .set_argument(arg.into_datum())
+                .set_extra(&dboid.to_u32().to_string());
+            if notify {
+                b = b.set_notify_pid(pg_sys::MyProcPid);
+            }
+            b.load_dynamic()
+        })
+    };
+    match r {
+        Ok(h) => Some(h),
+        Err(_) => {
+            pgrx::warning!("livesync could not start a {backend_type} worker: no free background worker slot (max_worker_processes)");
+            None
+        }
+    }
+}
+
+/// The database a livesync worker serves (its `bgw_extra`).
+pub fn worker_database() -> pg_sys::Oid {
+    pg_sys::Oid::from(BackgroundWorker::get_extra().parse::<u32>().expect("livesync worker needs a database OID"))
+}
 
 /// Run `f` in its own transaction. A PostgreSQL ERROR (or Rust panic) inside aborts the
 /// transaction and is returned as its message, so a worker can record it and carry on instead of
