@@ -115,6 +115,7 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
     t2=$(now)
     row "raw \`COPY … TO STDOUT | COPY … FROM STDIN\` ($fmt), data only" "$(python3 -c "print($t1-$t0)")"
     row "raw pipe ($fmt) + building the primary keys" "$(python3 -c "print($t2-$t0)")"
+    [ $fmt = binary ] && RAW_BIN_KEYS=$(python3 -c "print($t2-$t0)")
   done
 
   # ---- 2. native subscription (target schema with its keys, as pg_dump -s gives it) ------------
@@ -144,6 +145,21 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   row "livesync (creates tables, keys built after load) until all copied" "$LS_COPY"
   tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
 
+  # ---- 4. livesync as one stream (one copy worker, no ranges), against the one-stream raw pipe -
+  tgt -d postgres -c "ALTER SYSTEM SET livesync.max_copy_workers = 1" -c "ALTER SYSTEM SET livesync.copy_range_mb = 1048576" -c "SELECT pg_reload_conf()" >/dev/null
+  fresh_target
+  tgt -d bench -c "CREATE EXTENSION livesync"
+  say "livesync, one copy worker"
+  t0=$(now)
+  tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
+  for t in $TABLES; do tgt -d bench -c "SELECT livesync.add_table('public.$t')" >/dev/null; done
+  wait_sql bench "SELECT count(*) = 4 AND bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
+  t1=$(now)
+  LS_ONE=$(python3 -c "print($t1-$t0)")
+  row "livesync with one copy worker (binary COPY, keys after load)" "$LS_ONE"
+  tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+  tgt -d postgres -c "ALTER SYSTEM RESET livesync.max_copy_workers" -c "ALTER SYSTEM RESET livesync.copy_range_mb" -c "SELECT pg_reload_conf()" >/dev/null
+
   echo
   echo "### Initial copy — $MB MB ($(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB RAM, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'))"
   echo
@@ -152,6 +168,7 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   printf '%s\n' "${results[@]}"
   echo
   echo "livesync vs native: $(python3 -c "print(f'{$NATIVE_COPY/$LS_COPY:.2f}x')") faster"
+  echo "livesync with one copy worker vs the raw binary pipe + keys (one stream each): $(python3 -c "print(f'{$RAW_BIN_KEYS/$LS_ONE:.2f}x')")"
   results=()
 fi
 

@@ -244,7 +244,7 @@ pub fn live_worker_pid(id: i32) -> Result<Option<i32>> {
 pub fn manager_pid() -> Result<Option<i32>> {
     first_value::<i32>(
         "SELECT pid FROM pg_catalog.pg_stat_activity
-          WHERE backend_type = 'livesync manager'
+          WHERE backend_type = 'livesync manager' AND pid <> pg_catalog.pg_backend_pid()
             AND datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
           LIMIT 1",
         &[],

@@ -1,6 +1,6 @@
 //! The manager: one per database with livesync installed.
 //!
-//! Every second — or at once when an API call or a child's start/exit sets its latch — it compares
+//! Every 250 ms — or at once when an API call or a child's start/exit sets its latch — it compares
 //! the connector catalog with the running connector workers:
 //! - an enabled connector without a live worker gets one, unless that connector's worker failed
 //!   recently: then it waits out a capped exponential back-off (1 s, 2 s, ... 60 s), so a worker
@@ -20,7 +20,9 @@ use pgrx::prelude::*;
 use super::{Backoff, BACKEND_TYPE_CONNECTOR, BACKEND_TYPE_MANAGER, LOCK_CLASS_MANAGER};
 use crate::catalog;
 
-const NAPTIME: Duration = Duration::from_secs(1);
+/// Short enough that a wake-up lost in a start-up race (an API call that could not yet see a
+/// just-started manager) costs little; a reconcile is one catalog query.
+const NAPTIME: Duration = Duration::from_millis(250);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 /// A worker that ran at least this long before exiting is considered healthy: its restart is
 /// immediate and the back-off starts over.
@@ -84,7 +86,14 @@ pub extern "C-unwind" fn livesync_manager_main(_arg: pg_sys::Datum) {
     }
     match super::try_session_lock(LOCK_CLASS_MANAGER, 0) {
         Ok(true) => {}
-        _ => return, // another manager serves this database
+        _ => {
+            // Another manager serves this database. We were started because somebody wanted it
+            // woken (an API call that could not see it yet in pg_stat_activity): pass it on.
+            if let Ok(Ok(Some(pid))) = super::in_transaction(catalog::manager_pid) {
+                unsafe { libc::kill(pid, libc::SIGUSR1) };
+            }
+            return;
+        }
     }
     super::set_worker_session_defaults();
     super::set_application_name(BACKEND_TYPE_MANAGER);

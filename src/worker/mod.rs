@@ -10,7 +10,7 @@
 //! - [`launcher`] starts at server start and asks every connectable database for a manager; a
 //!   manager finding no livesync in its database exits for good. `CREATE EXTENSION livesync`
 //!   (and every API call) starts the manager of its own database, so the launcher needs no list.
-//! - [`manager`] reconciles the connector catalog with running workers every second (or at once
+//! - [`manager`] reconciles the connector catalog with running workers every 250 ms (or at once
 //!   when an API call wakes it): starts workers of enabled connectors, stops those of paused or
 //!   dropped ones, and restarts crashed workers with capped exponential back-off.
 //! - [`connector`] holds the connection to the source and reports its state in the catalog.
