@@ -132,32 +132,26 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   tgt -d bench -c "DROP SUBSCRIPTION bench_native"
   src -d bench -c "DROP PUBLICATION bench_native"
 
-  # ---- 3. livesync ----------------------------------------------------------------------------
-  fresh_target
-  tgt -d bench -c "CREATE EXTENSION livesync"
+  # ---- 3. livesync, then livesync as one stream (one copy worker, no ranges) ------------------
+  livesync_copy() { # label -> prints seconds
+    fresh_target
+    tgt -d bench -c "CREATE EXTENSION livesync"
+    local t0 t1
+    t0=$(now)
+    tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
+    for t in $TABLES; do tgt -d bench -c "SELECT livesync.add_table('public.$t')" >/dev/null; done
+    wait_sql bench "SELECT count(*) = 4 AND bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
+    t1=$(now)
+    tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+    python3 -c "print($t1-$t0)"
+  }
   say "livesync add_connector + add_table x4"
-  t0=$(now)
-  tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
-  for t in $TABLES; do tgt -d bench -c "SELECT livesync.add_table('public.$t')" >/dev/null; done
-  wait_sql bench "SELECT count(*) = 4 AND bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
-  t1=$(now)
-  LS_COPY=$(python3 -c "print($t1-$t0)")
+  LS_COPY=$(livesync_copy)
   row "livesync (creates tables, keys built after load) until all copied" "$LS_COPY"
-  tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
-
-  # ---- 4. livesync as one stream (one copy worker, no ranges), against the one-stream raw pipe -
-  tgt -d postgres -c "ALTER SYSTEM SET livesync.max_copy_workers = 1" -c "ALTER SYSTEM SET livesync.copy_range_mb = 1048576" -c "SELECT pg_reload_conf()" >/dev/null
-  fresh_target
-  tgt -d bench -c "CREATE EXTENSION livesync"
   say "livesync, one copy worker"
-  t0=$(now)
-  tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
-  for t in $TABLES; do tgt -d bench -c "SELECT livesync.add_table('public.$t')" >/dev/null; done
-  wait_sql bench "SELECT count(*) = 4 AND bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
-  t1=$(now)
-  LS_ONE=$(python3 -c "print($t1-$t0)")
+  tgt -d postgres -c "ALTER SYSTEM SET livesync.max_copy_workers = 1" -c "ALTER SYSTEM SET livesync.copy_range_mb = 1048576" -c "SELECT pg_reload_conf()" >/dev/null
+  LS_ONE=$(livesync_copy)
   row "livesync with one copy worker (binary COPY, keys after load)" "$LS_ONE"
-  tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
   tgt -d postgres -c "ALTER SYSTEM RESET livesync.max_copy_workers" -c "ALTER SYSTEM RESET livesync.copy_range_mb" -c "SELECT pg_reload_conf()" >/dev/null
 
   echo
