@@ -11,6 +11,27 @@
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
+use pgrx::PgTryBuilder;
+
+/// Run a libpqwalreceiver call, turning the ERROR it raises when the source fails (e.g. "could
+/// not receive data from WAL stream: …") into its message, so the caller can record it and
+/// reconnect instead of the worker dying.
+fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let f = std::panic::AssertUnwindSafe(f);
+    PgTryBuilder::new(move || {
+        let f = f;
+        Ok((f.0)())
+    })
+    .catch_others(|e| {
+        Err(match e {
+            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                r.message().to_string()
+            }
+            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+        })
+    })
+    .execute()
+}
 
 pub struct ReplicationConn {
     conn: *mut pg_sys::WalReceiverConn,
@@ -48,9 +69,11 @@ impl ReplicationConn {
         let app = CString::new(application_name.replace('\0', "")).unwrap();
         unsafe {
             let mut err: *mut std::os::raw::c_char = std::ptr::null_mut();
-            let conn = pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, app.as_ptr(), &mut err)
-            });
+            let conn = guarded(|| {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, app.as_ptr(), &mut err)
+                }) as usize
+            })? as *mut pg_sys::WalReceiverConn;
             if conn.is_null() {
                 return Err(if err.is_null() {
                     "could not connect to the source for replication".to_string()
@@ -64,7 +87,7 @@ impl ReplicationConn {
 
     /// Create a logical slot (pgoutput). With `export`, returns the exported snapshot's name,
     /// valid while this connection stays open and idle. Returns (snapshot, consistent point).
-    pub fn create_slot(&mut self, slot: &str, temporary: bool, export: bool) -> (Option<String>, u64) {
+    pub fn create_slot(&mut self, slot: &str, temporary: bool, export: bool) -> Result<(Option<String>, u64), String> {
         let f = functions();
         let slot = CString::new(slot).unwrap();
         let action = if export {
@@ -73,13 +96,14 @@ impl ReplicationConn {
             pg_sys::CRSSnapshotAction::CRS_NOEXPORT_SNAPSHOT
         };
         let mut lsn: pg_sys::XLogRecPtr = 0;
-        unsafe {
-            let name = pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                (f.walrcv_create_slot.unwrap())(self.conn, slot.as_ptr(), temporary, false, action, &mut lsn)
-            });
-            let name = (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned());
-            (name, lsn)
-        }
+        let conn = self.conn;
+        let name = guarded(|| unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, action, &mut lsn)
+            }) as usize
+        })? as *const std::os::raw::c_char;
+        let name = (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned());
+        Ok((name, lsn))
     }
 
     pub fn server_version(&self) -> i32 {
@@ -103,7 +127,8 @@ impl ReplicationConn {
             opts.proto.logical.binary = false;
             opts.proto.logical.streaming = false;
             opts.proto.logical.twophase = false;
-            let ok = pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_startstreaming.unwrap())(self.conn, &opts));
+            let conn = self.conn;
+            let ok = guarded(|| pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_startstreaming.unwrap())(conn, &opts)))?;
             if ok {
                 Ok(())
             } else {
@@ -112,28 +137,30 @@ impl ReplicationConn {
         }
     }
 
-    /// Next message, if one is buffered.
-    pub fn receive(&mut self) -> Received<'_> {
+    /// Next message, if one is buffered. Err: the stream failed (the source's message).
+    pub fn receive(&mut self) -> Result<Received<'_>, String> {
         let f = functions();
-        unsafe {
-            let mut buf: *mut std::os::raw::c_char = std::ptr::null_mut();
-            let mut fd: pg_sys::pgsocket = -1;
-            let len = pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_receive.unwrap())(self.conn, &mut buf, &mut fd));
-            match len {
-                n if n > 0 => Received::Data(std::slice::from_raw_parts(buf as *const u8, n as usize)),
-                0 => Received::WouldBlock(fd),
-                _ => Received::End,
-            }
-        }
+        let conn = self.conn;
+        let mut buf: *mut std::os::raw::c_char = std::ptr::null_mut();
+        let mut fd: pg_sys::pgsocket = -1;
+        let len = guarded(|| unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_receive.unwrap())(conn, &mut buf, &mut fd))
+        })?;
+        Ok(match len {
+            n if n > 0 => Received::Data(unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) }),
+            0 => Received::WouldBlock(fd),
+            _ => Received::End,
+        })
     }
 
-    pub fn send(&mut self, data: &[u8]) {
+    pub fn send(&mut self, data: &[u8]) -> Result<(), String> {
         let f = functions();
-        unsafe {
+        let conn = self.conn;
+        guarded(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                (f.walrcv_send.unwrap())(self.conn, data.as_ptr() as *const _, data.len() as i32)
-            });
-        }
+                (f.walrcv_send.unwrap())(conn, data.as_ptr() as *const _, data.len() as i32)
+            })
+        })
     }
 }
 

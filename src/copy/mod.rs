@@ -255,14 +255,24 @@ fn fail_unfinished(c: &Connector, why: &str) {
 
 pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> bool {
     let published = match block_on_until_shutdown(rt, async {
+        // A missing publication (dropped on the source) means nothing about its tables: leave
+        // them alone rather than stop syncing every one (the worker recreates it on reconnect).
+        if client
+            .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&c.publication_name])
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
         client
             .query(
                 "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
                 &[&c.publication_name],
             )
             .await
+            .map(Some)
     }) {
-        Some(Ok(rows)) => rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>(),
+        Some(Ok(Some(rows))) => rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>(),
         _ => return false,
     };
     let changed = in_transaction(|| -> crate::error::Result<bool> {

@@ -21,7 +21,7 @@ impl ExportedSnapshot {
     /// Create slot `slot` (temporary or permanent) exporting its snapshot.
     pub fn create(conninfo: &str, application_name: &str, slot: &str, temporary: bool) -> Result<Self, String> {
         let mut conn = ReplicationConn::connect(conninfo, application_name)?;
-        let (name, lsn) = conn.create_slot(slot, temporary, true);
+        let (name, lsn) = conn.create_slot(slot, temporary, true)?;
         let name = name.ok_or_else(|| "the source exported no snapshot".to_string())?;
         Ok(ExportedSnapshot { _conn: conn, name, lsn: format_lsn(lsn) })
     }

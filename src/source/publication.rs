@@ -7,8 +7,8 @@ use tokio_postgres::Client;
 
 use super::quote_ident;
 
-/// Create the publication if it does not exist yet.
-pub async fn ensure(client: &Client, publication: &str) -> Result<(), tokio_postgres::Error> {
+/// Create the publication if it does not exist yet; true if it had to be created.
+pub async fn ensure(client: &Client, publication: &str) -> Result<bool, tokio_postgres::Error> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
         .await?;
@@ -19,8 +19,9 @@ pub async fn ensure(client: &Client, publication: &str) -> Result<(), tokio_post
                 quote_ident(publication)
             ))
             .await?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Whether `schema.name` is in the publication.

@@ -120,7 +120,22 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
         let ensure = crate::source::publication::ensure(&client, &publication);
         match block_on_until_shutdown(&rt, ensure) {
             None => break,
-            Some(Ok(())) => {}
+            Some(Ok(false)) => {}
+            Some(Ok(true)) => {
+                // The publication was gone (dropped on the source): put the synced tables back,
+                // or the discovery of publication changes would read that as "stop syncing".
+                let synced = super::in_transaction(|| crate::catalog::tables::stream_tables(id)).ok().and_then(|r| r.ok());
+                for t in synced.unwrap_or_default() {
+                    let add = crate::source::publication::add_table(&client, &publication, &t.source_schema, &t.source_name);
+                    if let Some(Err(e)) = block_on_until_shutdown(&rt, add) {
+                        pgrx::warning!(
+                            "livesync connector \"{name}\": could not add {}.{} back to publication \"{publication}\": {e}",
+                            t.source_schema,
+                            t.source_name
+                        );
+                    }
+                }
+            }
             Some(Err(e)) => {
                 let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
                 report_error(

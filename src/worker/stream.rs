@@ -116,7 +116,8 @@ impl Progress {
         }
         self.flushed = self.flushed.max(flushed);
         let now = pgoutput::pg_epoch_micros(std::time::SystemTime::now());
-        conn.send(&pgoutput::encode_standby_status(self.received, self.flushed, self.flushed, now, reply));
+        // A failed send shows up as a failed receive right after.
+        let _ = conn.send(&pgoutput::encode_standby_status(self.received, self.flushed, self.flushed, now, reply));
     }
 }
 
@@ -169,7 +170,11 @@ pub fn run(
     let mut socket_tuned = false;
 
     loop {
-        match conn.receive() {
+        let received = match conn.receive() {
+            Ok(r) => r,
+            Err(e) => return abort(&mut applier, Outcome::Failed(e)),
+        };
+        match received {
             Received::Data(buf) => {
                 let msg = match pgoutput::parse_replication_message(buf) {
                     Ok(m) => m,

@@ -562,3 +562,33 @@ fn copy_and_stream_under_load() {
         assert_eq!(r.int("changes_skipped"), 0, "{r:?}");
     }
 }
+
+/// The connector's publication dropped on the source (by mistake): livesync does not read the
+/// vanished publication as "every table left it" — the tables stay synced, the publication is
+/// recreated with them — and the connector reports what the source says. (On PostgreSQL 15 the
+/// walsender cannot decode past changes made while the publication was missing: the connector
+/// stays in error until the tables are re-added; see the README's limits.)
+#[test]
+fn publication_dropped_on_source_keeps_tables_and_reports() {
+    let db = TestDb::new("pub_dropped");
+    db.src(
+        "CREATE TABLE pd (id int PRIMARY KEY, v text);
+         INSERT INTO pd SELECT g, 'a' FROM generate_series(1, 50) g;",
+    );
+    let conn = db.add_su_connector("c");
+    let publication = conn.text("publication_name").to_string();
+    db.add_table_ok("pd");
+    db.wait_ready("public.pd");
+    db.src(&format!("DROP PUBLICATION \"{publication}\""));
+    db.src("INSERT INTO pd VALUES (51, 'after the drop')");
+    // Longer than the worker's publication check (5 s).
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    assert_eq!(db.publication_rels(&publication), vec!["pd".to_string()], "the publication is recreated with its table");
+    assert!(db.try_progress("public.pd").is_ok(), "pd must still be synced: {:?}", db.table_progress_all());
+    let rows = db.tgt("SELECT state, coalesce(last_error, '') AS e FROM livesync.connectors");
+    assert!(
+        rows[0].text("e").contains(&format!("publication \"{publication}\" does not exist")),
+        "the connector must say why it stopped: {:?}",
+        rows[0].text("e")
+    );
+}
