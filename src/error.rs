@@ -106,3 +106,23 @@ impl<T> OrRaise<T> for Result<T> {
         }
     }
 }
+
+/// Run `f`, turning a PostgreSQL ERROR (or a Rust panic) raised inside into its message. The
+/// caller decides what the failure means (abort the transaction, record it, reconnect); no state
+/// touched by `f` is looked at after a failure, which is what makes asserting unwind safety sound.
+pub fn catch<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    let f = std::panic::AssertUnwindSafe(f);
+    pgrx::PgTryBuilder::new(move || {
+        let f = f;
+        Ok((f.0)())
+    })
+    .catch_others(|e| {
+        Err(match e {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => {
+                r.message().to_string()
+            }
+            pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+        })
+    })
+    .execute()
+}

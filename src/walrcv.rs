@@ -11,27 +11,11 @@
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
-use pgrx::PgTryBuilder;
 
-/// Run a libpqwalreceiver call, turning the ERROR it raises when the source fails (e.g. "could
-/// not receive data from WAL stream: …") into its message, so the caller can record it and
-/// reconnect instead of the worker dying.
-fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    let f = std::panic::AssertUnwindSafe(f);
-    PgTryBuilder::new(move || {
-        let f = f;
-        Ok((f.0)())
-    })
-    .catch_others(|e| {
-        Err(match e {
-            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                r.message().to_string()
-            }
-            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-        })
-    })
-    .execute()
-}
+// A libpqwalreceiver call raises an ERROR when the source fails (e.g. "could not receive data
+// from WAL stream: …"): every call goes through `catch`, so the caller gets the message, records
+// it and reconnects instead of the worker dying.
+use crate::error::catch;
 
 pub struct ReplicationConn {
     conn: *mut pg_sys::WalReceiverConn,
@@ -69,7 +53,7 @@ impl ReplicationConn {
         let app = CString::new(application_name.replace('\0', "")).unwrap();
         unsafe {
             let mut err: *mut std::os::raw::c_char = std::ptr::null_mut();
-            let conn = guarded(|| {
+            let conn = catch(|| {
                 pg_sys::ffi::pg_guard_ffi_boundary(|| {
                     (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, app.as_ptr(), &mut err)
                 }) as usize
@@ -97,7 +81,7 @@ impl ReplicationConn {
         };
         let mut lsn: pg_sys::XLogRecPtr = 0;
         let conn = self.conn;
-        let name = guarded(|| unsafe {
+        let name = catch(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, action, &mut lsn)
             }) as usize
@@ -128,7 +112,7 @@ impl ReplicationConn {
             opts.proto.logical.streaming = false;
             opts.proto.logical.twophase = false;
             let conn = self.conn;
-            let ok = guarded(|| pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_startstreaming.unwrap())(conn, &opts)))?;
+            let ok = catch(|| pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_startstreaming.unwrap())(conn, &opts)))?;
             if ok {
                 Ok(())
             } else {
@@ -143,7 +127,7 @@ impl ReplicationConn {
         let conn = self.conn;
         let mut buf: *mut std::os::raw::c_char = std::ptr::null_mut();
         let mut fd: pg_sys::pgsocket = -1;
-        let len = guarded(|| unsafe {
+        let len = catch(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_receive.unwrap())(conn, &mut buf, &mut fd))
         })?;
         Ok(match len {
@@ -156,7 +140,7 @@ impl ReplicationConn {
     pub fn send(&mut self, data: &[u8]) -> Result<(), String> {
         let f = functions();
         let conn = self.conn;
-        guarded(|| unsafe {
+        catch(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 (f.walrcv_send.unwrap())(conn, data.as_ptr() as *const _, data.len() as i32)
             })

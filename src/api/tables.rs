@@ -12,7 +12,7 @@ use crate::catalog::{self, tables};
 use crate::error::{LivesyncError, OrRaise, Result};
 use crate::runtime::{block_on_interruptible, new_runtime};
 use crate::source::conninfo::SourceConninfo;
-use crate::copy::target;
+use crate::copy::target::{self, qualified};
 use crate::source::table;
 use crate::source::{connect, publication};
 
@@ -59,10 +59,6 @@ fn parse_qualified(spelled: &str, default_schema: &str) -> Result<(String, Strin
         _ => Err(LivesyncError::invalid_parameter(format!("invalid table name \"{spelled}\""))
             .detail("Expected table or schema.table.")),
     }
-}
-
-fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", spi::quote_identifier(schema), spi::quote_identifier(name))
 }
 
 /// Run `f` against the connector's source.

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
 use pgrx::prelude::*;
-use pgrx::PgTryBuilder;
 
 pub mod connector;
 pub mod copier;
@@ -97,26 +96,13 @@ pub fn worker_database() -> pg_sys::Oid {
 /// transaction and is returned as its message, so a worker can record it and carry on instead of
 /// exiting.
 pub fn in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    // An error aborts the whole transaction and the caller only sees its message: no state
-    // touched by `f` is observed after a failure, so asserting unwind safety is sound here.
-    let f = std::panic::AssertUnwindSafe(f);
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let r = PgTryBuilder::new(move || {
-        let f = f;
-        Ok((f.0)())
-    })
-        .catch_others(|e| {
-            Err(match e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            })
-        })
-        .execute();
+    // An error aborts the whole transaction; the caller only sees its message.
+    let r = crate::error::catch(f);
     unsafe {
         match &r {
             Ok(_) => {

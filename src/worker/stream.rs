@@ -16,7 +16,6 @@
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
-use pgrx::PgTryBuilder;
 
 use crate::apply::{origin, ApplyError, Applier};
 use crate::catalog::{self, tables, Connector};
@@ -42,15 +41,6 @@ pub enum Outcome {
 }
 
 static mut ORIGIN_READY: bool = false;
-
-fn pg_error_message(e: pg_sys::panic::CaughtError) -> String {
-    match e {
-        pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-            r.message().to_string()
-        }
-        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-    }
-}
 
 /// Whether the connector should keep streaming: still enabled, and no table due for a copy.
 fn housekeeping(c: &Connector) -> Option<Outcome> {
@@ -283,14 +273,7 @@ pub fn run(
 
 /// Run `f` on the applier, turning a PostgreSQL ERROR into its message.
 fn guarded<R>(applier: &mut Applier, f: impl FnOnce(&mut Applier) -> R) -> Result<R, String> {
-    let a = std::panic::AssertUnwindSafe((applier, f));
-    PgTryBuilder::new(move || {
-        let a = a;
-        let (applier, f) = a.0;
-        Ok(f(applier))
-    })
-    .catch_others(|e| Err(pg_error_message(e)))
-    .execute()
+    crate::error::catch(|| f(applier))
 }
 
 /// Flush pending inserts and commit the target transaction.
