@@ -69,6 +69,11 @@ CREATE TABLE livesync.sync_table (
     -- Key to build on the target after the load (NULL: the target table existed already).
     build_key        text[],
     build_key_primary bool NOT NULL DEFAULT true,
+    -- add_table(hypertable => true): the target is (re)created as a TimescaleDB hypertable
+    -- partitioned by this column in chunks this wide (an interval, or an integer width).
+    hypertable_time_column text,
+    hypertable_chunk_interval text,
+    hypertable_integer bool NOT NULL DEFAULT false,
     est_rows         int8,
     est_bytes        int8,
     rows_copied      int8,

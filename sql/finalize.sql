@@ -66,6 +66,12 @@ EXCEPTION
 END
 $$;
 
+-- Rows of the load in progress, for the executor route that loads TimescaleDB hypertables
+-- (src/copy/load.rs): INSERT INTO target SELECT * FROM livesync._copy_rows(NULL::target).
+-- Internal to livesync's workers; an error anywhere else.
+CREATE FUNCTION livesync._copy_rows(anyelement) RETURNS SETOF anyelement
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'livesync_copy_rows';
+
 GRANT USAGE ON SCHEMA livesync TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA livesync FROM PUBLIC;
 GRANT SELECT ON livesync.connectors TO PUBLIC;
@@ -74,6 +80,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.connector, livesync.connector_s
 -- Everything that changes state or opens connections from the target server is for admins only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA livesync FROM PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA livesync TO livesync_admin;
+REVOKE EXECUTE ON FUNCTION livesync._copy_rows(anyelement) FROM livesync_admin;
 
 -- Start this database's manager once CREATE EXTENSION commits (after a restart the launcher does).
 SELECT livesync._ensure_manager();

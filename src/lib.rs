@@ -19,6 +19,7 @@ pub mod error;
 pub mod guc;
 pub mod runtime;
 pub mod source;
+pub mod timescale;
 pub mod walrcv;
 pub mod worker;
 

@@ -13,7 +13,9 @@ use crate::error::{LivesyncError, OrRaise, Result};
 use crate::runtime::{block_on_interruptible, new_runtime};
 use crate::source::conninfo::SourceConninfo;
 use crate::copy::target::{self, qualified};
-use crate::source::table;
+use crate::source::table::{self, TableDef};
+use crate::source::timecol;
+use crate::timescale::HypertableSpec;
 use crate::source::{connect, publication};
 
 /// The connector named `name`, or the only one when `name` is NULL.
@@ -76,25 +78,137 @@ fn with_source<R>(
     })
 }
 
+/// Read source table `source_table`; an error naming the source when it does not exist.
+async fn describe_source(client: &tokio_postgres::Client, info: &SourceConninfo, source_table: &str) -> Result<TableDef> {
+    match table::describe(client, source_table).await {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("relation \"{source_table}\" does not exist on the source at \"{}\"", info.endpoint_with_db()),
+        )
+        .hint("Check the name and the schema; names with capitals or special characters need double quotes: '\"MyTable\"'.")),
+        Err(e) => Err(LivesyncError::source_query(&info.endpoint(), &e)),
+    }
+}
+
+/// What the user asked for with `hypertable`, `time_column` and `chunk_interval`.
+struct HypertableRequest<'a> {
+    wanted: bool,
+    time_column: Option<&'a str>,
+    chunk_interval: Option<&'a str>,
+}
+
+/// Decide the hypertable's time column and chunk width for `def`, reading the source through
+/// `client` (statistics for the suggestion, the column's span for the width).
+async fn plan_hypertable(
+    client: &tokio_postgres::Client,
+    info: &SourceConninfo,
+    def: &TableDef,
+    req: &HypertableRequest<'_>,
+    chunk_bytes: i64,
+) -> Result<(HypertableSpec, timecol::Suggestion)> {
+    let suggestion = timecol::suggest_from_source(client, def)
+        .await
+        .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))?;
+    let column = match req.time_column {
+        Some(name) => name.to_string(),
+        None => suggestion.column.clone().ok_or_else(|| {
+            LivesyncError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("source table {} has no column to partition a hypertable by", def.qualified()),
+            )
+            .detail(format!("{}.", suggestion.reason))
+            .hint("Name one: time_column => '…' (a NOT NULL timestamptz, timestamp, date or integer column).")
+        })?,
+    };
+    let Some(col) = def.columns.iter().find(|c| c.name == column) else {
+        return Err(LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("column \"{column}\" of source table {} does not exist", def.qualified()),
+        )
+        .hint(format!(
+            "Columns: {}.",
+            def.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let Some(kind) = timecol::time_kind(col.type_oid) else {
+        return Err(LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("column \"{column}\" has type {}, which cannot partition a hypertable", col.type_name),
+        )
+        .hint("Use a timestamptz, timestamp, date or integer column."));
+    };
+    if !col.not_null {
+        return Err(LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("column \"{column}\" of source table {} can be NULL", def.qualified()),
+        )
+        .detail("A hypertable's time column is NOT NULL; a NULL on the source would stop the sync.")
+        .hint(format!(
+            "On the source: ALTER TABLE {} ALTER COLUMN {} SET NOT NULL;",
+            def.qualified(),
+            crate::source::quote_ident(&column)
+        )));
+    }
+    let chunk_interval = match req.chunk_interval {
+        Some(ci) => ci.to_string(),
+        None => {
+            let span = timecol::span_on_source(client, def, &column, kind).await;
+            timecol::chunk_interval(kind, span, def.size_bytes, chunk_bytes).ok_or_else(|| {
+                LivesyncError::invalid_parameter(format!(
+                    "chunk_interval is required for integer time column \"{column}\""
+                ))
+                .detail("The source table is empty, so no width can be derived from its data.")
+                .hint("Give the chunk width in the column's own units, e.g. chunk_interval => '86400000' for milliseconds per day.")
+            })?
+        }
+    };
+    Ok((
+        HypertableSpec { time_column: column, chunk_interval, integer: kind == timecol::TimeKind::Integer },
+        suggestion,
+    ))
+}
+
 #[pg_extern]
 fn add_table(
     source_table: &str,
     target: default!(Option<&str>, "NULL"),
     connector: default!(Option<&str>, "NULL"),
+    hypertable: default!(Option<bool>, "NULL"),
+    time_column: default!(Option<&str>, "NULL"),
+    chunk_interval: default!(Option<&str>, "NULL"),
 ) {
+    let ht_options = time_column.is_some() || chunk_interval.is_some();
+    if hypertable == Some(false) && ht_options {
+        LivesyncError::invalid_parameter("time_column and chunk_interval apply to hypertables only")
+            .hint("Pass hypertable => true, or leave them out.")
+            .raise();
+    }
+    let req = HypertableRequest { wanted: hypertable.unwrap_or(ht_options), time_column, chunk_interval };
+    if req.wanted {
+        crate::timescale::check_available().or_raise();
+    }
+    // Suggest a hypertable only where one could be made, and only to a caller who did not say.
+    let suggest = hypertable.is_none() && !req.wanted && crate::timescale::installed();
+    let chunk_bytes = if req.wanted { crate::timescale::chunk_bytes() } else { 0 };
+
     let c = resolve_connector(connector).or_raise();
     lock_table_set(&c);
 
-    let def = with_source(&c, async |client, info| {
-        match table::describe(client, source_table).await {
-            Ok(Some(d)) => Ok(d),
-            Ok(None) => Err(LivesyncError::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!("relation \"{source_table}\" does not exist on the source at \"{}\"", info.endpoint_with_db()),
-            )
-            .hint("Check the name and the schema; names with capitals or special characters need double quotes: '\"MyTable\"'.")),
-            Err(e) => Err(LivesyncError::source_query(&info.endpoint(), &e)),
+    let (def, spec, suggestion) = with_source(&c, async |client, info| {
+        let def = describe_source(client, info, source_table).await?;
+        if !matches!(def.kind.as_str(), "r" | "p") {
+            return Ok((def, None, None));
         }
+        if req.wanted {
+            let (spec, s) = plan_hypertable(client, info, &def, &req, chunk_bytes).await?;
+            return Ok((def, Some(spec), Some(s)));
+        }
+        if suggest {
+            let s = timecol::suggest_from_source(client, &def).await.ok();
+            return Ok((def, None, s));
+        }
+        Ok((def, None, None))
     })
     .or_raise();
 
@@ -140,7 +254,31 @@ fn add_table(
         .raise();
     }
 
-    let build_key = target::prepare(&def, &tschema, &tname).or_raise();
+    let build_key = target::prepare(&def, &tschema, &tname, spec.as_ref()).or_raise();
+    if let (Some(spec), false) = (&spec, def.key.is_empty()) {
+        if !def.key.contains(&spec.time_column) {
+            pgrx::notice!(
+                "the key of {target_q} will be ({}, {}): TimescaleDB requires the time column in every unique index",
+                def.key.iter().map(|k| crate::source::quote_ident(k)).collect::<Vec<_>>().join(", "),
+                crate::source::quote_ident(&spec.time_column)
+            );
+        }
+    }
+    if let Some(s) = suggestion.as_ref().filter(|_| spec.is_none()) {
+        if let Some(col) = &s.column {
+            LivesyncError::new(
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("TimescaleDB is installed on the target; {} would suit a hypertable", s.reason),
+            )
+            .hint(format!(
+                "To sync into a hypertable instead: SELECT livesync.remove_table('{}'); DROP TABLE {target_q}; SELECT livesync.add_table('{}', hypertable => true, time_column => '{}');",
+                def.qualified().replace('\'', "''"),
+                def.qualified().replace('\'', "''"),
+                col.replace('\'', "''")
+            ))
+            .report(PgLogLevel::NOTICE);
+        }
+    }
 
     if !def.has_replica_identity() {
         LivesyncError::new(
@@ -179,6 +317,7 @@ fn add_table(
         build_key_primary: def.key_is_primary,
         est_rows: def.est_rows as i64,
         est_bytes: def.size_bytes,
+        hypertable: spec,
     })
     .or_raise();
 }
@@ -234,4 +373,32 @@ fn resync_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
         .map_err(catalog::spi_err)
         .or_raise();
     tables::mark_pending(t.id).or_raise();
+}
+
+/// `livesync.suggest_time_column('public.metrics')`: the column a hypertable for this source table
+/// would be partitioned by, why, and the chunk width livesync would pick; NULLs and the reason
+/// when no column qualifies.
+#[pg_extern]
+fn suggest_time_column(
+    source_table: &str,
+    connector: default!(Option<&str>, "NULL"),
+) -> TableIterator<'static, (name!(time_column, Option<String>), name!(reason, String), name!(chunk_interval, Option<String>))> {
+    let c = resolve_connector(connector).or_raise();
+    let chunk_bytes = crate::timescale::chunk_bytes();
+    let row = with_source(&c, async |client, info| {
+        let def = describe_source(client, info, source_table).await?;
+        let s = timecol::suggest_from_source(client, &def)
+            .await
+            .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))?;
+        let interval = match (&s.column, s.kind) {
+            (Some(col), Some(kind)) => {
+                let span = timecol::span_on_source(client, &def, col, kind).await;
+                timecol::chunk_interval(kind, span, def.size_bytes, chunk_bytes)
+            }
+            _ => None,
+        };
+        Ok((s.column, s.reason, interval))
+    })
+    .or_raise();
+    TableIterator::once(row)
 }

@@ -56,6 +56,7 @@ use pgrx::PgOid;
 use crate::catalog::tables::{self, SyncTable};
 use crate::source::pgoutput::{ColumnValue, LogicalMessage, OldTuple, TupleData};
 use crate::source::quote_ident;
+use crate::copy::load::Route;
 use relmap::{Mapping, RemoteColumn, RemoteRelation, TargetColumn};
 
 /// A change that cannot be applied: which table, why, and what to do.
@@ -81,6 +82,10 @@ struct MappedRelation {
     target: Option<(String, Mapping)>,
     /// The target table's OID, once looked up (batched inserts go through COPY FROM).
     target_oid: Option<pg_sys::Oid>,
+    /// How batched inserts reach the target (the executor for hypertables).
+    route: Route,
+    /// The target hypertable's time column (UPDATEs that change it move the row).
+    time_column: Option<String>,
 }
 
 /// Consecutive INSERTs into one table, in COPY text format, loaded with one `COPY FROM` (the
@@ -218,8 +223,9 @@ impl Applier {
     pub fn flush(&mut self) {
         let Some(b) = self.batch.take() else { return };
         self.current_table = Some(b.table_id);
-        let oid = self.relations.get(&b.rel_id).and_then(|r| r.target_oid).expect("batched relation has a target");
-        let (rows, _) = crate::copy::load::load_buffer(oid, &b.columns, bytes::Bytes::from(b.data));
+        let mr = self.relations.get(&b.rel_id).expect("batched relation is known");
+        let oid = mr.target_oid.expect("batched relation has a target");
+        let (rows, _) = crate::copy::load::load_buffer(oid, mr.route, &b.columns, bytes::Bytes::from(b.data));
         debug_assert_eq!(rows as usize, b.rows);
         self.current_table = None;
     }
@@ -277,6 +283,8 @@ impl Applier {
             mr.target_oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target.as_str().into()])
                 .ok()
                 .flatten();
+            mr.time_column = mr.target_oid.and_then(crate::timescale::time_column);
+            mr.route = if mr.time_column.is_some() { Route::Executor } else { Route::CopyFrom };
         }
         Ok(Some((t, target)))
     }
@@ -379,7 +387,10 @@ impl Applier {
                         .collect(),
                 };
                 self.flush();
-                self.relations.insert(r.rel_id, MappedRelation { remote, target: None, target_oid: None });
+                self.relations.insert(
+                    r.rel_id,
+                    MappedRelation { remote, target: None, target_oid: None, route: Route::CopyFrom, time_column: None },
+                );
                 // Prepared statements may refer to the old shape.
                 self.statements.clear();
             }
@@ -432,6 +443,20 @@ impl Applier {
                     None => up.new.clone(),
                 };
                 let old_present = identity_present(&old, full, &mr.remote);
+                let hypertable = mr.time_column.as_deref().and_then(|tc| {
+                    relmap::hypertable_update_sql(&target, &mr.remote, m, &new_present, &old_present, tc)
+                });
+                if let Some((same_chunk, moved, set_idx, where_idx)) = hypertable {
+                    let mut values = values_of(&up.new, &set_idx, t.id)?;
+                    values.extend(values_of(&old, &where_idx, t.id)?);
+                    // Most updates keep the row's time; the others move it between chunks.
+                    if self.exec(&same_chunk, values.clone()) == 0 {
+                        self.exec(&moved, values);
+                    }
+                    self.count(t.id, true);
+                    self.changes_in_txn += 1;
+                    return Ok(());
+                }
                 let Some((sql, set_idx, where_idx)) = relmap::update_sql(&target, &mr.remote, m, &new_present, &old_present)
                 else {
                     return Err(no_identity(&t, &mr.remote, "UPDATE"));

@@ -144,6 +144,57 @@ pub fn update_sql(
     Some((sql, set_idx, where_idx))
 }
 
+/// The two statements of an UPDATE on a hypertable partitioned by `time_column`, which
+/// TimescaleDB cannot apply when the row's time changes (the row would move to another chunk):
+/// first the plain UPDATE restricted to rows whose time stays the same, and, when that touched
+/// nothing, the move — `DELETE … RETURNING` the old row and INSERT the new one, taking unchanged
+/// (unsent TOAST) columns from the deleted row. Both take the same parameters as [`update_sql`].
+pub fn hypertable_update_sql(
+    target: &str,
+    remote: &RemoteRelation,
+    m: &Mapping,
+    new_present: &[bool],
+    old_present: &[bool],
+    time_column: &str,
+) -> Option<(String, String, Vec<usize>, Vec<usize>)> {
+    let (_, set_idx, where_idx) = update_sql(target, remote, m, new_present, old_present)?;
+    let time_pos = set_idx.iter().position(|&i| remote.columns[i].name == time_column)?;
+    let time_ty = m.target_types[set_idx[time_pos]].as_deref().unwrap_or("text");
+    let stay = format!("{} = {}", quote_ident(time_column), cast(time_pos + 1, time_ty));
+    let (wh, _) = where_sql(remote, m, old_present, set_idx.len() + 1)?;
+    let sets: Vec<String> = set_idx
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("{} = {}", quote_ident(&remote.columns[i].name), cast(n + 1, m.target_types[i].as_deref().unwrap_or("text"))))
+        .collect();
+    let same_chunk = if remote.replica_identity == b'f' {
+        format!(
+            "{} UPDATE {target} AS _ls_t SET {} FROM _ls_r {ONE_ROW_JOIN}",
+            one_row(target, &format!("{wh} AND {stay}")),
+            sets.join(", ")
+        )
+    } else {
+        format!("UPDATE {target} SET {} WHERE {wh} AND {stay}", sets.join(", "))
+    };
+    let delete = if remote.replica_identity == b'f' {
+        format!("{}, _ls_d AS (DELETE FROM {target} AS _ls_t USING _ls_r {ONE_ROW_JOIN} RETURNING _ls_t.*)", one_row(target, &wh))
+    } else {
+        format!("WITH _ls_d AS (DELETE FROM {target} WHERE {wh} RETURNING *)")
+    };
+    let mut cols = Vec::new();
+    let mut vals = Vec::new();
+    for (i, c) in remote.columns.iter().enumerate() {
+        let Some(ty) = m.target_types[i].as_deref() else { continue };
+        cols.push(quote_ident(&c.name));
+        match set_idx.iter().position(|&s| s == i) {
+            Some(n) => vals.push(cast(n + 1, ty)),
+            None => vals.push(format!("_ls_d.{}", quote_ident(&c.name))),
+        }
+    }
+    let moved = format!("{delete} INSERT INTO {target} ({}) SELECT {} FROM _ls_d", cols.join(", "), vals.join(", "));
+    Some((same_chunk, moved, set_idx, where_idx))
+}
+
 /// Under REPLICA IDENTITY FULL identical rows are possible, and a change on the source touched
 /// exactly one of them: pick one row (by partition and ctid), as PostgreSQL's subscriber does.
 fn one_row(target: &str, wh: &str) -> String {
@@ -218,6 +269,29 @@ mod tests {
         assert!(sql.starts_with("WITH _ls_r AS (SELECT tableoid AS toid, ctid AS tid FROM t WHERE \"id\" IS NOT DISTINCT FROM $4::integer"), "{sql}");
         assert!(sql.ends_with("UPDATE t AS _ls_t SET \"id\" = $1::integer, \"doc\" = $2::json, \"v\" = $3::text FROM _ls_r WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _ls_r.tid"), "{sql}");
         assert_eq!((set, wh), (vec![0, 1, 2], vec![0, 2]));
+    }
+
+    #[test]
+    fn hypertable_updates_stay_in_the_chunk_or_move() {
+        let mut r = rel(b'd');
+        r.columns[2].name = "time".into();
+        let target = vec![
+            TargetColumn { name: "id".into(), type_name: "integer".into() },
+            TargetColumn { name: "doc".into(), type_name: "json".into() },
+            TargetColumn { name: "time".into(), type_name: "timestamp with time zone".into() },
+        ];
+        let m = Mapping::new(&r, &target);
+        // "doc" is an unchanged TOASTed value: not sent, kept from the old row when moving.
+        let (stay, moved, set, wh) = hypertable_update_sql("t", &r, &m, &[true, false, true], &[true, false, false], "time").unwrap();
+        assert_eq!(
+            stay,
+            "UPDATE t SET \"id\" = $1::integer, \"time\" = $2::timestamp with time zone WHERE \"id\" = $3::integer AND \"time\" = $2::timestamp with time zone"
+        );
+        assert_eq!(
+            moved,
+            "WITH _ls_d AS (DELETE FROM t WHERE \"id\" = $3::integer RETURNING *) INSERT INTO t (\"id\", \"doc\", \"time\") SELECT $1::integer, _ls_d.\"doc\", $2::timestamp with time zone FROM _ls_d"
+        );
+        assert_eq!((set, wh), (vec![0, 2], vec![0]));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use pgrx::prelude::*;
 
 use super::{first_value, spi_err};
 use crate::error::Result;
+use crate::timescale::HypertableSpec;
 
 #[derive(Debug, Clone)]
 pub struct SyncTable {
@@ -42,6 +43,8 @@ pub struct SyncTable {
     pub build_key_primary: bool,
     /// `snapshot_lsn` as a number (0 until the table's copy is planned).
     pub snapshot_lsn: u64,
+    /// Set when the target is to be a hypertable (`add_table(hypertable => true)`).
+    pub hypertable: Option<HypertableSpec>,
 }
 
 pub struct NewSyncTable<'a> {
@@ -54,10 +57,12 @@ pub struct NewSyncTable<'a> {
     pub build_key_primary: bool,
     pub est_rows: i64,
     pub est_bytes: i64,
+    pub hypertable: Option<HypertableSpec>,
 }
 
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
-                       build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8";
+                       build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
+                       hypertable_time_column, hypertable_chunk_interval, hypertable_integer";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -70,6 +75,14 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
         build_key: row.get::<Vec<String>>(7)?,
         build_key_primary: row.get::<bool>(8)?.unwrap_or(true),
         snapshot_lsn: row.get::<i64>(9)?.unwrap_or_default() as u64,
+        hypertable: match (row.get::<String>(10)?, row.get::<String>(11)?) {
+            (Some(time_column), Some(chunk_interval)) => Some(HypertableSpec {
+                time_column,
+                chunk_interval,
+                integer: row.get::<bool>(12)?.unwrap_or(false),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -102,8 +115,9 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
     Ok(first_value::<i32>(
         "INSERT INTO livesync.sync_table
              (connector_id, source_schema, source_name, target_schema, target_name,
-              build_key, build_key_primary, est_rows, est_bytes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+              build_key, build_key_primary, est_rows, est_bytes,
+              hypertable_time_column, hypertable_chunk_interval, hypertable_integer)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false)) RETURNING id",
         &[
             n.connector_id.into(),
             n.source_schema.into(),
@@ -114,6 +128,9 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
             n.build_key_primary.into(),
             n.est_rows.into(),
             n.est_bytes.into(),
+            n.hypertable.as_ref().map(|h| h.time_column.clone()).into(),
+            n.hypertable.as_ref().map(|h| h.chunk_interval.clone()).into(),
+            n.hypertable.as_ref().map(|h| h.integer).into(),
         ],
     )?
     .expect("INSERT RETURNING gave no row"))

@@ -6,9 +6,21 @@
 //! routes rows of partitioned tables into their partitions and reports itself in
 //! `pg_stat_progress_copy` like any `COPY`.
 //!
-//! This is the single loading path of the initial copy ([`load`]); TimescaleDB hypertables need
-//! a route through TimescaleDB's COPY handling instead of `CopyFrom` on the root (which would
-//! write rows into the root's heap, where TimescaleDB hides them) and will plug in here.
+//! This is the single loading path of the initial copy ([`load`]) and of the change stream's
+//! batched INSERTs ([`load_buffer`]). It has two routes, chosen per target table ([`route_for`]):
+//!
+//! - [`Route::CopyFrom`]: `CopyFrom` on the relation — the fastest, and correct for plain and
+//!   partitioned tables.
+//! - [`Route::Executor`]: for TimescaleDB hypertables. `CopyFrom` on a hypertable's root would
+//!   write rows into the root's own heap, where TimescaleDB hides them (no error, no chunks: the
+//!   rows silently vanish — exactly the defect of native subscriptions). Rows are instead parsed
+//!   by the same COPY machinery (`NextCopyFrom`, so formats, input functions, defaults and
+//!   `pg_stat_progress_copy` are identical) and inserted by a planned
+//!   `INSERT INTO target SELECT * FROM livesync._copy_rows(NULL::target)`, whose executor
+//!   TimescaleDB hooks: rows are routed into chunks (created as needed), compressed chunks are
+//!   handled, and continuous-aggregate invalidations are recorded. Each statement takes a bounded
+//!   slice of the stream (at most [`EXECUTOR_SLICE_ROWS`] rows or [`EXECUTOR_SLICE_BYTES`] of
+//!   input), so nothing is staged beyond one slice.
 
 use std::cell::RefCell;
 use std::ffi::CString;
@@ -83,29 +95,66 @@ unsafe extern "C-unwind" fn read_copy_data(
     })
 }
 
+/// How rows get into a target table (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    CopyFrom,
+    Executor,
+}
+
+/// The route for table `relid`: the executor for TimescaleDB hypertables, `CopyFrom` otherwise.
+/// Needs a transaction.
+pub fn route_for(relid: pg_sys::Oid) -> Route {
+    if crate::timescale::is_hypertable(relid) {
+        Route::Executor
+    } else {
+        Route::CopyFrom
+    }
+}
+
+/// Rows per `INSERT … SELECT` statement of the executor route.
+pub const EXECUTOR_SLICE_ROWS: i64 = 10_000;
+/// Input bytes per `INSERT … SELECT` statement of the executor route.
+pub const EXECUTOR_SLICE_BYTES: i64 = 8 << 20;
+
 /// Load `stream` (COPY data of `columns`, in that order, text or binary format) into table
 /// `relid`. Returns (rows, bytes). Must run inside a transaction with an active snapshot.
 pub fn load(
     rt: &tokio::runtime::Runtime,
     relid: pg_sys::Oid,
+    route: Route,
     columns: &[String],
     stream: CopyOutStream,
     binary: bool,
 ) -> (i64, i64) {
-    run(relid, columns, Data::Stream { rt, stream: Box::pin(stream) }, Bytes::new(), binary)
+    run(relid, route, columns, Data::Stream { rt, stream: Box::pin(stream) }, Bytes::new(), binary)
 }
 
 /// Load rows already encoded in COPY text format.
-pub fn load_buffer(relid: pg_sys::Oid, columns: &[String], rows: Bytes) -> (i64, i64) {
-    run(relid, columns, Data::Buffer, rows, false)
+pub fn load_buffer(relid: pg_sys::Oid, route: Route, columns: &[String], rows: Bytes) -> (i64, i64) {
+    run(relid, route, columns, Data::Buffer, rows, false)
 }
 
-fn run(relid: pg_sys::Oid, columns: &[String], data: Data, initial: Bytes, binary: bool) -> (i64, i64) {
+/// The COPY state the executor route's `livesync._copy_rows` reads from.
+struct Parser {
+    cstate: pg_sys::CopyFromState,
+    rel: pg_sys::Relation,
+    econtext: *mut pg_sys::ExprContext,
+    rows: i64,
+    done: bool,
+}
+
+thread_local! {
+    static PARSER: RefCell<Option<Parser>> = const { RefCell::new(None) };
+}
+
+fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial: Bytes, binary: bool) -> (i64, i64) {
     SOURCE.with(|s| *s.borrow_mut() = Some(CopySource { data, pending: initial, bytes: 0 }));
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
             SOURCE.with(|s| s.borrow_mut().take());
+            PARSER.with(|p| p.borrow_mut().take());
         }
     }
     let _reset = Reset;
@@ -140,13 +189,129 @@ fn run(relid: pg_sys::Oid, columns: &[String], data: Data, initial: Bytes, binar
             attnames,
             options,
         );
-        let rows = pg_sys::CopyFrom(cstate);
+        let rows = match route {
+            Route::CopyFrom => pg_sys::CopyFrom(cstate) as i64,
+            Route::Executor => insert_through_executor(cstate, rel),
+        };
         pg_sys::EndCopyFrom(cstate);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
-        rows as i64
+        rows
     };
     let bytes = SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0));
     (rows, bytes)
+}
+
+/// Run `INSERT INTO rel SELECT * FROM livesync._copy_rows(NULL::rel)` until `cstate` is
+/// exhausted; returns the rows inserted.
+unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Relation) -> i64 {
+    let relid = unsafe { (*rel).rd_id };
+    let target: String = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
+        .ok()
+        .flatten()
+        .expect("target relation has a name");
+    let sql = format!("INSERT INTO {target} SELECT * FROM livesync._copy_rows(NULL::{target})");
+    let econtext = unsafe { pg_sys::CreateStandaloneExprContext() };
+    PARSER.with(|p| *p.borrow_mut() = Some(Parser { cstate, rel, econtext, rows: 0, done: false }));
+    Spi::connect_mut(|client| {
+        let stmt = client.prepare_mut(&sql, &[]).expect("prepare INSERT … SELECT");
+        loop {
+            client.update(&stmt, None, &[]).expect("INSERT … SELECT failed");
+            if PARSER.with(|p| p.borrow().as_ref().is_none_or(|p| p.done)) {
+                break;
+            }
+        }
+    });
+    let rows = PARSER.with(|p| p.borrow_mut().take().map(|p| p.rows).unwrap_or(0));
+    unsafe { pg_sys::FreeExprContext(econtext, true) };
+    rows
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_livesync_copy_rows() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `livesync._copy_rows(anyelement) RETURNS SETOF anyelement`: the next slice of the rows the
+/// running executor-route load parses, as a materialized set of the target's row type. Only
+/// meaningful inside [`insert_through_executor`]; anywhere else it is an error.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+        if rsinfo.is_null()
+            || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
+            || ((*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32) == 0
+        {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "livesync._copy_rows must be called in FROM"
+            );
+        }
+        let active = PARSER.with(|p| p.borrow().as_ref().map(|p| (p.cstate, p.rel, p.econtext, p.done)));
+        let Some((cstate, rel, econtext, done)) = active else {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "livesync._copy_rows is internal to livesync's loading of hypertables",
+                "It returns rows only while a livesync worker loads a table."
+            );
+        };
+        let tupdesc = (*rel).rd_att;
+        let natts = (*tupdesc).natts as usize;
+        let per_query = (*(*rsinfo).econtext).ecxt_per_query_memory;
+        let old = pg_sys::MemoryContextSwitchTo(per_query);
+        let store = pg_sys::tuplestore_begin_heap(true, false, pg_sys::work_mem);
+        let result_desc = pg_sys::CreateTupleDescCopy(tupdesc);
+        pg_sys::MemoryContextSwitchTo(old);
+        let row_cx = pg_sys::AllocSetContextCreateExtended(
+            pg_sys::CurrentMemoryContext,
+            c"livesync copy row".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![false; natts];
+        let start_bytes = SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0));
+        let mut n = 0i64;
+        let mut finished = done;
+        while !finished && n < EXECUTOR_SLICE_ROWS {
+            let prev = pg_sys::MemoryContextSwitchTo(row_cx);
+            let more = pg_sys::NextCopyFrom(cstate, econtext, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::MemoryContextSwitchTo(per_query);
+            if more {
+                pg_sys::tuplestore_putvalues(store, result_desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                n += 1;
+            } else {
+                finished = true;
+            }
+            pg_sys::MemoryContextSwitchTo(prev);
+            pg_sys::MemoryContextReset(row_cx);
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+            let read = SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0)) - start_bytes;
+            if read >= EXECUTOR_SLICE_BYTES {
+                break;
+            }
+        }
+        pg_sys::MemoryContextDelete(row_cx);
+        let total = PARSER.with(|p| {
+            let mut p = p.borrow_mut();
+            let p = p.as_mut().expect("parser still active");
+            p.rows += n;
+            p.done = finished;
+            p.rows
+        });
+        // CopyFrom reports processed tuples; on this route nobody else does.
+        pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_COPY_TUPLES_PROCESSED as i32, total);
+        (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
+        (*rsinfo).setResult = store;
+        (*rsinfo).setDesc = result_desc;
+        pg_sys::Datum::from(0usize)
+    }
 }
 
 /// Append one value to a COPY text-format line (`\N` for NULL; backslash, tab, newline and

@@ -155,7 +155,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
                 // A previous attempt loaded ranges under a snapshot that is gone.
                 Spi::run(&format!("TRUNCATE {target_q}")).map_err(crate::catalog::spi_err)?;
             }
-            let key = target::prepare(&def, &t.target_schema, &t.target_name)?;
+            let key = target::prepare(&def, &t.target_schema, &t.target_name, t.hypertable.as_ref())?;
             tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn)?;
             ranges::replace(t.id, &planned, &snap.name, binary)
         });
@@ -297,6 +297,7 @@ pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runt
                     build_key_primary: true,
                     est_rows: 0,
                     est_bytes: 0,
+                    hypertable: None,
                 })?;
                 changed = true;
             }

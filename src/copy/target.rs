@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 use crate::catalog;
 use crate::error::{LivesyncError, Result};
 use crate::source::table::TableDef;
+use crate::timescale::HypertableSpec;
 
 /// A target column: name and `format_type` of its type.
 pub fn target_columns(target: &str) -> Result<Vec<(String, String)>> {
@@ -140,19 +141,32 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", spi::quote_identifier(schema), spi::quote_identifier(name))
 }
 
-/// Check or create target `schema.name` for source table `def`. Returns the key to build after
-/// the load when the table was created here.
-pub fn prepare(def: &TableDef, schema: &str, name: &str) -> Result<Option<Vec<String>>> {
+/// Check or create target `schema.name` for source table `def` — as a hypertable when
+/// `hypertable` says so (an existing empty plain table is converted). Returns the key to build
+/// after the load when the table was created here; a hypertable's key includes its time column,
+/// as TimescaleDB requires of every unique index.
+pub fn prepare(def: &TableDef, schema: &str, name: &str, hypertable: Option<&HypertableSpec>) -> Result<Option<Vec<String>>> {
     let target_q = qualified(schema, name);
-    let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[target_q.as_str().into()])
-        .map_err(catalog::spi_err)?
-        .unwrap_or(false);
-    if exists {
+    let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
+        .map_err(catalog::spi_err)?;
+    if let Some(relid) = relid {
         check_existing_target(def, &target_q)?;
+        if let Some(spec) = hypertable {
+            if !crate::timescale::is_hypertable(relid) {
+                crate::timescale::create_hypertable(&target_q, spec)?;
+            }
+        }
         return Ok(None);
     }
     check_types_exist(def)?;
     ensure_schema(schema)?;
     Spi::run(&def.create_table_sql(&target_q)).map_err(catalog::spi_err)?;
-    Ok((!def.key.is_empty()).then(|| def.key.clone()))
+    let mut key = def.key.clone();
+    if let Some(spec) = hypertable {
+        crate::timescale::create_hypertable(&target_q, spec)?;
+        if !key.is_empty() && !key.contains(&spec.time_column) {
+            key.push(spec.time_column.clone());
+        }
+    }
+    Ok((!key.is_empty()).then_some(key))
 }

@@ -16,6 +16,7 @@ pub mod names;
 pub mod pgoutput;
 pub mod publication;
 pub mod table;
+pub mod timecol;
 
 /// Quote an identifier for SQL sent to the source (always quoted: the source's keyword list is
 /// not known here, and a quoted identifier is never wrong).

@@ -124,7 +124,8 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 None => return Err("copy worker shutting down".into()),
                 Some(r) => r.map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?,
             };
-            let (rows, bytes) = load::load(&rt, relid, &columns, stream, claimed.binary);
+            let route = load::route_for(relid);
+            let (rows, bytes) = load::load(&rt, relid, route, &columns, stream, claimed.binary);
             ranges::mark_done(claimed.table_id, claimed.range_no, rows, bytes).map_err(|e| e.message)?;
             Ok(())
         });
