@@ -443,14 +443,19 @@ impl Applier {
                     None => up.new.clone(),
                 };
                 let old_present = identity_present(&old, full, &mr.remote);
+                let key_changed = up.old.is_some();
                 let hypertable = mr.time_column.as_deref().and_then(|tc| {
-                    relmap::hypertable_update_sql(&target, &mr.remote, m, &new_present, &old_present, tc)
+                    relmap::hypertable_update_sql(&target, &mr.remote, m, &new_present, &old_present, tc, key_changed)
                 });
-                if let Some((same_chunk, moved, set_idx, where_idx)) = hypertable {
+                if let Some((stay, moved, set_idx, where_idx)) = hypertable {
                     let mut values = values_of(&up.new, &set_idx, t.id)?;
                     values.extend(values_of(&old, &where_idx, t.id)?);
-                    // Most updates keep the row's time; the others move it between chunks.
-                    if self.exec(&same_chunk, values.clone()) == 0 {
+                    // Most updates keep the row's time (and key); the others move it.
+                    let stayed = match stay {
+                        Some(stay) => self.exec(&stay, values.clone()) > 0,
+                        None => false,
+                    };
+                    if !stayed {
                         self.exec(&moved, values);
                     }
                     self.count(t.id, true);

@@ -146,9 +146,18 @@ pub fn update_sql(
 
 /// The two statements of an UPDATE on a hypertable partitioned by `time_column`, which
 /// TimescaleDB cannot apply when the row's time changes (the row would move to another chunk):
-/// first the plain UPDATE restricted to rows whose time stays the same, and, when that touched
-/// nothing, the move — `DELETE … RETURNING` the old row and INSERT the new one, taking unchanged
-/// (unsent TOAST) columns from the deleted row. Both take the same parameters as [`update_sql`].
+///
+/// - `stay`: the UPDATE restricted to the row keeping its time (`AND time = $new`), setting
+///   neither the time column (equal by that condition) nor, when the key did not change, the key
+///   columns (equal by the WHERE clause). Besides saving work this avoids a TimescaleDB 2.28
+///   failure ("unexpected tuple operation result") when a statement on a compressed chunk sets
+///   columns of a unique key that includes a `segmentby` column. When nothing is left to set, a
+///   `SELECT` of the row tells whether it stayed. None when the key changed (`key_changed`: the
+///   change carried the old key, or REPLICA IDENTITY FULL): the row is moved directly.
+/// - `moved`, run when `stay` touched nothing: `DELETE … RETURNING` the old row and INSERT the
+///   new one, taking unchanged (unsent TOAST) columns from the deleted row.
+///
+/// Both take the same parameters as [`update_sql`] (some of them unused by `stay`).
 pub fn hypertable_update_sql(
     target: &str,
     remote: &RemoteRelation,
@@ -156,27 +165,30 @@ pub fn hypertable_update_sql(
     new_present: &[bool],
     old_present: &[bool],
     time_column: &str,
-) -> Option<(String, String, Vec<usize>, Vec<usize>)> {
+    key_changed: bool,
+) -> Option<(Option<String>, String, Vec<usize>, Vec<usize>)> {
     let (_, set_idx, where_idx) = update_sql(target, remote, m, new_present, old_present)?;
-    let time_pos = set_idx.iter().position(|&i| remote.columns[i].name == time_column)?;
-    let time_ty = m.target_types[set_idx[time_pos]].as_deref().unwrap_or("text");
-    let stay = format!("{} = {}", quote_ident(time_column), cast(time_pos + 1, time_ty));
+    let full = remote.replica_identity == b'f';
     let (wh, _) = where_sql(remote, m, old_present, set_idx.len() + 1)?;
-    let sets: Vec<String> = set_idx
-        .iter()
-        .enumerate()
-        .map(|(n, &i)| format!("{} = {}", quote_ident(&remote.columns[i].name), cast(n + 1, m.target_types[i].as_deref().unwrap_or("text"))))
-        .collect();
-    let same_chunk = if remote.replica_identity == b'f' {
-        format!(
-            "{} UPDATE {target} AS _ls_t SET {} FROM _ls_r {ONE_ROW_JOIN}",
-            one_row(target, &format!("{wh} AND {stay}")),
-            sets.join(", ")
-        )
-    } else {
-        format!("UPDATE {target} SET {} WHERE {wh} AND {stay}", sets.join(", "))
+    let ty = |i: usize| m.target_types[i].as_deref().unwrap_or("text");
+    let stay = match set_idx.iter().position(|&i| remote.columns[i].name == time_column) {
+        Some(time_pos) if !(key_changed || full) => {
+            let same_time = format!("{} = {}", quote_ident(time_column), cast(time_pos + 1, ty(set_idx[time_pos])));
+            let sets: Vec<String> = set_idx
+                .iter()
+                .enumerate()
+                .filter(|(_, &i)| remote.columns[i].name != time_column && !remote.columns[i].key)
+                .map(|(n, &i)| format!("{} = {}", quote_ident(&remote.columns[i].name), cast(n + 1, ty(i))))
+                .collect();
+            Some(if sets.is_empty() {
+                format!("SELECT 1 FROM {target} WHERE {wh} AND {same_time}")
+            } else {
+                format!("UPDATE {target} SET {} WHERE {wh} AND {same_time}", sets.join(", "))
+            })
+        }
+        _ => None,
     };
-    let delete = if remote.replica_identity == b'f' {
+    let delete = if full {
         format!("{}, _ls_d AS (DELETE FROM {target} AS _ls_t USING _ls_r {ONE_ROW_JOIN} RETURNING _ls_t.*)", one_row(target, &wh))
     } else {
         format!("WITH _ls_d AS (DELETE FROM {target} WHERE {wh} RETURNING *)")
@@ -184,15 +196,15 @@ pub fn hypertable_update_sql(
     let mut cols = Vec::new();
     let mut vals = Vec::new();
     for (i, c) in remote.columns.iter().enumerate() {
-        let Some(ty) = m.target_types[i].as_deref() else { continue };
+        let Some(t) = m.target_types[i].as_deref() else { continue };
         cols.push(quote_ident(&c.name));
         match set_idx.iter().position(|&s| s == i) {
-            Some(n) => vals.push(cast(n + 1, ty)),
+            Some(n) => vals.push(cast(n + 1, t)),
             None => vals.push(format!("_ls_d.{}", quote_ident(&c.name))),
         }
     }
     let moved = format!("{delete} INSERT INTO {target} ({}) SELECT {} FROM _ls_d", cols.join(", "), vals.join(", "));
-    Some((same_chunk, moved, set_idx, where_idx))
+    Some((stay, moved, set_idx, where_idx))
 }
 
 /// Under REPLICA IDENTITY FULL identical rows are possible, and a change on the source touched
@@ -275,23 +287,31 @@ mod tests {
     fn hypertable_updates_stay_in_the_chunk_or_move() {
         let mut r = rel(b'd');
         r.columns[2].name = "time".into();
+        r.columns[2].key = true;
         let target = vec![
             TargetColumn { name: "id".into(), type_name: "integer".into() },
             TargetColumn { name: "doc".into(), type_name: "json".into() },
             TargetColumn { name: "time".into(), type_name: "timestamp with time zone".into() },
         ];
         let m = Mapping::new(&r, &target);
-        // "doc" is an unchanged TOASTed value: not sent, kept from the old row when moving.
-        let (stay, moved, set, wh) = hypertable_update_sql("t", &r, &m, &[true, false, true], &[true, false, false], "time").unwrap();
+        // Key unchanged and "doc" an unchanged TOASTed value: nothing to set, only whether the
+        // row kept its time; moving keeps "doc" from the old row.
+        let (stay, moved, set, wh) =
+            hypertable_update_sql("t", &r, &m, &[true, false, true], &[true, false, true], "time", false).unwrap();
         assert_eq!(
-            stay,
-            "UPDATE t SET \"id\" = $1::integer, \"time\" = $2::timestamp with time zone WHERE \"id\" = $3::integer AND \"time\" = $2::timestamp with time zone"
+            stay.as_deref(),
+            Some("SELECT 1 FROM t WHERE \"id\" = $3::integer AND \"time\" = $4::timestamp with time zone AND \"time\" = $2::timestamp with time zone")
         );
         assert_eq!(
             moved,
-            "WITH _ls_d AS (DELETE FROM t WHERE \"id\" = $3::integer RETURNING *) INSERT INTO t (\"id\", \"doc\", \"time\") SELECT $1::integer, _ls_d.\"doc\", $2::timestamp with time zone FROM _ls_d"
+            "WITH _ls_d AS (DELETE FROM t WHERE \"id\" = $3::integer AND \"time\" = $4::timestamp with time zone RETURNING *) INSERT INTO t (\"id\", \"doc\", \"time\") SELECT $1::integer, _ls_d.\"doc\", $2::timestamp with time zone FROM _ls_d"
         );
-        assert_eq!((set, wh), (vec![0, 2], vec![0]));
+        assert_eq!((set, wh), (vec![0, 2], vec![0, 2]));
+        // A changed non-key column is set; a changed key goes straight to the move.
+        let (stay, ..) = hypertable_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", false).unwrap();
+        assert!(stay.unwrap().starts_with("UPDATE t SET \"doc\" = $2::json WHERE"));
+        let (stay, ..) = hypertable_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", true).unwrap();
+        assert_eq!(stay, None);
     }
 
     #[test]
