@@ -136,10 +136,13 @@ pub fn create_hypertable(target_q: &str, spec: &HypertableSpec) -> Result<()> {
         })?;
         format!("{n}::int8")
     } else {
-        Spi::get_one_with_args::<bool>("SELECT $1::interval IS NOT NULL", &[spec.chunk_interval.as_str().into()]).map_err(|_| {
-            LivesyncError::invalid_parameter(format!("invalid chunk_interval \"{}\"", spec.chunk_interval))
-                .hint("Write an interval, e.g. chunk_interval => '1 day'.")
-        })?;
+        let valid = crate::error::catch(|| {
+            Spi::get_one_with_args::<bool>("SELECT $1::interval > '0'::interval", &[spec.chunk_interval.as_str().into()])
+        });
+        if !matches!(valid, Ok(Ok(Some(true)))) {
+            return Err(LivesyncError::invalid_parameter(format!("invalid chunk_interval \"{}\"", spec.chunk_interval))
+                .hint("Write a positive interval, e.g. chunk_interval => '1 day'."));
+        }
         format!("{}::interval", spi::quote_literal(&spec.chunk_interval))
     };
     let sql = format!(

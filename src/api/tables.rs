@@ -259,8 +259,8 @@ fn add_table(
         if !def.key.contains(&spec.time_column) {
             pgrx::notice!(
                 "the key of {target_q} will be ({}, {}): TimescaleDB requires the time column in every unique index",
-                def.key.iter().map(|k| crate::source::quote_ident(k)).collect::<Vec<_>>().join(", "),
-                crate::source::quote_ident(&spec.time_column)
+                def.key.iter().map(|k| spi::quote_identifier(k)).collect::<Vec<_>>().join(", "),
+                spi::quote_identifier(&spec.time_column)
             );
         }
     }

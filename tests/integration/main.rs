@@ -25,3 +25,4 @@ mod sync_add_table;
 mod sync_copy;
 mod sync_stream;
 mod sync_crash;
+mod timescale;

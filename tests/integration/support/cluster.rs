@@ -102,6 +102,16 @@ fn pg_config_value(flag: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// Whether TimescaleDB is installed in this PostgreSQL (its loader library and control file).
+/// It is in no package registry here, so the tests that need it skip when it is absent.
+pub fn timescaledb_installed() -> bool {
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| {
+        pg_config_value("--pkglibdir").join("timescaledb.so").exists()
+            && pg_config_value("--sharedir").join("extension/timescaledb.control").exists()
+    })
+}
+
 /// Directory holding initdb, pg_ctl, postgres.
 pub fn pg_bindir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -74,6 +74,38 @@ pub fn shared_target() -> &'static Cluster {
     TARGET.get_or_init(|| dedicated_target("target"))
 }
 
+static TS_SOURCE: OnceLock<Cluster> = OnceLock::new();
+static TS_TARGET: OnceLock<Cluster> = OnceLock::new();
+
+/// A source with TimescaleDB preloaded (for source hypertables). Only when
+/// `timescaledb_installed()`.
+pub fn timescale_source() -> &'static Cluster {
+    TS_SOURCE.get_or_init(|| {
+        let c = Cluster::start_new(
+            "ts_source",
+            source_config()
+                .with_conf("shared_preload_libraries = 'timescaledb'")
+                .with_conf("timescaledb.telemetry_level = off"),
+        );
+        prepare_source(&c);
+        c
+    })
+}
+
+/// A target with livesync and TimescaleDB preloaded; copy ranges of 1 MB so
+/// that modest tables are copied as several ranges in parallel.
+pub fn timescale_target() -> &'static Cluster {
+    TS_TARGET.get_or_init(|| {
+        Cluster::start_new(
+            "ts_target",
+            ClusterConfig::target()
+                .with_conf("shared_preload_libraries = 'livesync,timescaledb'")
+                .with_conf("timescaledb.telemetry_level = off")
+                .with_conf("livesync.copy_range_mb = 1"),
+        )
+    })
+}
+
 /// A source that meets none of livesync's prerequisites: wal_level = replica,
 /// no WAL senders, no replication slots, and a role `plain` without
 /// REPLICATION and without CREATE on database `app`.
