@@ -74,6 +74,10 @@ CREATE TABLE livesync.sync_table (
     hypertable_time_column text,
     hypertable_chunk_interval text,
     hypertable_integer bool NOT NULL DEFAULT false,
+    -- The source table is a TimescaleDB hypertable: its changes arrive as changes of its chunks,
+    -- tables <source_chunk_prefix>_<n>_chunk in schema source_chunk_schema.
+    source_chunk_schema text,
+    source_chunk_prefix text,
     est_rows         int8,
     est_bytes        int8,
     rows_copied      int8,

@@ -303,9 +303,47 @@ fn add_table(
             } else {
                 err
             }
-        })
+        })?;
+        if let Some(h) = &def.source_hypertable {
+            let version: i32 = client
+                .query_one("SELECT current_setting('server_version_num')::int4", &[])
+                .await
+                .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))?
+                .get(0);
+            if version < 150000 {
+                return Err(LivesyncError::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!("source table {} is a hypertable, which livesync syncs from PostgreSQL 15 or later only", def.qualified()),
+                )
+                .detail(format!(
+                    "The source runs PostgreSQL {}.{}; its hypertable's rows are in chunks, and only PostgreSQL 15 can publish every chunk, including new ones, from their first row (ALTER PUBLICATION … ADD TABLES IN SCHEMA).",
+                    version / 10000,
+                    version % 10000 / 100
+                ))
+                .hint("Upgrade the source to PostgreSQL 15 or later."));
+            }
+            publication::add_schema(client, &publication, &h.chunk_schema).await.map_err(|e| {
+                LivesyncError::source_query(&info.endpoint(), &e).hint(format!(
+                    "Publishing the hypertable's chunks (ALTER PUBLICATION … ADD TABLES IN SCHEMA {}) requires a superuser on the source; run it there as one, or connect as one.",
+                    crate::source::quote_ident(&h.chunk_schema)
+                ))
+            })?;
+        }
+        Ok(())
     })
     .or_raise();
+    if let Some(h) = def.source_hypertable.as_ref().filter(|_| def.key.is_empty()) {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("source hypertable {} has no primary key", def.qualified()),
+        )
+        .detail(format!(
+            "When a change reaches compressed data on the source, TimescaleDB decompresses it by re-inserting rows into its chunks (schema \"{}\"); livesync recognizes those rows by the target's key, and without one they would be duplicated.",
+            h.chunk_schema
+        ))
+        .hint("Give the source table a primary key, or do not compress it on the source.")
+        .report(PgLogLevel::WARNING);
+    }
 
     tables::insert(&tables::NewSyncTable {
         connector_id: c.id,
@@ -318,6 +356,7 @@ fn add_table(
         est_rows: def.est_rows as i64,
         est_bytes: def.size_bytes,
         hypertable: spec,
+        source_hypertable: def.source_hypertable.clone(),
     })
     .or_raise();
 }

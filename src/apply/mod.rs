@@ -231,7 +231,14 @@ impl Applier {
     }
 
     fn table_of(&self, schema: &str, name: &str) -> Option<&SyncTable> {
-        self.tables.iter().find(|t| t.source_schema == schema && t.source_name == name)
+        self.tables.iter().find(|t| t.receives(schema, name))
+    }
+
+    /// Whether remote relation `rel_id` is a chunk of a synced source hypertable (not its root).
+    fn is_source_chunk(&self, rel_id: u32) -> bool {
+        self.relations.get(&rel_id).is_some_and(|mr| {
+            self.tables.iter().any(|t| t.source_hypertable.as_ref().is_some_and(|h| h.is_chunk(&mr.remote.schema, &mr.remote.name)))
+        })
     }
 
     /// Look up (once) the target of remote relation `rel_id`: the synced table's id, target and
@@ -284,7 +291,17 @@ impl Applier {
                 .ok()
                 .flatten();
             mr.time_column = mr.target_oid.and_then(crate::timescale::time_column);
-            mr.route = if mr.time_column.is_some() { Route::Executor } else { Route::CopyFrom };
+            mr.route = if t.source_hypertable.is_some() {
+                // TimescaleDB on the source decompresses data a change touches by re-inserting
+                // its rows into the chunk (the compressed batch's deletion is not published:
+                // that table has no replica identity). Those rows are already here; genuine
+                // inserts never collide with the key, which the source enforces too.
+                Route::ExecutorSkippingExisting
+            } else if mr.time_column.is_some() {
+                Route::Executor
+            } else {
+                Route::CopyFrom
+            };
         }
         Ok(Some((t, target)))
     }
@@ -490,6 +507,10 @@ impl Applier {
             LogicalMessage::Truncate(tr) => {
                 let mut targets = Vec::new();
                 for rel_id in &tr.rel_ids {
+                    // A chunk truncated on its own is not the whole hypertable truncated.
+                    if self.is_source_chunk(*rel_id) {
+                        continue;
+                    }
                     if let Some((t, target)) = self.gate(*rel_id)? {
                         self.count(t.id, true);
                         targets.push(target);

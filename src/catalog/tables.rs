@@ -29,6 +29,7 @@ use pgrx::prelude::*;
 
 use super::{first_value, spi_err};
 use crate::error::Result;
+use crate::source::table::SourceHypertable;
 use crate::timescale::HypertableSpec;
 
 #[derive(Debug, Clone)]
@@ -45,6 +46,17 @@ pub struct SyncTable {
     pub snapshot_lsn: u64,
     /// Set when the target is to be a hypertable (`add_table(hypertable => true)`).
     pub hypertable: Option<HypertableSpec>,
+    /// Set when the source table is a hypertable (its changes arrive as its chunks').
+    pub source_hypertable: Option<SourceHypertable>,
+}
+
+impl SyncTable {
+    /// Whether a change to source relation `schema.name` is a change of this table: the table
+    /// itself or, for a source hypertable, one of its chunks.
+    pub fn receives(&self, schema: &str, name: &str) -> bool {
+        (self.source_schema == schema && self.source_name == name)
+            || self.source_hypertable.as_ref().is_some_and(|h| h.is_chunk(schema, name))
+    }
 }
 
 pub struct NewSyncTable<'a> {
@@ -58,11 +70,13 @@ pub struct NewSyncTable<'a> {
     pub est_rows: i64,
     pub est_bytes: i64,
     pub hypertable: Option<HypertableSpec>,
+    pub source_hypertable: Option<SourceHypertable>,
 }
 
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
                        build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
-                       hypertable_time_column, hypertable_chunk_interval, hypertable_integer";
+                       hypertable_time_column, hypertable_chunk_interval, hypertable_integer, \
+                       source_chunk_schema, source_chunk_prefix";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -81,6 +95,10 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
                 chunk_interval,
                 integer: row.get::<bool>(12)?.unwrap_or(false),
             }),
+            _ => None,
+        },
+        source_hypertable: match (row.get::<String>(13)?, row.get::<String>(14)?) {
+            (Some(chunk_schema), Some(chunk_prefix)) => Some(SourceHypertable { chunk_schema, chunk_prefix, compressed: false }),
             _ => None,
         },
     })
@@ -116,8 +134,9 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
         "INSERT INTO livesync.sync_table
              (connector_id, source_schema, source_name, target_schema, target_name,
               build_key, build_key_primary, est_rows, est_bytes,
-              hypertable_time_column, hypertable_chunk_interval, hypertable_integer)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false)) RETURNING id",
+              hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
+              source_chunk_schema, source_chunk_prefix)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14) RETURNING id",
         &[
             n.connector_id.into(),
             n.source_schema.into(),
@@ -131,6 +150,8 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
             n.hypertable.as_ref().map(|h| h.time_column.clone()).into(),
             n.hypertable.as_ref().map(|h| h.chunk_interval.clone()).into(),
             n.hypertable.as_ref().map(|h| h.integer).into(),
+            n.source_hypertable.as_ref().map(|h| h.chunk_schema.clone()).into(),
+            n.source_hypertable.as_ref().map(|h| h.chunk_prefix.clone()).into(),
         ],
     )?
     .expect("INSERT RETURNING gave no row"))

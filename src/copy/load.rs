@@ -100,6 +100,9 @@ unsafe extern "C-unwind" fn read_copy_data(
 pub enum Route {
     CopyFrom,
     Executor,
+    /// The executor, with `ON CONFLICT DO NOTHING`: for changes of source hypertables, where
+    /// TimescaleDB re-inserts rows it decompresses (see `apply`).
+    ExecutorSkippingExisting,
 }
 
 /// The route for table `relid`: the executor for TimescaleDB hypertables, `CopyFrom` otherwise.
@@ -191,7 +194,8 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
         );
         let rows = match route {
             Route::CopyFrom => pg_sys::CopyFrom(cstate) as i64,
-            Route::Executor => insert_through_executor(cstate, rel),
+            Route::Executor => insert_through_executor(cstate, rel, false),
+            Route::ExecutorSkippingExisting => insert_through_executor(cstate, rel, true),
         };
         pg_sys::EndCopyFrom(cstate);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
@@ -203,13 +207,16 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
 
 /// Run `INSERT INTO rel SELECT * FROM livesync._copy_rows(NULL::rel)` until `cstate` is
 /// exhausted; returns the rows inserted.
-unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Relation) -> i64 {
+unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Relation, skip_existing: bool) -> i64 {
     let relid = unsafe { (*rel).rd_id };
     let target: String = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
         .ok()
         .flatten()
         .expect("target relation has a name");
-    let sql = format!("INSERT INTO {target} SELECT * FROM livesync._copy_rows(NULL::{target})");
+    let mut sql = format!("INSERT INTO {target} SELECT * FROM livesync._copy_rows(NULL::{target})");
+    if skip_existing {
+        sql.push_str(" ON CONFLICT DO NOTHING");
+    }
     let econtext = unsafe { pg_sys::CreateStandaloneExprContext() };
     PARSER.with(|p| *p.borrow_mut() = Some(Parser { cstate, rel, econtext, rows: 0, done: false }));
     Spi::connect_mut(|client| {

@@ -148,7 +148,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
             }
         };
         let binary = def.binary_copy_ok();
-        let planned = plan::plan(def.size_bytes, range_bytes, version, def.kind == "p");
+        let planned = plan::plan(def.size_bytes, range_bytes, version, def.has_children());
         let prepared = in_transaction(|| -> crate::error::Result<()> {
             let target_q = target::qualified(&t.target_schema, &t.target_name);
             if ranges::any_done(t.id)? {
@@ -281,7 +281,14 @@ pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runt
         }
         let synced = tables::stream_tables(c.id)?;
         let mut changed = false;
+        // Chunks of synced source hypertables are published through their whole schema; they
+        // are part of their hypertable, not tables of their own.
+        let chunk_schemas: Vec<&str> =
+            synced.iter().filter_map(|t| t.source_hypertable.as_ref().map(|h| h.chunk_schema.as_str())).collect();
         for (schema, name) in &published {
+            if chunk_schemas.contains(&schema.as_str()) {
+                continue;
+            }
             if !synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name) {
                 if tables::find_by_target(schema, name)?.is_some() {
                     continue; // that target already receives another table; add_table reports this
@@ -298,6 +305,7 @@ pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runt
                     est_rows: 0,
                     est_bytes: 0,
                     hypertable: None,
+                    source_hypertable: None,
                 })?;
                 changed = true;
             }

@@ -39,6 +39,34 @@ pub async fn contains(client: &Client, publication: &str, schema: &str, name: &s
         .is_some())
 }
 
+/// Publish every table of `schema` too (PostgreSQL 15+): how the chunks of a source hypertable —
+/// including chunks created later, from their very first row — reach the stream. Chunks are
+/// inheritance children, which `publish_via_partition_root` does not cover, and adding each new
+/// chunk by name after it appeared would miss the rows written in the transaction creating it.
+/// Changes of chunks no synced table owns are ignored by the apply.
+pub async fn add_schema(client: &Client, publication: &str, schema: &str) -> Result<(), tokio_postgres::Error> {
+    ensure(client, publication).await?;
+    let present = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication p
+               JOIN pg_catalog.pg_publication_namespace pn ON pn.pnpubid = p.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid
+              WHERE p.pubname = $1 AND n.nspname = $2",
+            &[&publication, &schema],
+        )
+        .await?;
+    if present.is_none() {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLES IN SCHEMA {}",
+                quote_ident(publication),
+                quote_ident(schema)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
 pub async fn add_table(client: &Client, publication: &str, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {
     ensure(client, publication).await?;
     if !contains(client, publication, schema, name).await? {

@@ -124,6 +124,43 @@ pub struct ColumnDef {
     pub type_ddl: Vec<TypeDdl>,
 }
 
+/// A source table that is a TimescaleDB hypertable on the source: its rows live in chunks,
+/// tables named `<chunk_prefix>_<n>_chunk` in `chunk_schema`, which are what the change stream
+/// reports changes on (see `publication` for how new chunks get published).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceHypertable {
+    pub chunk_schema: String,
+    pub chunk_prefix: String,
+    /// Compression (columnstore) is enabled on it.
+    pub compressed: bool,
+}
+
+impl SourceHypertable {
+    /// Whether `schema.name` is one of this hypertable's chunks.
+    pub fn is_chunk(&self, schema: &str, name: &str) -> bool {
+        schema == self.chunk_schema
+            && name
+                .strip_prefix(self.chunk_prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('_'))
+                .and_then(|rest| rest.strip_suffix("_chunk"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+/// The hypertable facts of table `$1` (OID as int8) on a source with TimescaleDB: chunk schema
+/// and prefix, size and rows summed over its chunks, compression enabled.
+pub const SOURCE_HYPERTABLE_QUERY: &str = "\
+SELECT h.associated_schema_name::text, h.associated_table_prefix::text,
+       (SELECT coalesce(sum(pg_catalog.pg_relation_size(i.inhrelid)), 0)::int8
+          FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid),
+       (SELECT coalesce(sum(greatest(k.reltuples, 0)), 0)::float8
+          FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid WHERE i.inhparent = c.oid),
+       h.compression_state = 1
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN _timescaledb_catalog.hypertable h ON h.schema_name = n.nspname AND h.table_name = c.relname
+ WHERE c.oid = $1::int8::oid";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableDef {
     pub schema: String,
@@ -138,12 +175,20 @@ pub struct TableDef {
     pub replica_identity: String,
     pub est_rows: f64,
     pub size_bytes: i64,
+    /// Set when the table is a TimescaleDB hypertable on the source.
+    pub source_hypertable: Option<SourceHypertable>,
 }
 
 impl TableDef {
     /// `"schema"."name"`.
     pub fn qualified(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// Whether the rows are in other relations (partitions, hypertable chunks): such a table is
+    /// copied through a query and never split into ctid ranges.
+    pub fn has_children(&self) -> bool {
+        self.kind == "p" || self.source_hypertable.is_some()
     }
 
     /// Whether UPDATE and DELETE on this table can be replicated.
@@ -166,13 +211,14 @@ impl TableDef {
 
     /// `COPY … TO STDOUT` for pages `[start, end)` (`end` None: to the end of the table), or the
     /// whole table. A partitioned table is read through a query (COPY cannot read one directly)
-    /// and is never split: ctids are per partition.
+    /// and is never split: ctids are per partition. So is a source hypertable, whose rows are in
+    /// its chunks (inheritance children, which only a query includes).
     pub fn copy_out_sql(&self, pages: Option<(i64, Option<i64>)>, binary: bool) -> String {
         let format = if binary { " (FORMAT binary)" } else { "" };
         let cols = self.column_list();
         let select_cols = &cols[1..cols.len() - 1];
         match pages {
-            None if self.kind != "p" => format!("COPY {} {cols} TO STDOUT{format}", self.qualified()),
+            None if !self.has_children() => format!("COPY {} {cols} TO STDOUT{format}", self.qualified()),
             None => format!("COPY (SELECT {select_cols} FROM {}) TO STDOUT{format}", self.qualified()),
             Some((start, end)) => {
                 let mut q = format!("COPY (SELECT {select_cols} FROM {} WHERE ctid >= '({start},0)'::tid", self.qualified());
@@ -220,7 +266,23 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
         columns: Vec::new(),
         key: Vec::new(),
         key_is_primary: false,
+        source_hypertable: None,
     };
+    let has_timescale: bool = client
+        .query_one("SELECT pg_catalog.to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if has_timescale {
+        if let Some(h) = client.query_opt(SOURCE_HYPERTABLE_QUERY, &[&oid]).await? {
+            t.size_bytes = h.get(2);
+            t.est_rows = h.get(3);
+            t.source_hypertable = Some(SourceHypertable {
+                chunk_schema: h.get(0),
+                chunk_prefix: h.get(1),
+                compressed: h.get(4),
+            });
+        }
+    }
     for c in client.query(COLUMNS_QUERY, &[&oid]).await? {
         t.columns.push(ColumnDef {
             name: c.get(0),
@@ -289,6 +351,7 @@ mod tests {
             replica_identity: "d".into(),
             est_rows: 10.0,
             size_bytes: 8192,
+            source_hypertable: None,
         }
     }
 
@@ -303,6 +366,19 @@ mod tests {
         assert_eq!(t.column_list(), "(\"time\", \"value\")");
         assert_eq!(create_key_sql("x", &t.key, true), "ALTER TABLE x ADD PRIMARY KEY (\"time\")");
         assert_eq!(create_key_sql("x", &t.key, false), "CREATE UNIQUE INDEX ON x (\"time\")");
+    }
+
+    #[test]
+    fn source_hypertable_chunks_and_copy() {
+        let h = SourceHypertable { chunk_schema: "_timescaledb_internal".into(), chunk_prefix: "_hyper_1".into(), compressed: false };
+        assert!(h.is_chunk("_timescaledb_internal", "_hyper_1_17_chunk"));
+        assert!(!h.is_chunk("_timescaledb_internal", "_hyper_12_17_chunk"));
+        assert!(!h.is_chunk("_timescaledb_internal", "compress_hyper_2_3_chunk"));
+        assert!(!h.is_chunk("_timescaledb_internal", "_hyper_1__chunk"));
+        assert!(!h.is_chunk("public", "_hyper_1_17_chunk"));
+        let mut t = metrics();
+        t.source_hypertable = Some(h);
+        assert!(t.copy_out_sql(None, true).starts_with("COPY (SELECT \"time\", \"value\" FROM"));
     }
 
     #[test]

@@ -241,6 +241,7 @@ mod tests {
             replica_identity: "d".into(),
             est_rows: 0.0,
             size_bytes: 0,
+            source_hypertable: None,
         }
     }
 

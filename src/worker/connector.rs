@@ -134,6 +134,17 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                             t.source_name
                         );
                     }
+                    if let Some(h) = &t.source_hypertable {
+                        let add = crate::source::publication::add_schema(&client, &publication, &h.chunk_schema);
+                        if let Some(Err(e)) = block_on_until_shutdown(&rt, add) {
+                            pgrx::warning!(
+                                "livesync connector \"{name}\": could not publish schema \"{}\" (chunks of {}.{}) again: {e}",
+                                h.chunk_schema,
+                                t.source_schema,
+                                t.source_name
+                            );
+                        }
+                    }
                 }
             }
             Some(Err(e)) => {

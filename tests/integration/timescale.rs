@@ -271,3 +271,65 @@ fn hypertable_without_timescaledb_is_an_error() {
     db.add_table_ok("m");
     db.wait_ready("public.m");
 }
+
+/// A hypertable on the source (TimescaleDB on both sides): its chunks — existing ones and those
+/// created later — are published without the user naming any, their changes land in the one
+/// target table, decompression on the source does not duplicate rows, and other hypertables'
+/// chunks (published through the same schema) are ignored.
+#[test]
+fn source_hypertable_chunks_are_followed() {
+    let Some(db) = ts_db("ht_source") else { return };
+    db.src(
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE sm (device int NOT NULL, time timestamptz NOT NULL, v float8, note text, PRIMARY KEY (device, time));
+         SELECT create_hypertable('sm', by_range('time', interval '7 days'));
+         INSERT INTO sm SELECT g % 10, timestamptz '2026-01-01 00:00+00' + g * interval '1 minute', g, 'n' || g
+           FROM generate_series(1, 30000) g;
+         CREATE TABLE other (time timestamptz NOT NULL, v int);
+         SELECT create_hypertable('other', by_range('time', interval '1 day'));
+         INSERT INTO other SELECT timestamptz '2026-01-01 00:00+00' + g * interval '1 hour', g FROM generate_series(1, 100) g;
+         ANALYZE sm;",
+    );
+    db.add_su_connector("c");
+    let out = db.target_sql("SELECT livesync.add_table('sm', hypertable => true)");
+    let notices: Vec<String> = out.notices.iter().map(|n| n.message.clone()).collect();
+    out.ok("add_table(sm)");
+    assert!(notices.iter().any(|n| n.contains("partitioned by \"time\"")), "{notices:?}");
+    let s = db.tgt("SELECT * FROM livesync.suggest_time_column('sm')");
+    assert!(s[0].text("reason").contains("time dimension of the source hypertable"), "{s:?}");
+    db.wait_ready("public.sm");
+    assert_root_empty(&db, "sm");
+    db.assert_same(&Compare::same("sm", "device, time"));
+
+    // New chunks (past and future), changes in existing ones, moves between chunks; the other
+    // hypertable's changes reach the stream too and must be ignored.
+    db.src(
+        "INSERT INTO sm SELECT g % 10, timestamptz '2027-01-01 00:00+00' + g * interval '1 hour', -g, 'future'
+           FROM generate_series(1, 400) g;
+         INSERT INTO sm SELECT g % 10, timestamptz '2025-06-01 00:00+00' + g * interval '1 hour', -g, 'past'
+           FROM generate_series(1, 400) g;
+         UPDATE sm SET v = 0, note = 'zeroed' WHERE time < '2026-01-02';
+         UPDATE sm SET time = time + interval '30 seconds' WHERE time >= '2026-01-05' AND time < '2026-01-05 01:00';
+         DELETE FROM sm WHERE time >= '2026-01-06' AND time < '2026-01-06 02:00';
+         INSERT INTO other SELECT timestamptz '2026-05-01 00:00+00' + g * interval '1 hour', g FROM generate_series(1, 100) g;",
+    );
+    db.wait_same(&Compare::same("sm", "device, time"), WAIT);
+
+    // Compression on the source: changes to compressed data make TimescaleDB re-insert the
+    // compressed rows; the target must not see them twice (nor fail on its key).
+    db.src(
+        "ALTER TABLE sm SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
+         SELECT count(compress_chunk(c)) FROM show_chunks('sm', older_than => timestamptz '2026-01-20 00:00+00') c;",
+    );
+    db.src(
+        "UPDATE sm SET v = 4242 WHERE device = 3 AND time >= '2026-01-08' AND time < '2026-01-08 03:00';
+         DELETE FROM sm WHERE device = 4 AND time >= '2026-01-09' AND time < '2026-01-09 03:00';
+         INSERT INTO sm VALUES (5, '2026-01-10 00:00:30+00', 1, 'into compressed');",
+    );
+    db.wait_same(&Compare::same("sm", "device, time"), WAIT);
+    assert_root_empty(&db, "sm");
+    let tables = db.tgt("SELECT source_table, state, last_error FROM livesync.table_progress");
+    assert_eq!(tables.len(), 1, "chunks must not be synced as tables of their own: {tables:?}");
+    assert_eq!(tables[0].text("state"), "ready", "{tables:?}");
+    assert!(db.tgt("SELECT 1 FROM pg_class WHERE relname = 'other'").is_empty(), "the unsynced hypertable stays on the source");
+}
