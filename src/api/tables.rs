@@ -63,6 +63,17 @@ fn parse_qualified(spelled: &str, default_schema: &str) -> Result<(String, Strin
     }
 }
 
+/// Wake the connector's worker once this transaction commits, so the copy starts at once instead
+/// of at its next look at the catalog (within a second).
+fn wake_worker_after_commit(c: &catalog::Connector) {
+    if let Ok(Some(pid)) = catalog::live_worker_pid(c.id) {
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || unsafe {
+            // SIGUSR1 sets a background worker's latch (procsignal handler).
+            libc::kill(pid, libc::SIGUSR1);
+        });
+    }
+}
+
 /// Run `f` against the connector's source.
 fn with_source<R>(
     c: &catalog::Connector,
@@ -359,6 +370,7 @@ fn add_table(
         source_hypertable: def.source_hypertable.clone(),
     })
     .or_raise();
+    wake_worker_after_commit(&c);
 }
 
 #[pg_extern]
@@ -412,6 +424,7 @@ fn resync_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
         .map_err(catalog::spi_err)
         .or_raise();
     tables::mark_pending(t.id).or_raise();
+    wake_worker_after_commit(&c);
 }
 
 /// `livesync.suggest_time_column('public.metrics')`: the column a hypertable for this source table

@@ -135,8 +135,9 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
              (connector_id, source_schema, source_name, target_schema, target_name,
               build_key, build_key_primary, est_rows, est_bytes,
               hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
-              source_chunk_schema, source_chunk_prefix)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14) RETURNING id",
+              source_chunk_schema, source_chunk_prefix, added_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, clock_timestamp())
+         RETURNING id",
         &[
             n.connector_id.into(),
             n.source_schema.into(),
@@ -192,6 +193,17 @@ pub fn set_plan(id: i32, key: Option<&[String]>, primary: bool, est_rows: i64, e
         &[id.into(), key.map(|k| k.to_vec()).into(), primary.into(), est_rows.into(), est_bytes.into(), snapshot_lsn.into()],
     )
     .map_err(spi_err)
+}
+
+/// How long ago the most recently added table still waiting for its copy was added (None when
+/// no table waits).
+pub fn newest_pending_age(connector_id: i32) -> Result<Option<std::time::Duration>> {
+    let secs = first_value::<f64>(
+        "SELECT extract(epoch FROM clock_timestamp() - max(added_at))::float8
+           FROM livesync.sync_table WHERE connector_id = $1 AND state = 'pending'",
+        &[connector_id.into()],
+    )?;
+    Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
 }
 
 pub fn by_id(id: i32) -> Result<Option<SyncTable>> {

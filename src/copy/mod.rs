@@ -60,8 +60,24 @@ async fn slot_exists(info: &SourceConninfo, slot: &str) -> Result<bool, String> 
     Ok(r.is_some())
 }
 
+/// How long after the last `add_table` a batch waits for more, and at most how many times.
+const SETTLE: Duration = Duration::from_millis(150);
+const SETTLE_ROUNDS: usize = 6;
+
 /// Copy every table of connector `c` that is due. Returns false if the worker must exit.
 pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime) -> bool {
+    // add_table wakes the worker as it commits; tables are usually added a few at a time, and
+    // one batch shares one exported snapshot: let a burst of add_table calls settle first.
+    for _ in 0..SETTLE_ROUNDS {
+        match in_transaction(|| tables::newest_pending_age(c.id)) {
+            Ok(Ok(Some(age))) if age < SETTLE => {
+                if !crate::worker::wait(SETTLE - age) {
+                    return false;
+                }
+            }
+            _ => break,
+        }
+    }
     let due = match in_transaction(|| tables::due_for_copy(c.id)) {
         Ok(Ok(d)) => d,
         _ => return true,

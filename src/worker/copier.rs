@@ -130,7 +130,13 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             Ok(())
         });
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                // The coordinator builds the key and marks the table copied once its last range
+                // is in: tell it now rather than at its next look.
+                if let Ok(Ok(Some(pid))) = super::in_transaction(|| catalog::live_worker_pid(connector_id)) {
+                    unsafe { libc::kill(pid, libc::SIGUSR1) };
+                }
+            }
             Ok(Err(e)) | Err(e) => {
                 fail(t.id, &e);
                 // The source transaction may be unusable after a failed COPY: start a new one.

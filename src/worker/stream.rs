@@ -265,6 +265,10 @@ pub fn run(
                 if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 || crate::runtime::shutdown_requested() {
                     return abort(&mut applier, Outcome::Stop);
                 }
+                if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+                    // Woken by add_table/resync_table (or a reload): look at the catalog now.
+                    last_housekeeping = Instant::now() - HOUSEKEEPING_INTERVAL;
+                }
             }
             Received::End => return abort(&mut applier, Outcome::Failed("the source ended the replication stream".into())),
         }
