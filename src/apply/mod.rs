@@ -44,7 +44,7 @@
 //! origin's position, now skipping that table: the other tables' changes of the aborted batch
 //! are applied again, exactly once. `livesync.resync_table()` re-copies the table once fixed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub mod relmap;
 pub mod origin;
@@ -57,7 +57,7 @@ use crate::catalog::tables::{self, SyncTable};
 use crate::source::pgoutput::{ColumnValue, LogicalMessage, OldTuple, TupleData};
 use crate::source::quote_ident;
 use crate::copy::load::Route;
-use relmap::{Mapping, RemoteColumn, RemoteRelation, TargetColumn};
+use relmap::{BatchShape, Mapping, RemoteColumn, RemoteRelation, TargetColumn};
 
 /// A change that cannot be applied: which table, why, and what to do.
 #[derive(Debug, Clone)]
@@ -88,17 +88,39 @@ struct MappedRelation {
     time_column: Option<String>,
 }
 
-/// Consecutive INSERTs into one table, in COPY text format, loaded with one `COPY FROM` (the
-/// fastest path through the executor: multi-insert buffers, partition routing, one executor
-/// start-up per batch instead of per row). Flushed before any other change, before a target
-/// commit, and every [`INSERT_BATCH_BYTES`].
-struct InsertBatch {
-    rel_id: u32,
+/// Changes of one table waiting to be applied together. Changes to *different* tables commute
+/// on the target (`session_replication_role = replica` silences triggers and foreign keys), so
+/// each table keeps its own batch while other tables' changes go by; changes to the *same* table
+/// keep their order: a change of another kind flushes the table's batch first. Everything is
+/// flushed before a target commit, a TRUNCATE, a RELATION message, and beyond [`MAX_PENDING_BYTES`].
+enum Pending {
+    /// INSERTs in COPY text format, loaded with one `COPY FROM` (or `INSERT … SELECT` for
+    /// hypertables): multi-insert buffers, partition routing, one executor start-up per batch.
+    Insert { present: Vec<bool>, columns: Vec<String>, data: Vec<u8>, rows: usize },
+    /// UPDATEs of rows whose key did not change, coalesced by key — within one target
+    /// transaction only the last version of a row is ever visible — and applied as
+    /// `UPDATE … FROM (VALUES …)` statements of up to 64 rows.
+    Update { present: Vec<bool>, shape: BatchShape, rows: Vec<(Vec<Option<String>>, Vec<Option<String>>)>, index: HashMap<Vec<Option<String>>, usize> },
+    /// DELETEs by key, as `DELETE … USING (VALUES …)`.
+    Delete { shape: BatchShape, keys: Vec<Vec<Option<String>>>, seen: HashSet<Vec<Option<String>>> },
+}
+
+struct TableBatch {
     table_id: i32,
-    present: Vec<bool>,
-    columns: Vec<String>,
-    data: Vec<u8>,
-    rows: usize,
+    /// The remote relation the batch's rows came from (its mapping writes the SQL).
+    rel_id: u32,
+    pending: Pending,
+    bytes: usize,
+}
+
+/// Rows per batched UPDATE/DELETE statement, largest first (a flush uses as few statements as
+/// it can; each size is prepared once).
+const ROWS_PER_STATEMENT: [usize; 3] = [64, 8, 1];
+/// Bound on what all pending batches hold.
+const MAX_PENDING_BYTES: usize = 32 << 20;
+
+fn approx_bytes(values: &[Option<String>]) -> usize {
+    values.iter().map(|v| v.as_ref().map_or(1, |s| s.len() + 1)).sum::<usize>() + 16
 }
 
 /// Flush an insert batch once it holds this much COPY data.
@@ -128,7 +150,8 @@ pub struct Applier {
     /// The table whose change is being applied (for error attribution).
     pub current_table: Option<i32>,
     pub reload_tables: bool,
-    batch: Option<InsertBatch>,
+    batches: Vec<TableBatch>,
+    pending_bytes: usize,
     /// The connector's option: add columns the source added (nullable) to the target.
     auto_add_columns: bool,
     /// User-defined types the stream described (TYPE messages): OID → (schema, name).
@@ -150,7 +173,8 @@ impl Applier {
             pending_end: None,
             current_table: None,
             reload_tables: true,
-            batch: None,
+            batches: Vec::new(),
+            pending_bytes: 0,
             auto_add_columns,
             remote_types: HashMap::new(),
         }
@@ -187,7 +211,7 @@ impl Applier {
             return None;
         }
         debug_assert!(!self.in_source_txn);
-        debug_assert!(self.batch.is_none(), "flush() before commit()");
+        debug_assert!(self.batches.is_empty(), "flush() before commit()");
         for (id, c) in self.counts.drain() {
             let _ = tables::add_change_counts(id, c.applied, c.skipped);
         }
@@ -215,20 +239,105 @@ impl Applier {
         self.statements.clear();
         self.current_table = None;
         self.reload_tables = true;
-        self.batch = None;
+        self.batches.clear();
+        self.pending_bytes = 0;
     }
 
-    /// Load the pending insert batch, if any. PostgreSQL errors propagate as panics, attributed
-    /// to `current_table`.
+    /// Apply every pending batch. PostgreSQL errors propagate as panics, attributed to
+    /// `current_table`.
     pub fn flush(&mut self) {
-        let Some(b) = self.batch.take() else { return };
+        for b in std::mem::take(&mut self.batches) {
+            self.apply_batch(b);
+        }
+        self.pending_bytes = 0;
+    }
+
+    /// Apply table `table_id`'s pending batch, if any.
+    fn flush_table(&mut self, table_id: i32) {
+        if let Some(pos) = self.batches.iter().position(|b| b.table_id == table_id) {
+            let b = self.batches.remove(pos);
+            self.pending_bytes = self.pending_bytes.saturating_sub(b.bytes);
+            self.apply_batch(b);
+        }
+    }
+
+    /// The pending batch of `table_id` if it holds rows of `rel_id` of the same kind as `like`
+    /// (and the same columns); any other batch of the table is applied first, since changes to
+    /// one table keep their order.
+    fn batch_for(&mut self, table_id: i32, rel_id: u32, like: &Pending) -> Option<&mut TableBatch> {
+        let pos = self.batches.iter().position(|b| b.table_id == table_id)?;
+        let b = &self.batches[pos];
+        let same = b.rel_id == rel_id
+            && match (&b.pending, like) {
+                (Pending::Insert { present: a, .. }, Pending::Insert { present: z, .. }) => a == z,
+                (Pending::Update { present: a, .. }, Pending::Update { present: z, .. }) => a == z,
+                (Pending::Delete { .. }, Pending::Delete { .. }) => true,
+                _ => false,
+            };
+        if !same {
+            self.flush_table(table_id);
+            return None;
+        }
+        Some(&mut self.batches[pos])
+    }
+
+    /// The batch of `table_id` for rows like `like`, started when there is none.
+    fn batch(&mut self, table_id: i32, rel_id: u32, like: Pending) -> &mut TableBatch {
+        if self.batch_for(table_id, rel_id, &like).is_none() {
+            self.batches.push(TableBatch { table_id, rel_id, pending: like, bytes: 0 });
+        }
+        let pos = self.batches.iter().position(|b| b.table_id == table_id).expect("batch just ensured");
+        &mut self.batches[pos]
+    }
+
+    /// Account for `n` more bytes in `table_id`'s batch; apply it when it is large enough, and
+    /// everything when all batches together are.
+    fn grew(&mut self, table_id: i32, n: usize, limit: usize) {
+        self.pending_bytes += n;
+        let full = self.batches.iter().find(|b| b.table_id == table_id).is_some_and(|b| b.bytes >= limit);
+        if full {
+            self.flush_table(table_id);
+        } else if self.pending_bytes >= MAX_PENDING_BYTES {
+            self.flush();
+        }
+    }
+
+    fn apply_batch(&mut self, b: TableBatch) {
         self.current_table = Some(b.table_id);
         let mr = self.relations.get(&b.rel_id).expect("batched relation is known");
-        let oid = mr.target_oid.expect("batched relation has a target");
-        let (rows, _) = crate::copy::load::load_buffer(oid, mr.route, &b.columns, bytes::Bytes::from(b.data));
-        debug_assert_eq!(rows as usize, b.rows);
+        let (target, m) = mr.target.clone().expect("batched relation has a target");
+        match b.pending {
+            Pending::Insert { columns, data, rows, .. } => {
+                let oid = mr.target_oid.expect("batched relation has a target");
+                let (loaded, _) = crate::copy::load::load_buffer(oid, mr.route, &columns, bytes::Bytes::from(data));
+                debug_assert_eq!(loaded as usize, rows);
+            }
+            Pending::Update { shape, rows, .. } => {
+                let remote = mr.remote.clone();
+                let mut rest = rows.as_slice();
+                while !rest.is_empty() {
+                    let n = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+                    let Some(sql) = shape.update_sql(&target, &remote, &m, n) else { break };
+                    let values = rest[..n].iter().flat_map(|(k, v)| k.iter().chain(v).cloned()).collect();
+                    self.exec(&sql, values);
+                    rest = &rest[n..];
+                }
+            }
+            Pending::Delete { shape, keys, .. } => {
+                let remote = mr.remote.clone();
+                let mut rest = keys.as_slice();
+                while !rest.is_empty() {
+                    let n = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+                    let sql = shape.delete_sql(&target, &remote, &m, n);
+                    let values = rest[..n].iter().flatten().cloned().collect();
+                    self.exec(&sql, values);
+                    rest = &rest[n..];
+                }
+            }
+        }
         self.current_table = None;
     }
+
 
     fn table_of(&self, schema: &str, name: &str) -> Option<&SyncTable> {
         self.tables.iter().find(|t| t.receives(schema, name))
@@ -371,16 +480,6 @@ impl Applier {
     /// before running SQL.
     pub fn handle(&mut self, msg: LogicalMessage) -> Result<(), ApplyError> {
         self.current_table = None;
-        // Anything but another INSERT into the batched table ends the batch (an UPDATE may touch
-        // a row it holds; other tables' changes must keep their order).
-        let continues_batch = match (&msg, &self.batch) {
-            (LogicalMessage::Insert(i), Some(b)) => i.rel_id == b.rel_id,
-            (LogicalMessage::Begin(_) | LogicalMessage::Commit(_), _) => true,
-            _ => false,
-        };
-        if !continues_batch {
-            self.flush();
-        }
         match msg {
             LogicalMessage::Begin(b) => {
                 self.begin_target_txn();
@@ -414,47 +513,73 @@ impl Applier {
             LogicalMessage::Insert(ins) => {
                 let Some((t, _)) = self.gate(ins.rel_id)? else { return Ok(()) };
                 let present: Vec<bool> = ins.new.0.iter().map(|v| !v.is_unchanged()).collect();
-                if self.batch.as_ref().is_some_and(|b| b.present != present) {
-                    self.flush();
-                }
-                let mr = &self.relations[&ins.rel_id];
-                let b = self.batch.get_or_insert_with(|| InsertBatch {
-                    rel_id: ins.rel_id,
-                    table_id: t.id,
-                    columns: mr.remote.columns.iter().zip(&present).filter(|(_, p)| **p).map(|(c, _)| c.name.clone()).collect(),
-                    present: present.clone(),
-                    data: Vec::with_capacity(64 << 10),
-                    rows: 0,
-                });
+                let columns = {
+                    let mr = &self.relations[&ins.rel_id];
+                    mr.remote.columns.iter().zip(&present).filter(|(_, p)| **p).map(|(c, _)| c.name.clone()).collect()
+                };
+                let like = Pending::Insert { present: present.clone(), columns, data: Vec::with_capacity(64 << 10), rows: 0 };
+                let b = self.batch(t.id, ins.rel_id, like);
+                let Pending::Insert { data, rows, .. } = &mut b.pending else { unreachable!("insert batch") };
+                let before = data.len();
                 let mut first = true;
                 for (v, p) in ins.new.0.iter().zip(&present) {
                     if !*p {
                         continue;
                     }
                     if !first {
-                        b.data.push(b'\t');
+                        data.push(b'\t');
                     }
                     first = false;
                     match v {
-                        ColumnValue::Text(bytes) => crate::copy::load::push_copy_value(&mut b.data, Some(bytes)),
-                        _ => crate::copy::load::push_copy_value(&mut b.data, None),
+                        ColumnValue::Text(bytes) => crate::copy::load::push_copy_value(data, Some(bytes)),
+                        _ => crate::copy::load::push_copy_value(data, None),
                     }
                 }
-                b.data.push(b'\n');
-                b.rows += 1;
-                let full = b.data.len() >= INSERT_BATCH_BYTES;
+                data.push(b'\n');
+                *rows += 1;
+                let added = data.len() - before;
+                b.bytes += added;
                 self.count(t.id, true);
                 self.changes_in_txn += 1;
-                if full {
-                    self.flush();
-                }
+                self.grew(t.id, added, INSERT_BATCH_BYTES);
             }
             LogicalMessage::Update(up) => {
                 let Some((t, target)) = self.gate(up.rel_id)? else { return Ok(()) };
+                let new_present: Vec<bool> = up.new.0.iter().map(|v| !v.is_unchanged()).collect();
+                // Batched when the key did not change and identifies the row (not under
+                // REPLICA IDENTITY FULL), except for hypertables (see hypertable_update_sql).
+                let batchable = {
+                    let mr = &self.relations[&up.rel_id];
+                    let (_, m) = mr.target.as_ref().unwrap();
+                    (up.old.is_none() && mr.time_column.is_none())
+                        .then(|| BatchShape::for_update(&mr.remote, m, &new_present))
+                        .flatten()
+                };
+                if let Some(shape) = batchable {
+                    let key = values_of(&up.new, &shape.key_idx, t.id)?;
+                    let vals = values_of(&up.new, &shape.set_idx, t.id)?;
+                    let n = approx_bytes(&key) + approx_bytes(&vals);
+                    let like = Pending::Update { present: new_present, shape, rows: Vec::new(), index: HashMap::new() };
+                    let b = self.batch(t.id, up.rel_id, like);
+                    let Pending::Update { rows, index, .. } = &mut b.pending else { unreachable!("update batch") };
+                    match index.get(&key) {
+                        // The same row again: only its last version matters.
+                        Some(&i) => rows[i].1 = vals,
+                        None => {
+                            index.insert(key.clone(), rows.len());
+                            rows.push((key, vals));
+                        }
+                    }
+                    b.bytes += n;
+                    self.count(t.id, true);
+                    self.changes_in_txn += 1;
+                    self.grew(t.id, n, INSERT_BATCH_BYTES);
+                    return Ok(());
+                }
+                self.flush_table(t.id);
                 let mr = &self.relations[&up.rel_id];
                 let (_, m) = mr.target.as_ref().unwrap();
                 let full = mr.remote.replica_identity == b'f';
-                let new_present: Vec<bool> = up.new.0.iter().map(|v| !v.is_unchanged()).collect();
                 let old = match &up.old {
                     Some(o) => o.tuple().clone(),
                     None => up.new.clone(),
@@ -491,11 +616,34 @@ impl Applier {
             }
             LogicalMessage::Delete(del) => {
                 let Some((t, target)) = self.gate(del.rel_id)? else { return Ok(()) };
+                let old = del.old.tuple().clone();
+                let (old_present, batchable) = {
+                    let mr = &self.relations[&del.rel_id];
+                    let (_, m) = mr.target.as_ref().unwrap();
+                    let full = matches!(del.old, OldTuple::Full(_)) || mr.remote.replica_identity == b'f';
+                    let old_present = identity_present(&old, full, &mr.remote);
+                    let batchable =
+                        (!full && mr.time_column.is_none()).then(|| BatchShape::for_delete(&mr.remote, m, &old_present)).flatten();
+                    (old_present, batchable)
+                };
+                if let Some(shape) = batchable {
+                    let key = values_of(&old, &shape.key_idx, t.id)?;
+                    let n = approx_bytes(&key);
+                    let like = Pending::Delete { shape, keys: Vec::new(), seen: HashSet::new() };
+                    let b = self.batch(t.id, del.rel_id, like);
+                    let Pending::Delete { keys, seen, .. } = &mut b.pending else { unreachable!("delete batch") };
+                    if seen.insert(key.clone()) {
+                        keys.push(key);
+                    }
+                    b.bytes += n;
+                    self.count(t.id, true);
+                    self.changes_in_txn += 1;
+                    self.grew(t.id, n, INSERT_BATCH_BYTES);
+                    return Ok(());
+                }
+                self.flush_table(t.id);
                 let mr = &self.relations[&del.rel_id];
                 let (_, m) = mr.target.as_ref().unwrap();
-                let full = matches!(del.old, OldTuple::Full(_)) || mr.remote.replica_identity == b'f';
-                let old = del.old.tuple().clone();
-                let old_present = identity_present(&old, full, &mr.remote);
                 let Some((sql, idx)) = relmap::delete_sql(&target, &mr.remote, m, &old_present) else {
                     return Err(no_identity(&t, &mr.remote, "DELETE"));
                 };
@@ -505,6 +653,7 @@ impl Applier {
                 self.changes_in_txn += 1;
             }
             LogicalMessage::Truncate(tr) => {
+                self.flush();
                 let mut targets = Vec::new();
                 for rel_id in &tr.rel_ids {
                     // A chunk truncated on its own is not the whole hypertable truncated.

@@ -41,6 +41,7 @@ pub struct Bound {
     pub sql: String,
 }
 
+#[derive(Clone)]
 pub struct Mapping {
     /// For each remote column (in remote order): the target column's type, if the target has it.
     pub target_types: Vec<Option<String>>,
@@ -207,6 +208,89 @@ pub fn hypertable_update_sql(
     Some((stay, moved, set_idx, where_idx))
 }
 
+/// The columns of a batched UPDATE of rows whose key did not change: the key columns (to find
+/// the rows) and the other columns present in the new tuple (to set), as tuple indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchShape {
+    pub key_idx: Vec<usize>,
+    pub set_idx: Vec<usize>,
+}
+
+impl BatchShape {
+    /// None when the relation has no key (REPLICA IDENTITY FULL or NOTHING): such changes are
+    /// applied one by one.
+    pub fn for_update(remote: &RemoteRelation, m: &Mapping, new_present: &[bool]) -> Option<BatchShape> {
+        if remote.replica_identity == b'f' {
+            return None;
+        }
+        let key_idx: Vec<usize> = (0..remote.columns.len()).filter(|&i| remote.columns[i].key).collect();
+        if key_idx.is_empty() || key_idx.iter().any(|&i| !new_present[i] || m.target_types[i].is_none()) {
+            return None;
+        }
+        let set_idx = (0..remote.columns.len())
+            .filter(|&i| !remote.columns[i].key && new_present[i] && m.target_types[i].is_some())
+            .collect();
+        Some(BatchShape { key_idx, set_idx })
+    }
+
+    pub fn for_delete(remote: &RemoteRelation, m: &Mapping, old_present: &[bool]) -> Option<BatchShape> {
+        let mut shape = Self::for_update(remote, m, old_present)?;
+        shape.set_idx.clear();
+        Some(shape)
+    }
+
+    fn values_list(&self, m: &Mapping, rows: usize) -> String {
+        let cols: Vec<usize> = self.key_idx.iter().chain(&self.set_idx).copied().collect();
+        let mut list = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let row: Vec<String> = cols
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| cast(r * cols.len() + n + 1, m.target_types[i].as_deref().unwrap_or("text")))
+                .collect();
+            list.push(format!("({})", row.join(", ")));
+        }
+        let names: Vec<String> =
+            (1..=self.key_idx.len()).map(|n| format!("k{n}")).chain((1..=self.set_idx.len()).map(|n| format!("c{n}"))).collect();
+        format!("(VALUES {}) AS _ls_v({})", list.join(", "), names.join(", "))
+    }
+
+    fn key_join(&self, remote: &RemoteRelation) -> String {
+        self.key_idx
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("_ls_t.{} = _ls_v.k{}", quote_ident(&remote.columns[i].name), n + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// `UPDATE target AS _ls_t SET c = _ls_v.c1, … FROM (VALUES …) AS _ls_v(k1, …, c1, …) WHERE
+    /// _ls_t.key = _ls_v.k1 …` for `rows` rows; parameters are per row the key values then the
+    /// set values. None when there is nothing to set (every column is part of the key).
+    pub fn update_sql(&self, target: &str, remote: &RemoteRelation, m: &Mapping, rows: usize) -> Option<String> {
+        if self.set_idx.is_empty() {
+            return None;
+        }
+        let sets: Vec<String> = self
+            .set_idx
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} = _ls_v.c{}", quote_ident(&remote.columns[i].name), n + 1))
+            .collect();
+        Some(format!(
+            "UPDATE {target} AS _ls_t SET {} FROM {} WHERE {}",
+            sets.join(", "),
+            self.values_list(m, rows),
+            self.key_join(remote)
+        ))
+    }
+
+    /// `DELETE FROM target AS _ls_t USING (VALUES …) AS _ls_v(k1, …) WHERE _ls_t.key = _ls_v.k1 …`.
+    pub fn delete_sql(&self, target: &str, remote: &RemoteRelation, m: &Mapping, rows: usize) -> String {
+        format!("DELETE FROM {target} AS _ls_t USING {} WHERE {}", self.values_list(m, rows), self.key_join(remote))
+    }
+}
+
 /// Under REPLICA IDENTITY FULL identical rows are possible, and a change on the source touched
 /// exactly one of them: pick one row (by partition and ctid), as PostgreSQL's subscriber does.
 fn one_row(target: &str, wh: &str) -> String {
@@ -312,6 +396,32 @@ mod tests {
         assert!(stay.unwrap().starts_with("UPDATE t SET \"doc\" = $2::json WHERE"));
         let (stay, ..) = hypertable_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", true).unwrap();
         assert_eq!(stay, None);
+    }
+
+    #[test]
+    fn batched_updates_and_deletes_by_key() {
+        let r = rel(b'd');
+        let m = Mapping::new(&r, &target());
+        // "doc" unchanged (TOAST): only "v" is set; the key finds the rows.
+        let shape = BatchShape::for_update(&r, &m, &[true, false, true]).unwrap();
+        assert_eq!(shape, BatchShape { key_idx: vec![0], set_idx: vec![2] });
+        assert_eq!(
+            shape.update_sql("t", &r, &m, 2).unwrap(),
+            "UPDATE t AS _ls_t SET \"v\" = _ls_v.c1 FROM (VALUES ($1::integer, $2::text), ($3::integer, $4::text)) AS _ls_v(k1, c1) WHERE _ls_t.\"id\" = _ls_v.k1"
+        );
+        let del = BatchShape::for_delete(&r, &m, &[true, false, false]).unwrap();
+        assert_eq!(
+            del.delete_sql("t", &r, &m, 2),
+            "DELETE FROM t AS _ls_t USING (VALUES ($1::integer), ($2::integer)) AS _ls_v(k1) WHERE _ls_t.\"id\" = _ls_v.k1"
+        );
+        // No key, or every column in the key: nothing to batch / nothing to set.
+        assert_eq!(BatchShape::for_update(&rel(b'f'), &m, &[true, true, true]), None);
+        let mut all_key = rel(b'd');
+        for c in &mut all_key.columns {
+            c.key = true;
+        }
+        let shape = BatchShape::for_update(&all_key, &m, &[true, true, true]).unwrap();
+        assert_eq!(shape.update_sql("t", &all_key, &m, 1), None);
     }
 
     #[test]
