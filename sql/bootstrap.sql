@@ -69,6 +69,8 @@ CREATE TABLE livesync.sync_table (
     -- Key to build on the target after the load (NULL: the target table existed already).
     build_key        text[],
     build_key_primary bool NOT NULL DEFAULT true,
+    -- add_table(indexes => 'all'): the source's other indexes, built on the target after the key.
+    build_indexes    text[],
     -- add_table(hypertable => true): the target is (re)created as a TimescaleDB hypertable
     -- partitioned by this column in chunks this wide (an interval, or an integer width).
     hypertable_time_column text,

@@ -107,6 +107,26 @@ impl<T> OrRaise<T> for Result<T> {
     }
 }
 
+/// Run `f` in a subtransaction of the current transaction: on an ERROR inside, only what `f` did
+/// is rolled back and the message is returned; the transaction goes on.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    use pgrx::pg_sys;
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        let r = catch(f);
+        if r.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        r
+    }
+}
+
 /// Run `f`, turning a PostgreSQL ERROR (or a Rust panic) raised inside into its message. The
 /// caller decides what the failure means (abort the transaction, record it, reconnect); no state
 /// touched by `f` is looked at after a failure, which is what makes asserting unwind safety sound.

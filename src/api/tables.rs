@@ -188,7 +188,13 @@ fn add_table(
     hypertable: default!(Option<bool>, "NULL"),
     time_column: default!(Option<&str>, "NULL"),
     chunk_interval: default!(Option<&str>, "NULL"),
+    indexes: default!(&str, "'key'"),
 ) {
+    if !matches!(indexes, "key" | "all" | "none") {
+        LivesyncError::invalid_parameter(format!("invalid value for indexes: \"{indexes}\""))
+            .hint("Use 'key' (the primary key or replica identity index, the default), 'all' (also the source's other indexes) or 'none'.")
+            .raise();
+    }
     let ht_options = time_column.is_some() || chunk_interval.is_some();
     if hypertable == Some(false) && ht_options {
         LivesyncError::invalid_parameter("time_column and chunk_interval apply to hypertables only")
@@ -265,7 +271,42 @@ fn add_table(
         .raise();
     }
 
-    let build_key = target::prepare(&def, &tschema, &tname, spec.as_ref()).or_raise();
+    let created = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regclass($1) IS NULL", &[target_q.as_str().into()])
+        .map_err(catalog::spi_err)
+        .or_raise()
+        .unwrap_or(true);
+    let mut build_key = target::prepare(&def, &tschema, &tname, spec.as_ref()).or_raise();
+    let mut build_indexes = None;
+    match indexes {
+        _ if !created && indexes != "key" => pgrx::notice!(
+            "target table {target_q} exists: its indexes are left as they are (indexes => '{indexes}' applies to tables livesync creates)"
+        ),
+        "none" => {
+            if build_key.take().is_some() {
+                LivesyncError::new(PgSqlErrorCode::ERRCODE_WARNING, format!("target table {target_q} gets no index"))
+                    .detail("Every UPDATE and DELETE streamed to it will scan the whole table to find its row.")
+                    .hint("Create an index on the key columns yourself, or add the table with indexes => 'key'.")
+                    .report(PgLogLevel::WARNING);
+            }
+        }
+        "all" => {
+            let source_q = def.qualified();
+            let target_for_ddl = target_q.clone();
+            let stmts = with_source(&c, async |client, info| {
+                let rows = client
+                    .query(table::OTHER_INDEXES_QUERY, &[&source_q])
+                    .await
+                    .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| table::retarget_index(r.get(2), r.get(0), r.get(1), &target_for_ddl))
+                    .collect::<Vec<String>>())
+            })
+            .or_raise();
+            build_indexes = (!stmts.is_empty()).then_some(stmts);
+        }
+        _ => {}
+    }
     if let (Some(spec), false) = (&spec, def.key.is_empty()) {
         if !def.key.contains(&spec.time_column) {
             pgrx::notice!(
@@ -364,6 +405,7 @@ fn add_table(
         target_name: &tname,
         build_key,
         build_key_primary: def.key_is_primary,
+        build_indexes,
         est_rows: def.est_rows as i64,
         est_bytes: def.size_bytes,
         hypertable: spec,

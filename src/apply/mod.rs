@@ -1,10 +1,20 @@
 //! Applying decoded changes to the target, through the executor.
 //!
-//! Every change becomes a SQL statement run with SPI in the connector worker's backend, with
+//! Every change becomes SQL run with SPI in the connector worker's backend, with
 //! `session_replication_role = replica`: going through the executor is what routes rows into
 //! partitions (and TimescaleDB chunks) and fires planner/executor hooks, which writing heap tuples
-//! directly would bypass. Statements are prepared once per (relation, kind, column set) and
+//! directly would bypass. Statements are prepared once per (relation, kind, column set, rows) and
 //! reused.
+//!
+//! # Batching
+//! Within a target transaction, changes are collected per table ([`Pending`]): INSERTs into one
+//! `COPY FROM`, UPDATEs that keep the key coalesced by key into `UPDATE … FROM (VALUES …)`,
+//! DELETEs into `DELETE … USING (VALUES …)`. This reorders changes *across* tables, which is safe
+//! because they commute here (no user triggers or foreign keys fire under the replica role, and
+//! nothing else sees the transaction before it commits), but never *within* a table: a change of
+//! another kind, a key change, an UPDATE under REPLICA IDENTITY FULL or on a hypertable first
+//! applies the table's batch. Coalescing keeps only a row's last version, which is the only one
+//! the target transaction ever exposes.
 //!
 //! # Atomicity and progress
 //! A source transaction is applied inside one target transaction; several consecutive source

@@ -42,6 +42,8 @@ pub struct SyncTable {
     pub state: String,
     pub build_key: Option<Vec<String>>,
     pub build_key_primary: bool,
+    /// Statements building the other indexes after the load (`indexes => 'all'`).
+    pub build_indexes: Option<Vec<String>>,
     /// `snapshot_lsn` as a number (0 until the table's copy is planned).
     pub snapshot_lsn: u64,
     /// Set when the target is to be a hypertable (`add_table(hypertable => true)`).
@@ -67,6 +69,7 @@ pub struct NewSyncTable<'a> {
     pub target_name: &'a str,
     pub build_key: Option<Vec<String>>,
     pub build_key_primary: bool,
+    pub build_indexes: Option<Vec<String>>,
     pub est_rows: i64,
     pub est_bytes: i64,
     pub hypertable: Option<HypertableSpec>,
@@ -76,7 +79,7 @@ pub struct NewSyncTable<'a> {
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
                        build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
                        hypertable_time_column, hypertable_chunk_interval, hypertable_integer, \
-                       source_chunk_schema, source_chunk_prefix";
+                       source_chunk_schema, source_chunk_prefix, build_indexes";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -101,6 +104,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
             (Some(chunk_schema), Some(chunk_prefix)) => Some(SourceHypertable { chunk_schema, chunk_prefix, compressed: false }),
             _ => None,
         },
+        build_indexes: row.get::<Vec<String>>(15)?,
     })
 }
 
@@ -135,8 +139,8 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
              (connector_id, source_schema, source_name, target_schema, target_name,
               build_key, build_key_primary, est_rows, est_bytes,
               hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
-              source_chunk_schema, source_chunk_prefix, added_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, clock_timestamp())
+              source_chunk_schema, source_chunk_prefix, build_indexes, added_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, clock_timestamp())
          RETURNING id",
         &[
             n.connector_id.into(),
@@ -153,6 +157,7 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
             n.hypertable.as_ref().map(|h| h.integer).into(),
             n.source_hypertable.as_ref().map(|h| h.chunk_schema.clone()).into(),
             n.source_hypertable.as_ref().map(|h| h.chunk_prefix.clone()).into(),
+            n.build_indexes.clone().into(),
         ],
     )?
     .expect("INSERT RETURNING gave no row"))
@@ -215,7 +220,7 @@ pub fn mark_copied(id: i32, rows: i64, bytes: i64) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET state = 'copied', rows_copied = $2, bytes_copied = $3,
-                build_key = NULL,
+                build_key = NULL, build_indexes = NULL,
                 finished_at = clock_timestamp(), attempts = 0, next_attempt_at = NULL,
                 last_error = NULL, last_error_hint = NULL, last_error_at = NULL
           WHERE id = $1",

@@ -240,6 +240,14 @@ fn finish_tables(c: &Connector) {
                 Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary))
                     .map_err(crate::catalog::spi_err)?;
             }
+            // The other indexes (indexes => 'all'): one that cannot be built on the target (a
+            // function or operator class it lacks, a unique index a hypertable refuses) is left
+            // out with a WARNING rather than holding the table back.
+            for stmt in t.build_indexes.iter().flatten() {
+                if let Err(e) = crate::error::in_subtransaction(|| Spi::run(stmt)) {
+                    pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
+                }
+            }
             tables::mark_copied(id, rows, bytes)?;
             pgrx::log!(
                 "livesync: copied {rows} rows of {} into {}",
@@ -318,6 +326,7 @@ pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runt
                     target_name: name,
                     build_key: None,
                     build_key_primary: true,
+                    build_indexes: None,
                     est_rows: 0,
                     est_bytes: 0,
                     hypertable: None,

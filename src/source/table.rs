@@ -104,6 +104,34 @@ SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)
  ORDER BY i.indisprimary DESC
  LIMIT 1";
 
+/// The other indexes of table `$1` (its qualified name; neither the primary key nor the replica identity index,
+/// valid ones only): name, whether unique, access method, and definition.
+pub const OTHER_INDEXES_QUERY: &str = "\
+SELECT c.relname::text, am.amname::text, pg_catalog.pg_get_indexdef(i.indexrelid)
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+  JOIN pg_catalog.pg_am am ON am.oid = c.relam
+ WHERE i.indrelid = pg_catalog.to_regclass($1) AND NOT i.indisprimary AND NOT i.indisreplident AND i.indisvalid
+ ORDER BY c.relname";
+
+/// `CREATE INDEX IF NOT EXISTS "name" ON target USING am (…)` from a source index definition
+/// (`pg_get_indexdef`), retargeted at `target_qualified`; None when the definition does not
+/// have the expected shape.
+pub fn retarget_index(def: &str, name: &str, am: &str, target_qualified: &str) -> Option<String> {
+    let unique = def.starts_with("CREATE UNIQUE INDEX ");
+    if !unique && !def.starts_with("CREATE INDEX ") {
+        return None;
+    }
+    let marker = format!(" USING {am} ");
+    let at = def.find(&marker)?;
+    let rest = &def[at + marker.len()..];
+    Some(format!(
+        "CREATE {}INDEX IF NOT EXISTS {} ON {target_qualified} USING {am} {rest}",
+        if unique { "UNIQUE " } else { "" },
+        quote_ident(name)
+    ))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnDef {
     pub name: String,
@@ -379,6 +407,20 @@ mod tests {
         let mut t = metrics();
         t.source_hypertable = Some(h);
         assert!(t.copy_out_sql(None, true).starts_with("COPY (SELECT \"time\", \"value\" FROM"));
+    }
+
+    #[test]
+    fn indexes_are_retargeted() {
+        assert_eq!(
+            retarget_index("CREATE INDEX m_v_idx ON public.m USING btree (v DESC) WHERE (v > 0)", "m_v_idx", "btree", "\"s\".\"t\"")
+                .as_deref(),
+            Some("CREATE INDEX IF NOT EXISTS \"m_v_idx\" ON \"s\".\"t\" USING btree (v DESC) WHERE (v > 0)")
+        );
+        assert_eq!(
+            retarget_index("CREATE UNIQUE INDEX u ON public.m USING hash (lower(t))", "u", "hash", "t").as_deref(),
+            Some("CREATE UNIQUE INDEX IF NOT EXISTS \"u\" ON t USING hash (lower(t))")
+        );
+        assert_eq!(retarget_index("nonsense", "u", "btree", "t"), None);
     }
 
     #[test]
