@@ -148,6 +148,8 @@ pub struct Applier {
     tables: Vec<SyncTable>,
     statements: HashMap<String, OwnedPreparedStatement>,
     counts: HashMap<i32, Counts>,
+    /// Counts of committed target transactions not yet written to the catalog.
+    committed_counts: HashMap<i32, Counts>,
     /// Inside a source transaction (between Begin and Commit).
     in_source_txn: bool,
     final_lsn: u64,
@@ -176,6 +178,7 @@ impl Applier {
             tables: Vec::new(),
             statements: Default::default(),
             counts: Default::default(),
+            committed_counts: Default::default(),
             in_source_txn: false,
             final_lsn: 0,
             txn_open: false,
@@ -222,8 +225,12 @@ impl Applier {
         }
         debug_assert!(!self.in_source_txn);
         debug_assert!(self.batches.is_empty(), "flush() before commit()");
+        // The counters are statistics: kept in memory and written by save_counts() about once
+        // a second (a crash may lose that second's counts, never a change).
         for (id, c) in self.counts.drain() {
-            let _ = tables::add_change_counts(id, c.applied, c.skipped);
+            let total = self.committed_counts.entry(id).or_default();
+            total.applied += c.applied;
+            total.skipped += c.skipped;
         }
         let pending = self.pending_end.take();
         if let Some((end, ts)) = pending {
@@ -237,6 +244,15 @@ impl Applier {
         self.txn_open = false;
         self.changes_in_txn = 0;
         pending.map(|(end, ts)| (end, ts, unsafe { pg_sys::XactLastCommitEnd }))
+    }
+
+    /// Write the change counters of committed transactions to `livesync.sync_table` (in the
+    /// caller's transaction, outside any apply transaction).
+    pub fn save_counts(&mut self) -> crate::error::Result<()> {
+        for (id, c) in self.committed_counts.drain() {
+            tables::add_change_counts(id, c.applied, c.skipped)?;
+        }
+        Ok(())
     }
 
     /// After an error: the transaction was aborted by the caller; forget its state.
@@ -362,13 +378,17 @@ impl Applier {
 
     /// Look up (once) the target of remote relation `rel_id`: the synced table's id, target and
     /// column mapping; None when the relation is not synced.
-    fn resolve(&mut self, rel_id: u32) -> Result<Option<(SyncTable, String)>, ApplyError> {
+    fn resolve(&mut self, rel_id: u32) -> Result<Option<(TableRef, String)>, ApplyError> {
         let Some(mr) = self.relations.get(&rel_id) else {
             return Ok(None);
         };
-        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name).cloned() else {
+        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name) else {
             return Ok(None);
         };
+        if let Some((target, _)) = &mr.target {
+            return Ok(Some((TableRef { id: t.id }, target.clone())));
+        }
+        let t = t.clone();
         let target = format!("{}.{}", quote_ident(&t.target_schema), quote_ident(&t.target_name));
         if self.relations[&rel_id].target.is_none() {
             let mut cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, message: m, hint: None })?;
@@ -422,7 +442,7 @@ impl Applier {
                 Route::CopyFrom
             };
         }
-        Ok(Some((t, target)))
+        Ok(Some((TableRef { id: t.id }, target)))
     }
 
     /// The target's spelling of a remote column's type: built-in types by OID, others by the
@@ -456,18 +476,19 @@ impl Applier {
     }
 
     /// Decide whether the change to `rel_id` applies; returns its table and target when it does.
-    fn gate(&mut self, rel_id: u32) -> Result<Option<(SyncTable, String)>, ApplyError> {
+    fn gate(&mut self, rel_id: u32) -> Result<Option<(TableRef, String)>, ApplyError> {
         let Some(mr) = self.relations.get(&rel_id) else { return Ok(None) };
-        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name).cloned() else { return Ok(None) };
-        match applies(&t, self.final_lsn) {
+        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name) else { return Ok(None) };
+        let (id, verdict) = (t.id, applies(t, self.final_lsn));
+        match verdict {
             Some(true) => {}
             Some(false) => return Ok(None),
             None => {
-                self.count(t.id, false);
+                self.count(id, false);
                 return Ok(None);
             }
         }
-        self.current_table = Some(t.id);
+        self.current_table = Some(id);
         self.resolve(rel_id)
     }
 
@@ -697,7 +718,13 @@ impl Applier {
     }
 }
 
-fn no_identity(t: &SyncTable, r: &RemoteRelation, what: &str) -> ApplyError {
+/// The synced table a change belongs to (its id in `livesync.sync_table`).
+#[derive(Debug, Clone, Copy)]
+struct TableRef {
+    id: i32,
+}
+
+fn no_identity(t: &TableRef, r: &RemoteRelation, what: &str) -> ApplyError {
     let q = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
     ApplyError {
         table_id: t.id,

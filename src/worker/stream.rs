@@ -229,6 +229,7 @@ pub fn run(
                 if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL && !applier.txn_open {
                     last_housekeeping = Instant::now();
                     let _ = super::in_transaction(|| {
+                        let _ = applier.save_counts();
                         catalog::report_stream_stats(
                             c.id,
                             &catalog::StreamStats {
@@ -313,6 +314,7 @@ fn abort(applier: &mut Applier, o: Outcome) -> Outcome {
         }
     }
     applier.reset_after_abort();
+    let _ = super::in_transaction(|| applier.save_counts());
     o
 }
 

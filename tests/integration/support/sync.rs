@@ -158,6 +158,21 @@ impl TestDb<'_> {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The table_progress row of `source_table` once `ok` holds for it: the change counters
+    /// (`changes_applied`, `changes_skipped`) are written about once a second, after the
+    /// changes themselves. Returns the last row seen after 15 s.
+    #[track_caller]
+    pub fn progress_when(&self, source_table: &str, ok: impl Fn(&Row) -> bool) -> Row {
+        let start = Instant::now();
+        loop {
+            let row = self.progress(source_table);
+            if ok(&row) || start.elapsed() > Duration::from_secs(15) {
+                return row;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until `source_table` shows state `state` in table_progress. An
     /// unexpected `error` ends the wait at once (with the table's last_error and
     /// the target log).
