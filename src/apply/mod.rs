@@ -155,6 +155,7 @@ pub struct Applier {
     final_lsn: u64,
     /// A target transaction is open.
     pub txn_open: bool,
+    txn_started: std::time::Instant,
     /// Changes applied in the open target transaction.
     pub changes_in_txn: usize,
     /// End LSN and commit time of the last source commit applied in the open transaction.
@@ -182,6 +183,7 @@ impl Applier {
             in_source_txn: false,
             final_lsn: 0,
             txn_open: false,
+            txn_started: std::time::Instant::now(),
             changes_in_txn: 0,
             pending_end: None,
             current_table: None,
@@ -191,6 +193,11 @@ impl Applier {
             auto_add_columns,
             remote_types: HashMap::new(),
         }
+    }
+
+    /// How long the open target transaction has been open.
+    pub fn txn_age(&self) -> std::time::Duration {
+        self.txn_started.elapsed()
     }
 
     pub fn in_source_txn(&self) -> bool {
@@ -207,6 +214,7 @@ impl Applier {
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         }
         self.txn_open = true;
+        self.txn_started = std::time::Instant::now();
         self.changes_in_txn = 0;
         if self.reload_tables {
             self.tables = tables::stream_tables(self.connector_id).unwrap_or_default();

@@ -29,6 +29,73 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the publication's membership and the slot's health are read from the source.
 pub const SOURCE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// When the source has nothing more to send right now, the open target transaction is
+/// committed once it is this old, or as soon as the source stays quiet for a moment: waiting a
+/// few milliseconds for more source transactions spares a target commit (and a flush of the
+/// batches) per wake-up, while keeping the added latency far below what a user can notice.
+const COMMIT_DELAY: Duration = Duration::from_millis(10);
+/// The feedback to the source is sent at least this often while positions advance.
+const FEEDBACK_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A wake-up that brought at least this many messages marks the stream busy.
+const BUSY_MESSAGES: usize = 64;
+/// While busy, the socket wakes us once this much data is buffered ...
+const BUSY_LOW_WATER: libc::c_int = 64 << 10;
+/// ... or after this long.
+const BUSY_WAIT: Duration = Duration::from_millis(2);
+
+/// `SO_RCVLOWAT`: how many bytes must be buffered before the socket reports itself readable.
+fn set_low_water(fd: pg_sys::pgsocket, bytes: libc::c_int) {
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// The latch, the postmaster and the replication socket, waited on together. One set for the
+/// whole stream: building one per wait (`WaitLatchOrSocket`) costs an epoll descriptor and three
+/// system calls every time the socket runs dry.
+struct Waiter {
+    set: *mut pg_sys::WaitEventSet,
+    fd: pg_sys::pgsocket,
+}
+
+impl Waiter {
+    fn new(fd: pg_sys::pgsocket) -> Waiter {
+        unsafe {
+            let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, pg_sys::PGINVALID_SOCKET, pg_sys::MyLatch, std::ptr::null_mut());
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_POSTMASTER_DEATH, pg_sys::PGINVALID_SOCKET, std::ptr::null_mut(), std::ptr::null_mut());
+            pg_sys::AddWaitEventToSet(set, pg_sys::WL_SOCKET_READABLE, fd, std::ptr::null_mut(), std::ptr::null_mut());
+            Waiter { set, fd }
+        }
+    }
+
+    /// Wait up to `timeout_ms`; the events that occurred (`WL_*` bits, 0 on timeout).
+    fn wait(&mut self, timeout_ms: i64) -> u32 {
+        unsafe {
+            let mut event: pg_sys::WaitEvent = std::mem::zeroed();
+            let n = pg_sys::WaitEventSetWait(self.set, timeout_ms as _, &mut event, 1, pg_sys::PG_WAIT_EXTENSION);
+            let events = if n > 0 { event.events } else { 0 };
+            if events & pg_sys::WL_LATCH_SET != 0 {
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+            events
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        unsafe { pg_sys::FreeWaitEventSet(self.set) };
+    }
+}
+
 pub enum Outcome {
     /// The worker must exit (SIGTERM, paused, dropped).
     Stop,
@@ -158,6 +225,13 @@ pub fn run(
     let mut last_housekeeping = Instant::now();
     let mut last_source_check = Instant::now();
     let mut socket_tuned = false;
+    let mut waiter: Option<Waiter> = None;
+    // The last wait for the socket ended without data: commit now.
+    let mut quiet = false;
+    // Messages received since the last wait, and whether the socket only wakes us for a
+    // [`BUSY_LOW_WATER`] of data (see `set_low_water`).
+    let mut since_wait = 0usize;
+    let mut low_water = false;
 
     loop {
         let received = match conn.receive() {
@@ -166,6 +240,7 @@ pub fn run(
         };
         match received {
             Received::Data(buf) => {
+                since_wait += 1;
                 let msg = match pgoutput::parse_replication_message(buf) {
                     Ok(m) => m,
                     Err(e) => return abort(&mut applier, Outcome::Failed(format!("invalid replication message: {e}"))),
@@ -217,12 +292,34 @@ pub fn run(
                         );
                     }
                 }
+                let mut timeout_ms: i64 = 1000;
+                // A busy stream (many messages per wake-up) is read in larger pieces: the socket
+                // then wakes us when a good amount of data is there, or after BUSY_WAIT at the
+                // latest; a wait that ends with less goes back to waking on every byte.
+                let busy = since_wait >= BUSY_MESSAGES;
+                if busy != low_water {
+                    set_low_water(fd, if busy { BUSY_LOW_WATER } else { 1 });
+                    low_water = busy;
+                }
+                since_wait = 0;
+                if low_water {
+                    timeout_ms = BUSY_WAIT.as_millis() as i64;
+                }
                 if applier.txn_open && !applier.in_source_txn() {
-                    if let Err(o) = commit(&mut applier, &mut p) {
-                        return o;
+                    let age = applier.txn_age();
+                    if quiet || age >= COMMIT_DELAY {
+                        if let Err(o) = commit(&mut applier, &mut p) {
+                            return o;
+                        }
+                    } else {
+                        timeout_ms = timeout_ms.min((COMMIT_DELAY - age).as_millis().max(1) as i64);
                     }
                 }
-                if last_feedback.elapsed() >= FEEDBACK_INTERVAL {
+                // Confirm new commits soon (the source's slot and lag views follow), and in any case
+                // once a second (it also answers the walsender's keepalives in long transactions).
+                let advanced =
+                    !applier.txn_open && p.committed_remote > p.flushed && last_feedback.elapsed() >= FEEDBACK_MIN_INTERVAL;
+                if advanced || last_feedback.elapsed() >= FEEDBACK_INTERVAL {
                     p.feedback(&mut conn, !applier.txn_open, false);
                     last_feedback = Instant::now();
                 }
@@ -251,17 +348,12 @@ pub fn run(
                     }
                     applier.reload_tables = true;
                 }
-                let rc = unsafe {
-                    let rc = pg_sys::WaitLatchOrSocket(
-                        pg_sys::MyLatch,
-                        (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
-                        fd,
-                        1000,
-                        pg_sys::PG_WAIT_EXTENSION,
-                    );
-                    pg_sys::ResetLatch(pg_sys::MyLatch);
-                    rc
-                };
+                if waiter.as_ref().is_none_or(|w| w.fd != fd) {
+                    waiter = Some(Waiter::new(fd));
+                }
+                let events = waiter.as_mut().unwrap().wait(timeout_ms);
+                let rc = events as i32;
+                quiet = events == 0 && applier.txn_open;
                 crate::runtime::reload_config_if_requested();
                 if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 || crate::runtime::shutdown_requested() {
                     return abort(&mut applier, Outcome::Stop);
