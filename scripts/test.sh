@@ -11,6 +11,7 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 
 bash scripts/setup.sh
+bash scripts/source-versions.sh
 
 echo "==> unit tests"
 cargo test --lib

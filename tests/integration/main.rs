@@ -21,6 +21,7 @@ mod privileges;
 mod restarts;
 mod secrets;
 mod smoke;
+mod source_versions;
 mod sync_add_table;
 mod sync_copy;
 mod sync_stream;

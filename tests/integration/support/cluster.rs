@@ -139,7 +139,11 @@ pub fn assert_extension_installed() {
 
 /// A command running a PostgreSQL program as the OS user owning the clusters.
 fn pg_command(program: &str) -> Command {
-    let bin = pg_bindir().join(program);
+    pg_command_in(pg_bindir(), program)
+}
+
+fn pg_command_in(bindir: &Path, program: &str) -> Command {
+    let bin = bindir.join(program);
     let mut cmd = if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
@@ -170,7 +174,7 @@ fn describe(out: &Output) -> String {
 // Base directory, stale-run cleanup, registry of live clusters, exit hooks.
 // ---------------------------------------------------------------------------
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
         let d = PathBuf::from(d);
         if d.is_absolute() {
@@ -357,6 +361,8 @@ pub struct ClusterConfig {
     pub scram_users: Vec<String>,
     /// Extra postgresql.conf lines, appended last (so they override defaults).
     pub extra_conf: Vec<String>,
+    /// Binaries of another PostgreSQL version (a source of that version); None: the system's.
+    pub bindir: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -367,6 +373,7 @@ impl ClusterConfig {
             preload_livesync: false,
             scram_users: vec!["sync_pw".into()],
             extra_conf: Vec::new(),
+            bindir: None,
         }
     }
 
@@ -449,7 +456,7 @@ impl Cluster {
     }
 
     fn initdb(&self) {
-        let out = run(pg_command("initdb").arg("-D").arg(&self.datadir).args([
+        let out = run(self.pg("initdb").arg("-D").arg(&self.datadir).args([
             "-U",
             os_superuser(),
             "-A",
@@ -546,7 +553,7 @@ impl Cluster {
     }
 
     fn try_start(&self) -> Result<(), String> {
-        let out = run(pg_command("pg_ctl")
+        let out = run(self.pg("pg_ctl")
             .arg("-D")
             .arg(&self.datadir)
             .arg("-l")
@@ -564,13 +571,17 @@ impl Cluster {
         }
     }
 
+    fn pg(&self, program: &str) -> Command {
+        pg_command_in(self.config.bindir.as_deref().unwrap_or(pg_bindir()), program)
+    }
+
     pub fn start(&self) {
         self.try_start().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Fast shutdown.
     pub fn stop(&self) {
-        let out = run(pg_command("pg_ctl")
+        let out = run(self.pg("pg_ctl")
             .arg("-D")
             .arg(&self.datadir)
             .args(["-m", "fast", "-w", "-t", "60", "stop"]));
@@ -583,7 +594,7 @@ impl Cluster {
     }
 
     pub fn restart(&self) {
-        let out = run(pg_command("pg_ctl")
+        let out = run(self.pg("pg_ctl")
             .arg("-D")
             .arg(&self.datadir)
             .arg("-l")

@@ -8,11 +8,11 @@ mod sync;
 
 #[allow(unused_imports)]
 pub use cluster::{
-    free_port, keep_clusters, os_superuser, running_as_root, timescaledb_installed, Cluster, ClusterConfig,
+    free_port, keep_clusters, os_superuser, running_as_root, target_dir, timescaledb_installed, Cluster, ClusterConfig,
 };
 #[allow(unused_imports)]
 pub use shared::{
-    dedicated_source, dedicated_target, prepare_source, shared_bad_source, shared_source,
+    dedicated_source, dedicated_target, prepare_source, source_config, shared_bad_source, shared_source,
     shared_target, timescale_source, timescale_target, Snapshot, TestDb, BAD_SOURCE_DB, BAD_SOURCE_USER, HOSTILE_PASSWORD,
     HOSTILE_PASSWORD_TOKEN, HOSTILE_USER, SCRAM_PASSWORD, SCRAM_PASSWORD_TOKEN, SCRAM_USER,
     SYNC_USER,

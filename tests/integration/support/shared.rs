@@ -26,7 +26,7 @@ pub const HOSTILE_PASSWORD_TOKEN: &str = "5b8e7d";
 pub const BAD_SOURCE_DB: &str = "app";
 pub const BAD_SOURCE_USER: &str = "plain";
 
-fn source_config() -> ClusterConfig {
+pub fn source_config() -> ClusterConfig {
     ClusterConfig {
         scram_users: vec![SCRAM_USER.into(), HOSTILE_USER.into()],
         ..ClusterConfig::source()
