@@ -382,3 +382,69 @@ fn add_table_quoted_names() {
     db.call_ok("remove_table", &[r#""Weird ""Name""""#]);
     assert!(db.try_progress(weird).is_err());
 }
+
+/// remove_table and resync_table of a table the connector does not sync: a clear error, and
+/// nothing touched (the target table of the same name keeps its rows).
+#[test]
+fn remove_or_resync_unsynced_table() {
+    let db = TestDb::new("unsynced_table");
+    db.src("CREATE TABLE synced (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)");
+    db.add_su_connector("c");
+    db.add_table_ok("synced");
+    db.wait_ready("public.synced");
+    db.tgt("CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (1), (2)");
+    for f in ["remove_table", "resync_table"] {
+        let e = db.call_err(f, &["other"]);
+        assert_sqlstate(&e, "42704");
+        assert_message_eq(&e, "table public.other is not synced by connector \"c\"");
+    }
+    let e = db.call_err("remove_table", &["no.such.name.here"]);
+    assert_sqlstate(&e, "22023");
+    assert_eq!(db.tgt("SELECT count(*) AS n FROM other")[0].int("n"), 2, "resync_table must not truncate an unsynced table");
+    assert_eq!(db.progress("public.synced").text("state"), "ready");
+}
+
+/// indexes => 'all' builds the source's other indexes after the load; 'none' builds not even
+/// the key (with a WARNING); a bad value is an error.
+#[test]
+fn add_table_indexes_option() {
+    let db = TestDb::new("indexes_option");
+    db.src(
+        "CREATE TABLE ia (id int PRIMARY KEY, email text, v int, note text);
+         CREATE UNIQUE INDEX ia_email ON ia (lower(email));
+         CREATE INDEX ia_v_partial ON ia (v DESC) WHERE v > 10;
+         CREATE INDEX ia_note_hash ON ia USING hash (note);
+         INSERT INTO ia SELECT g, 'u' || g || '@x', g % 100, 'n' || g FROM generate_series(1, 1000) g;
+         CREATE TABLE inone (id int PRIMARY KEY, v int);
+         INSERT INTO inone SELECT g, g FROM generate_series(1, 10) g;",
+    );
+    db.add_su_connector("c");
+    let e = db.target_sql("SELECT livesync.add_table('ia', indexes => 'some')").err("indexes => 'some'");
+    assert_sqlstate(&e, "22023");
+    assert!(e.hint().contains("'all'"), "{e}");
+    db.target_sql("SELECT livesync.add_table('ia', indexes => 'all')").ok("indexes => 'all'");
+    let out = db.target_sql("SELECT livesync.add_table('inone', indexes => 'none')");
+    let warned = out.warnings().iter().any(|w| w.message.contains("gets no index"));
+    out.ok("indexes => 'none'");
+    assert!(warned, "a WARNING about the missing index");
+    db.wait_ready("public.ia");
+    db.wait_ready("public.inone");
+    let idx: Vec<String> = db
+        .tgt("SELECT indexname || ': ' || regexp_replace(indexdef, '^.* USING ', '') AS d FROM pg_indexes WHERE tablename = 'ia' ORDER BY 1")
+        .iter()
+        .map(|r| r.text("d").to_string())
+        .collect();
+    assert_eq!(
+        idx,
+        vec![
+            "ia_email: btree (lower(email))".to_string(),
+            "ia_note_hash: hash (note)".to_string(),
+            "ia_pkey: btree (id)".to_string(),
+            "ia_v_partial: btree (v DESC) WHERE (v > 10)".to_string(),
+        ]
+    );
+    assert_eq!(db.tgt("SELECT count(*) AS n FROM pg_indexes WHERE tablename = 'inone'")[0].int("n"), 0);
+    db.src("UPDATE ia SET v = -v WHERE id < 50; UPDATE inone SET v = 0 WHERE id = 3");
+    db.wait_same(&Compare::same("ia", "id"), Duration::from_secs(30));
+    db.wait_same(&Compare::same("inone", "id"), Duration::from_secs(30));
+}
