@@ -7,7 +7,8 @@
 //! themselves with a fresh database per test on both sides; the ones that stop
 //! or restart a server get dedicated clusters.
 //!
-//! Environment: LIVESYNC_KEEP_CLUSTERS=1 keeps clusters and databases for
+//! Environment: LIVESYNC_TEST_WITHOUT_TIMESCALEDB=1 skips the TimescaleDB tests as if it
+//! were not installed; LIVESYNC_KEEP_CLUSTERS=1 keeps clusters and databases for
 //! inspection; LIVESYNC_TEST_TIMEOUT_SECS bounds the whole run (default 1200).
 
 mod support;
