@@ -9,6 +9,7 @@
 //! Without them each test prints a SKIPPED banner and passes.
 
 use std::path::PathBuf;
+use std::io::Write;
 use std::time::Duration;
 
 use crate::support::*;
@@ -22,7 +23,9 @@ fn bindir(major: u32) -> Option<PathBuf> {
 
 fn sync_from(major: u32) {
     let Some(bin) = bindir(major) else {
-        eprintln!(
+        // Straight to stderr: the test harness captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n**********************************************************************\n\
              SKIPPED source_versions::pg{major}: no PostgreSQL {major} binaries in\n\
              target/pg-sources/{major} (run bash scripts/source-versions.sh).\n\

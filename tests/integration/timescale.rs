@@ -6,6 +6,7 @@
 //! TimescaleDB is in no package registry here: these tests need it installed in the PostgreSQL
 //! under test and print a SKIPPED banner (and pass) when it is not. Tested with 2.28.3.
 
+use std::io::Write;
 use std::time::Duration;
 
 use crate::support::*;
@@ -15,7 +16,9 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A test database on the TimescaleDB clusters, or None (with a loud banner) without TimescaleDB.
 fn ts_db(test: &str) -> Option<TestDb<'static>> {
     if !timescaledb_installed() {
-        eprintln!(
+        // Straight to stderr: the test harness captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n**********************************************************************\n\
              SKIPPED timescale::{test}: TimescaleDB is not installed in this PostgreSQL\n\
              (no timescaledb.so in pg_config --pkglibdir). Install TimescaleDB 2.28\n\
