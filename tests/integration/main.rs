@@ -27,4 +27,5 @@ mod sync_add_table;
 mod sync_copy;
 mod sync_stream;
 mod sync_crash;
+mod tls;
 mod timescale;

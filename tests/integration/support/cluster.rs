@@ -73,7 +73,7 @@ fn postgres_ids() -> (u32, u32) {
     })
 }
 
-fn chown_to_postgres(path: &Path) {
+pub fn chown_to_postgres(path: &Path) {
     if running_as_root() {
         let (uid, gid) = postgres_ids();
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
