@@ -4,7 +4,8 @@
 #
 #   bash bench/run.sh                 # ~1.1 GB dataset (BENCH_GB=1)
 #   BENCH_GB=0.2 bash bench/run.sh    # quicker, smaller
-#   BENCH_SKIP_COPY=1 / BENCH_SKIP_APPLY=1 to run only one half
+#   BENCH_SKIP_COPY=1 / BENCH_SKIP_APPLY=1 to run only one half; BENCH_SKIP_HYPERTABLE=1 skips the
+#   hypertable copy (which runs only when TimescaleDB is installed)
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
 # 56432 (source) and 56433 (target). Results are printed as a Markdown table.
@@ -164,6 +165,50 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   echo "livesync vs native: $(python3 -c "print(f'{$NATIVE_COPY/$LS_COPY:.2f}x')") faster"
   echo "livesync with one copy worker vs the raw binary pipe + keys (one stream each): $(python3 -c "print(f'{$RAW_BIN_KEYS/$LS_ONE:.2f}x')")"
   results=()
+fi
+
+# ---- hypertables (only with TimescaleDB installed): into a hypertable, livesync vs a raw pipe ------
+# Native subscriptions cannot write into hypertables (rows vanish into the root), so the reference
+# is a raw binary COPY pipe into the same hypertable (TimescaleDB's own COPY path), keys after.
+if [ -z "${BENCH_SKIP_COPY:-}" ] && [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/timescaledb.so" ]; then
+  tgt -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'livesync,timescaledb'" -c "ALTER SYSTEM SET timescaledb.telemetry_level = 'off'"
+  as_pg "$BIN/pg_ctl" -D "$W/target" -m fast -w restart >/dev/null
+  HT_BYTES=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
+  HT_DDL="CREATE EXTENSION timescaledb; $(echo "$SCHEMA" | sed -n '/CREATE TABLE metrics/,/PRIMARY KEY/p' | sed 's/, PRIMARY KEY (device_id, time)//');
+          SELECT create_hypertable('metrics', by_range('time', interval '1 hour'), create_default_indexes => false);"
+  fresh_target
+  tgt -d bench -c "$HT_DDL" >/dev/null
+  say "hypertable: raw binary pipe"
+  t0=$(now)
+  src -d bench -c "COPY metrics TO STDOUT (FORMAT binary)" | tgt -d bench -c "COPY metrics FROM STDIN (FORMAT binary)"
+  tgt -d bench -c "ALTER TABLE metrics ADD PRIMARY KEY (device_id, time)"
+  t1=$(now)
+  HT_RAW=$(python3 -c "print($t1-$t0)")
+  HT_ROOT_RAW=$(tgt -d bench -At -c "SELECT count(*) FROM ONLY metrics")
+  say "hypertable: livesync"
+  fresh_target
+  tgt -d bench -c "CREATE EXTENSION timescaledb" -c "CREATE EXTENSION livesync" >/dev/null
+  t0=$(now)
+  tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
+  tgt -d bench -c "SELECT livesync.add_table('public.metrics', hypertable => true, chunk_interval => '1 hour')" >/dev/null 2>&1
+  wait_sql bench "SELECT bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
+  t1=$(now)
+  HT_LS=$(python3 -c "print($t1-$t0)")
+  HT_ROOT_LS=$(tgt -d bench -At -c "SELECT count(*) FROM ONLY metrics")
+  HT_CHUNKS=$(tgt -d bench -At -c "SELECT count(*) FROM show_chunks('metrics')")
+  HT_RANGES=$(tgt -d bench -At -c "SELECT ranges_total FROM livesync.table_progress")
+  tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+  tgt -d postgres -c "ALTER SYSTEM RESET shared_preload_libraries" -c "ALTER SYSTEM RESET timescaledb.telemetry_level"
+  as_pg "$BIN/pg_ctl" -D "$W/target" -m fast -w restart >/dev/null
+  echo
+  echo "### Initial copy into a TimescaleDB hypertable — metrics only, $(python3 -c "print(round($HT_BYTES/1e6))") MB, $HT_CHUNKS chunks of 1 hour"
+  echo
+  echo "| method | seconds | MB/s | rows left in the root |"
+  echo "| --- | ---: | ---: | ---: |"
+  echo "| raw binary \`COPY\` pipe into the hypertable + primary key | $(python3 -c "print(f'{$HT_RAW:.1f} | {$HT_BYTES/1e6/$HT_RAW:.0f}')") | $HT_ROOT_RAW |"
+  echo "| livesync \`add_table(hypertable => true)\` ($HT_RANGES ranges) until copied | $(python3 -c "print(f'{$HT_LS:.1f} | {$HT_BYTES/1e6/$HT_LS:.0f}')") | $HT_ROOT_LS |"
+  echo
+  echo "livesync into a hypertable vs the raw binary pipe into it: $(python3 -c "print(f'{$HT_RAW/$HT_LS:.2f}x')")"
 fi
 
 if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
