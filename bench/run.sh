@@ -4,8 +4,8 @@
 #
 #   bash bench/run.sh                 # ~1.1 GB dataset (BENCH_GB=1)
 #   BENCH_GB=0.2 bash bench/run.sh    # quicker, smaller
-#   BENCH_SKIP_COPY=1 / BENCH_SKIP_APPLY=1 to run only one half; BENCH_SKIP_HYPERTABLE=1 skips the
-#   hypertable copy (which runs only when TimescaleDB is installed)
+#   BENCH_SKIP_COPY=1 / BENCH_SKIP_APPLY=1 / BENCH_SKIP_HYPERTABLE=1 skip a part (the hypertable
+#   copy runs only when TimescaleDB is installed)
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
 # 56432 (source) and 56433 (target). Results are printed as a Markdown table.
@@ -170,8 +170,8 @@ fi
 # ---- hypertables (only with TimescaleDB installed): into a hypertable, livesync vs a raw pipe ------
 # Native subscriptions cannot write into hypertables (rows vanish into the root), so the reference
 # is a raw binary COPY pipe into the same hypertable (TimescaleDB's own COPY path), keys after.
-if [ -z "${BENCH_SKIP_COPY:-}" ] && [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/timescaledb.so" ]; then
-  tgt -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'livesync,timescaledb'" -c "ALTER SYSTEM SET timescaledb.telemetry_level = 'off'"
+if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/timescaledb.so" ]; then
+  tgt -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'livesync,timescaledb'"
   as_pg "$BIN/pg_ctl" -D "$W/target" -m fast -w restart >/dev/null
   HT_BYTES=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
   HT_DDL="CREATE EXTENSION timescaledb; $(echo "$SCHEMA" | sed -n '/CREATE TABLE metrics/,/PRIMARY KEY/p' | sed 's/, PRIMARY KEY (device_id, time)//');
@@ -198,7 +198,7 @@ if [ -z "${BENCH_SKIP_COPY:-}" ] && [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f 
   HT_CHUNKS=$(tgt -d bench -At -c "SELECT count(*) FROM show_chunks('metrics')")
   HT_RANGES=$(tgt -d bench -At -c "SELECT ranges_total FROM livesync.table_progress")
   tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
-  tgt -d postgres -c "ALTER SYSTEM RESET shared_preload_libraries" -c "ALTER SYSTEM RESET timescaledb.telemetry_level"
+  tgt -d postgres -c "ALTER SYSTEM RESET shared_preload_libraries"
   as_pg "$BIN/pg_ctl" -D "$W/target" -m fast -w restart >/dev/null
   echo
   echo "### Initial copy into a TimescaleDB hypertable — metrics only, $(python3 -c "print(round($HT_BYTES/1e6))") MB, $HT_CHUNKS chunks of 1 hour"

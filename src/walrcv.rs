@@ -96,7 +96,7 @@ impl ReplicationConn {
     }
 
     /// `START_REPLICATION SLOT slot LOGICAL start (proto_version …, publication_names …)`.
-    pub fn start_logical(&mut self, slot: &str, start: u64, proto_version: u32, publication: &str) -> Result<(), String> {
+    pub fn start_logical(&mut self, slot: &str, start: u64, proto_version: u32, streaming: bool, publication: &str) -> Result<(), String> {
         let f = functions();
         let slot = CString::new(slot).unwrap();
         let publication = CString::new(publication).unwrap();
@@ -109,7 +109,7 @@ impl ReplicationConn {
             opts.proto.logical.publication_names =
                 pg_sys::lappend(std::ptr::null_mut(), pg_sys::makeString(pg_sys::pstrdup(publication.as_ptr())).cast());
             opts.proto.logical.binary = false;
-            opts.proto.logical.streaming = false;
+            opts.proto.logical.streaming = streaming;
             opts.proto.logical.twophase = false;
             let conn = self.conn;
             let ok = catch(|| pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_startstreaming.unwrap())(conn, &opts)))?;

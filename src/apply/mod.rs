@@ -58,6 +58,7 @@ use std::collections::{HashMap, HashSet};
 
 pub mod relmap;
 pub mod origin;
+pub mod spool;
 
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -530,6 +531,8 @@ impl Applier {
                 self.pending_end = Some((c.end_lsn.0, c.commit_time));
             }
             LogicalMessage::Relation(r) => {
+                // Inside a streamed transaction's block this arrives between transactions.
+                self.begin_target_txn();
                 let remote = RemoteRelation {
                     oid: r.rel_id,
                     schema: r.namespace,

@@ -720,6 +720,12 @@ impl Decoder {
         Decoder::default()
     }
 
+    /// A decoder inside a stream block: for replaying the spooled messages of a streamed
+    /// transaction (changes with their leading xid).
+    pub fn streamed() -> Self {
+        Decoder { in_stream: true }
+    }
+
     /// Whether the last message decoded was inside a stream block.
     pub fn in_stream(&self) -> bool {
         self.in_stream

@@ -19,7 +19,8 @@ use pgrx::prelude::*;
 
 use crate::apply::{origin, ApplyError, Applier};
 use crate::catalog::{self, tables, Connector};
-use crate::source::pgoutput::{self, Decoder, ReplicationMessage};
+use crate::apply::spool::Spool;
+use crate::source::pgoutput::{self, Begin, Commit, Decoder, LogicalMessage, ReplicationMessage, StreamCommit};
 use crate::walrcv::{ReplicationConn, Received};
 
 /// Commit the target transaction at the next source commit once it holds this many changes.
@@ -206,12 +207,21 @@ pub fn run(
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e),
     };
-    if let Err(e) = conn.start_logical(&c.slot_name, start, 1, &c.publication_name) {
+    // PostgreSQL 14+ sources stream large transactions while they run (protocol 2), and the
+    // target spools them until they commit (see apply::spool); 13 sends them at commit.
+    let streaming = conn.server_version() >= 140000;
+    let mut spool = match Spool::new(c.id) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(format!("could not prepare the spool for streamed transactions: {e}")),
+    };
+    if let Err(e) = conn.start_logical(&c.slot_name, start, if streaming { 2 } else { 1 }, streaming, &c.publication_name) {
         return Outcome::Failed(e);
     }
     let _ = super::in_transaction(|| catalog::report_running(c.id));
 
     let mut decoder = Decoder::new();
+    // The transaction whose Stream Start … Stream Stop block is being received.
+    let mut stream_xid: Option<u32> = None;
     let mut applier = Applier::new(c.id, c.auto_add_columns);
     let mut p = Progress {
         received: start,
@@ -253,6 +263,43 @@ pub fn run(
                             Ok(d) => d,
                             Err(e) => return abort(&mut applier, Outcome::Failed(format!("invalid pgoutput message: {e}"))),
                         };
+                        // Streamed transactions go to the spool; their commit replays them.
+                        let spooled = match &decoded {
+                            LogicalMessage::StreamStart(s) => {
+                                stream_xid = Some(s.xid);
+                                spool.start(s.xid, s.first_segment).map(|_| true)
+                            }
+                            LogicalMessage::StreamStop => {
+                                stream_xid = None;
+                                Ok(true)
+                            }
+                            LogicalMessage::StreamAbort(a) => spool.abort(a.xid, a.subxid).map(|_| true),
+                            LogicalMessage::StreamCommit(_) => Ok(false),
+                            // RELATION and TYPE messages are spooled and also taken in at once: a
+                            // subtransaction abort may cut away the block that carried them, while
+                            // later changes of the transaction still refer to them.
+                            m => match stream_xid {
+                                Some(xid) => {
+                                    let described = matches!(m, LogicalMessage::Relation(_) | LogicalMessage::Type(_));
+                                    spool.append(xid, if described { None } else { m.xid() }, data).map(|_| !described)
+                                }
+                                None => Ok(false),
+                            },
+                        };
+                        match spooled {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => {
+                                return abort(&mut applier, Outcome::Failed(format!("could not spool a streamed transaction: {e}")))
+                            }
+                        }
+                        if let LogicalMessage::StreamCommit(sc) = decoded {
+                            if let Err(o) = replay(&mut applier, &mut spool, &sc, &mut conn, &mut p) {
+                                return o;
+                            }
+                            last_feedback = Instant::now();
+                            continue;
+                        }
                         match guarded(&mut applier, |a| a.handle(decoded)) {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return table_error(&mut applier, e),
@@ -365,6 +412,47 @@ pub fn run(
             }
             Received::End => return abort(&mut applier, Outcome::Failed("the source ended the replication stream".into())),
         }
+    }
+}
+
+/// Apply a committed streamed transaction from the spool, as one source transaction. Feedback
+/// keeps going out meanwhile (the socket is not read while a long replay runs, and the walsender
+/// must still hear from us within its timeout).
+fn replay(applier: &mut Applier, spool: &mut Spool, sc: &StreamCommit, conn: &mut ReplicationConn, p: &mut Progress) -> Result<(), Outcome> {
+    let messages = match spool.take(sc.xid) {
+        Ok(m) => m,
+        Err(e) => return Err(abort(applier, Outcome::Failed(format!("could not read a spooled transaction: {e}")))),
+    };
+    let begin = LogicalMessage::Begin(Begin { final_lsn: sc.commit_lsn, commit_time: sc.commit_time, xid: sc.xid });
+    let mut decoder = Decoder::streamed();
+    let mut last_feedback = Instant::now();
+    let mut next = Some(Ok(begin));
+    let mut messages = messages.into_iter().flatten();
+    while let Some(m) = next.take() {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => return Err(abort(applier, Outcome::Failed(e))),
+        };
+        match guarded(applier, |a| a.handle(m)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(table_error(applier, e)),
+            Err(message) => return Err(pg_error(applier, message)),
+        }
+        if last_feedback.elapsed() >= FEEDBACK_INTERVAL {
+            p.feedback(conn, false, false);
+            last_feedback = Instant::now();
+        }
+        next = match messages.next() {
+            Some(Ok(raw)) => Some(decoder.decode(&raw).map_err(|e| format!("invalid spooled pgoutput message: {e}"))),
+            Some(Err(e)) => Some(Err(format!("could not read a spooled transaction: {e}"))),
+            None => None,
+        };
+    }
+    let commit = LogicalMessage::Commit(Commit { flags: sc.flags, commit_lsn: sc.commit_lsn, end_lsn: sc.end_lsn, commit_time: sc.commit_time });
+    match guarded(applier, |a| a.handle(commit)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(table_error(applier, e)),
+        Err(message) => Err(pg_error(applier, message)),
     }
 }
 

@@ -658,3 +658,73 @@ fn batched_changes_keep_per_table_order() {
     }
     db.fail_if_any(&failures);
 }
+
+/// Large transactions are streamed by a PostgreSQL 14+ source while they run (protocol 2; here
+/// beyond `logical_decoding_work_mem = 64kB`) and spooled on the target until their commit:
+/// savepoints rolled back, released and nested, other transactions committing meanwhile, and a
+/// streamed transaction that aborts. The target ends equal and keeps no spool file.
+#[test]
+fn streamed_transactions_with_subtransaction_aborts() {
+    let source = Cluster::start_new("stream_source", source_config().with_conf("logical_decoding_work_mem = '64kB'"));
+    prepare_source(&source);
+    let db = TestDb::on(&source, shared_target(), "streamed_txns");
+    db.src(
+        "CREATE TABLE big (id int PRIMARY KEY, v text, pad text);
+         CREATE TABLE small (id int PRIMARY KEY, v text);
+         INSERT INTO big VALUES (-1, 'before', '');",
+    );
+    db.add_su_connector("c");
+    db.add_table_ok("big");
+    db.add_table_ok("small");
+    db.wait_ready("public.big");
+    db.wait_ready("public.small");
+
+    let mut session = source.connect(&db.name);
+    session
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO big SELECT g, 'v' || g, repeat('x', 200) FROM generate_series(1, 20000) g;
+             SAVEPOINT a;
+               INSERT INTO big SELECT g, 'rolled back', repeat('r', 200) FROM generate_series(20001, 30000) g;
+               UPDATE big SET v = 'rolled back too' WHERE id < 100;
+             ROLLBACK TO SAVEPOINT a;
+             SAVEPOINT b;
+               UPDATE big SET v = 'kept' WHERE id % 10 = 0;
+               SAVEPOINT c;
+                 DELETE FROM big WHERE id % 3 = 0;
+               RELEASE SAVEPOINT c;
+               SAVEPOINT d;
+                 UPDATE big SET pad = 'nested, rolled back' WHERE id % 7 = 0;
+               ROLLBACK TO SAVEPOINT d;",
+        )
+        .expect("the big transaction, first part");
+    // Committed (and applied) while the big transaction is still open.
+    db.src("INSERT INTO small VALUES (1, 'committed while big runs'); UPDATE big SET v = 'outside' WHERE id = -1;");
+    session
+        .batch_execute(
+            "INSERT INTO big SELECT g, 'after', repeat('z', 200) FROM generate_series(40001, 45000) g;
+             COMMIT;
+             BEGIN;
+             INSERT INTO big SELECT g, 'aborted', repeat('y', 200) FROM generate_series(50001, 70000) g;
+             ROLLBACK;",
+        )
+        .expect("the big transaction, end; an aborted one");
+    db.src("INSERT INTO small VALUES (2, 'last')");
+    let mut failures = Vec::new();
+    for cmp in [Compare::same("big", "id"), Compare::same("small", "id")] {
+        if let Err(r) = db.try_wait_same(&cmp, Duration::from_secs(60)) {
+            failures.push(r);
+        }
+    }
+    db.fail_if_any(&failures);
+    // The source really streamed them.
+    wait_until("the source to count streamed transactions", Duration::from_secs(15), || {
+        let rows = db.src("SELECT coalesce(sum(stream_txns), 0)::int8 AS n FROM pg_stat_replication_slots WHERE slot_name LIKE 'livesync%'");
+        if rows[0].int("n") >= 2 { Ok(()) } else { Err(format!("{rows:?}")) }
+    });
+    let tmp = shared_target().datadir().join("base/pgsql_tmp");
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.contains("livesync")).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "spool files left on the target: {left:?}");
+}
