@@ -171,8 +171,8 @@ fi
 # Native subscriptions cannot write into hypertables (rows vanish into the root), so the reference
 # is a raw binary COPY pipe into the same hypertable (TimescaleDB's own COPY path), keys after.
 if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/timescaledb.so" ]; then
-  tgt -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'livesync,timescaledb'"
-  as_pg "$BIN/pg_ctl" -D "$W/target" -m fast -w restart >/dev/null
+  tgt -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = livesync, timescaledb"
+  as_pg "$BIN/pg_ctl" -D "$W/target" -l "$W/target.log" -m fast -w restart >/dev/null
   HT_BYTES=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
   HT_DDL="CREATE EXTENSION timescaledb; $(echo "$SCHEMA" | sed -n '/CREATE TABLE metrics/,/PRIMARY KEY/p' | sed 's/, PRIMARY KEY (device_id, time)//');
           SELECT create_hypertable('metrics', by_range('time', interval '1 hour'), create_default_indexes => false);"
@@ -199,7 +199,7 @@ if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/time
   HT_RANGES=$(tgt -d bench -At -c "SELECT ranges_total FROM livesync.table_progress")
   tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
   tgt -d postgres -c "ALTER SYSTEM RESET shared_preload_libraries"
-  as_pg "$BIN/pg_ctl" -D "$W/target" -m fast -w restart >/dev/null
+  as_pg "$BIN/pg_ctl" -D "$W/target" -l "$W/target.log" -m fast -w restart >/dev/null
   echo
   echo "### Initial copy into a TimescaleDB hypertable — metrics only, $(python3 -c "print(round($HT_BYTES/1e6))") MB, $HT_CHUNKS chunks of 1 hour"
   echo

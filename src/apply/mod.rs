@@ -25,6 +25,11 @@
 //! applied twice. The slot's flush position sent to the source only covers commits that are
 //! durable on the target (`XLogFlush` first).
 //!
+//! # Streamed transactions
+//! From PostgreSQL 14+ sources, transactions larger than the source's `logical_decoding_work_mem`
+//! arrive in blocks while they run; `spool` keeps each on disk until its `Stream Commit`, which
+//! replays it here as one ordinary source transaction (`Begin` at its commit LSN … `Commit`).
+//!
 //! # Hand-off with the initial copy
 //! The connector worker copies and streams in turn, never at the same time (the stream is
 //! stopped while a batch of tables is copied, then restarts from the origin's position). A change
