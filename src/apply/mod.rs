@@ -26,8 +26,8 @@
 //! durable on the target (`XLogFlush` first).
 //!
 //! # Streamed transactions
-//! From PostgreSQL 14+ sources, transactions larger than the source's `logical_decoding_work_mem`
-//! arrive in blocks while they run; `spool` keeps each on disk until its `Stream Commit`, which
+//! From PostgreSQL 14+ sources with `livesync.stream_in_progress` on, transactions larger than the
+//! source's `logical_decoding_work_mem` arrive in blocks while they run; `spool` keeps each on disk until its `Stream Commit`, which
 //! replays it here as one ordinary source transaction (`Begin` at its commit LSN … `Commit`).
 //!
 //! # Hand-off with the initial copy

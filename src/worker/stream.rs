@@ -207,9 +207,9 @@ pub fn run(
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e),
     };
-    // PostgreSQL 14+ sources stream large transactions while they run (protocol 2), and the
-    // target spools them until they commit (see apply::spool); 13 sends them at commit.
-    let streaming = conn.server_version() >= 140000;
+    // PostgreSQL 14+ sources can stream large transactions while they run (protocol 2), the
+    // target spooling them until they commit (see apply::spool); otherwise they come at commit.
+    let streaming = conn.server_version() >= 140000 && crate::guc::STREAM_IN_PROGRESS.get();
     let mut spool = match Spool::new(c.id) {
         Ok(s) => s,
         Err(e) => return Outcome::Failed(format!("could not prepare the spool for streamed transactions: {e}")),

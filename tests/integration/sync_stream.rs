@@ -667,7 +667,8 @@ fn batched_changes_keep_per_table_order() {
 fn streamed_transactions_with_subtransaction_aborts() {
     let source = Cluster::start_new("stream_source", source_config().with_conf("logical_decoding_work_mem = '64kB'"));
     prepare_source(&source);
-    let db = TestDb::on(&source, shared_target(), "streamed_txns");
+    let target = Cluster::start_new("stream_target", ClusterConfig::target().with_conf("livesync.stream_in_progress = on"));
+    let db = TestDb::on(&source, &target, "streamed_txns");
     db.src(
         "CREATE TABLE big (id int PRIMARY KEY, v text, pad text);
          CREATE TABLE small (id int PRIMARY KEY, v text);
@@ -722,7 +723,7 @@ fn streamed_transactions_with_subtransaction_aborts() {
         let rows = db.src("SELECT coalesce(sum(stream_txns), 0)::int8 AS n FROM pg_stat_replication_slots WHERE slot_name LIKE 'livesync%'");
         if rows[0].int("n") >= 2 { Ok(()) } else { Err(format!("{rows:?}")) }
     });
-    let tmp = shared_target().datadir().join("base/pgsql_tmp");
+    let tmp = target.datadir().join("base/pgsql_tmp");
     let left: Vec<String> = std::fs::read_dir(&tmp)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.contains("livesync")).collect())
         .unwrap_or_default();
