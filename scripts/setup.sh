@@ -16,7 +16,7 @@ PGRX_VERSION=0.18.1
 PG_MAJOR=15
 APT_PACKAGES=(
   "postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}"
-  libclang-dev clang pkg-config libssl-dev openssl sudo
+  libclang-dev clang pkg-config libssl-dev openssl python3 sudo
 )
 
 release=0

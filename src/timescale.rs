@@ -41,7 +41,7 @@ pub fn installed() -> bool {
 }
 
 /// The time column of hypertable `relid`; None when it is not a hypertable (or TimescaleDB is
-/// not installed).
+/// not installed). This is also how livesync tells a hypertable from a plain table.
 pub fn time_column(relid: pg_sys::Oid) -> Option<String> {
     if !installed() {
         return None;
@@ -58,23 +58,6 @@ pub fn time_column(relid: pg_sys::Oid) -> Option<String> {
     )
     .ok()
     .flatten()
-}
-
-pub fn is_hypertable(relid: pg_sys::Oid) -> bool {
-    if !installed() {
-        return false;
-    }
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (
-             SELECT 1 FROM timescaledb_information.hypertables h
-               JOIN pg_catalog.pg_namespace n ON n.nspname = h.hypertable_schema
-               JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = h.hypertable_name
-              WHERE c.oid = $1)",
-        &[relid.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
 }
 
 /// Bytes a chunk should hold: TimescaleDB advises that the chunks being written fit in a quarter

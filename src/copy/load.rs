@@ -108,7 +108,7 @@ pub enum Route {
 /// The route for table `relid`: the executor for TimescaleDB hypertables, `CopyFrom` otherwise.
 /// Needs a transaction.
 pub fn route_for(relid: pg_sys::Oid) -> Route {
-    if crate::timescale::is_hypertable(relid) {
+    if crate::timescale::time_column(relid).is_some() {
         Route::Executor
     } else {
         Route::CopyFrom

@@ -152,7 +152,7 @@ pub fn prepare(def: &TableDef, schema: &str, name: &str, hypertable: Option<&Hyp
     if let Some(relid) = relid {
         check_existing_target(def, &target_q)?;
         if let Some(spec) = hypertable {
-            if !crate::timescale::is_hypertable(relid) {
+            if crate::timescale::time_column(relid).is_none() {
                 crate::timescale::create_hypertable(&target_q, spec)?;
             }
         }
