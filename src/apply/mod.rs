@@ -139,7 +139,7 @@ fn approx_bytes(values: &[Option<String>]) -> usize {
     values.iter().map(|v| v.as_ref().map_or(1, |s| s.len() + 1)).sum::<usize>() + 16
 }
 
-/// Flush an insert batch once it holds this much COPY data.
+/// Apply a table's batch once it holds this much data.
 const INSERT_BATCH_BYTES: usize = 8 << 20;
 
 #[derive(Default)]
@@ -330,11 +330,17 @@ impl Applier {
         &mut self.batches[pos]
     }
 
-    /// Account for `n` more bytes in `table_id`'s batch; apply it when it is large enough, and
-    /// everything when all batches together are.
-    fn grew(&mut self, table_id: i32, n: usize, limit: usize) {
+    /// A change of `table_id` went into its batch, `n` bytes more: count it, and apply the batch
+    /// when it is large enough, everything when all batches together are.
+    fn batched(&mut self, table_id: i32, n: usize) {
+        self.count(table_id, true);
+        self.changes_in_txn += 1;
         self.pending_bytes += n;
-        let full = self.batches.iter().find(|b| b.table_id == table_id).is_some_and(|b| b.bytes >= limit);
+        let batch = self.batches.iter_mut().find(|b| b.table_id == table_id);
+        let full = batch.is_some_and(|b| {
+            b.bytes += n;
+            b.bytes >= INSERT_BATCH_BYTES
+        });
         if full {
             self.flush_table(table_id);
         } else if self.pending_bytes >= MAX_PENDING_BYTES {
@@ -585,10 +591,7 @@ impl Applier {
                 data.push(b'\n');
                 *rows += 1;
                 let added = data.len() - before;
-                b.bytes += added;
-                self.count(t.id, true);
-                self.changes_in_txn += 1;
-                self.grew(t.id, added, INSERT_BATCH_BYTES);
+                self.batched(t.id, added);
             }
             LogicalMessage::Update(up) => {
                 let Some((t, target)) = self.gate(up.rel_id)? else { return Ok(()) };
@@ -617,10 +620,7 @@ impl Applier {
                             rows.push((key, vals));
                         }
                     }
-                    b.bytes += n;
-                    self.count(t.id, true);
-                    self.changes_in_txn += 1;
-                    self.grew(t.id, n, INSERT_BATCH_BYTES);
+                    self.batched(t.id, n);
                     return Ok(());
                 }
                 self.flush_table(t.id);
@@ -682,10 +682,7 @@ impl Applier {
                     if seen.insert(key.clone()) {
                         keys.push(key);
                     }
-                    b.bytes += n;
-                    self.count(t.id, true);
-                    self.changes_in_txn += 1;
-                    self.grew(t.id, n, INSERT_BATCH_BYTES);
+                    self.batched(t.id, n);
                     return Ok(());
                 }
                 self.flush_table(t.id);
