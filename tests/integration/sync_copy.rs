@@ -456,13 +456,7 @@ fn copy_fidelity() {
         }
         db.src(&format!("DELETE FROM {t} WHERE id IN (103, 111)"));
     }
-    let mut failures = Vec::new();
-    for (t, _) in tables {
-        if let Err(r) = db.try_wait_same(&Compare::same(t, "id"), Duration::from_secs(60)) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.wait_all_same(&tables.iter().map(|(t, _)| Compare::same(t, "id")).collect::<Vec<_>>(), Duration::from_secs(60));
     for (t, _) in tables {
         db.wait_ready(&format!("public.{t}"));
         let row = db.progress_when(&format!("public.{t}"), |r| r.int("changes_applied") >= 6 + 6 + 3 + 2 + 2);

@@ -38,13 +38,7 @@ fn update_primary_key() {
          UPDATE k2 SET a = a + 100, v = -v WHERE b = 'b5';
          DELETE FROM k2 WHERE a = 104;",
     );
-    let mut failures = Vec::new();
-    for cmp in [Compare::same("k", "id"), Compare::same("k2", "a, b")] {
-        if let Err(r) = db.try_wait_same(&cmp, WAIT) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.wait_all_same(&[Compare::same("k", "id"), Compare::same("k2", "a, b")], WAIT);
 }
 
 #[test]
@@ -105,18 +99,12 @@ fn replica_identity_full_and_default() {
          UPDATE ri_full_pk SET id = id + 100 WHERE id % 5 = 0;
          DELETE FROM ri_full_pk WHERE id % 9 = 0;",
     );
-    let mut failures = Vec::new();
-    for cmp in [
+    db.wait_all_same(&[
         Compare::same("ri_default", "id"),
         Compare::same("ri_index", "a, b"),
         Compare::by_row("ri_full"),
         Compare::same("ri_full_pk", "id"),
-    ] {
-        if let Err(r) = db.try_wait_same(&cmp, WAIT) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    ], WAIT);
 }
 
 /// REPLICA IDENTITY FULL with identical rows: an UPDATE or DELETE of one of
@@ -244,24 +232,12 @@ fn truncate() {
          INSERT INTO tr3 VALUES (1, 'only row');
          COMMIT;",
     );
-    let mut failures = Vec::new();
-    for t in ["tr1", "tr3"] {
-        if let Err(r) = db.try_wait_same(&Compare::same(t, "id"), WAIT) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.wait_all_same(&["tr1", "tr3"].map(|t| Compare::same(t, "id")), WAIT);
 
     // Two tables at once, RESTART IDENTITY; the source's identities restart.
     db.src("TRUNCATE tr1, tr2 RESTART IDENTITY");
     db.src("INSERT INTO tr1 (v) VALUES ('x'), ('y'); INSERT INTO tr2 (v) VALUES ('z')");
-    let mut failures = Vec::new();
-    for t in ["tr1", "tr2", "tr3"] {
-        if let Err(r) = db.try_wait_same(&Compare::same(t, "id"), WAIT) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.wait_all_same(&["tr1", "tr2", "tr3"].map(|t| Compare::same(t, "id")), WAIT);
     assert_eq!(
         db.tgt("SELECT string_agg(id::text, ',' ORDER BY id) AS ids FROM tr1")[0].get("ids"),
         Some("1,2")
@@ -342,13 +318,7 @@ fn table_added_while_streaming() {
     let stats = load.stop();
     assert!(stats.commits > 100, "{stats:?}");
     db.wait_caught_up("c");
-    let mut failures = Vec::new();
-    for t in tables {
-        if let Err(r) = db.compare(&Compare::same(t, "id")) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.assert_all_same(&tables.iter().map(|t| Compare::same(t, "id")).collect::<Vec<_>>());
     let lb = db.progress_when("public.lb", |r| r.int("changes_applied") > 0);
     assert!(
         lb.int("changes_applied") > 0,
@@ -525,13 +495,7 @@ fn copy_and_stream_under_load() {
     assert!(stats.commits > 500, "{stats:?}");
 
     let caught_up = db.wait_caught_up("c");
-    let mut failures = Vec::new();
-    for t in tables {
-        if let Err(r) = db.compare(&Compare::same(t, "id")) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.assert_all_same(&tables.iter().map(|t| Compare::same(t, "id")).collect::<Vec<_>>());
     let lag = caught_up.int("lag_bytes");
     assert!(lag >= 0, "{caught_up:?}");
     for col in ["received_lsn", "flushed_lsn", "source_wal_end", "apply_lag"] {
@@ -645,18 +609,12 @@ fn batched_changes_keep_per_table_order() {
         ));
     }
     db.src(&script);
-    let mut failures = Vec::new();
-    for cmp in [
+    db.wait_all_same(&[
         Compare::same("acc", "id"),
         Compare::same("tel", "id"),
         Compare::same("hist", "id"),
         Compare::same("pair", "a, b"),
-    ] {
-        if let Err(r) = db.try_wait_same(&cmp, WAIT) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    ], WAIT);
 }
 
 /// Large transactions are streamed by a PostgreSQL 14+ source while they run (protocol 2; here
@@ -711,13 +669,7 @@ fn streamed_transactions_with_subtransaction_aborts() {
         )
         .expect("the big transaction, end; an aborted one");
     db.src("INSERT INTO small VALUES (2, 'last')");
-    let mut failures = Vec::new();
-    for cmp in [Compare::same("big", "id"), Compare::same("small", "id")] {
-        if let Err(r) = db.try_wait_same(&cmp, Duration::from_secs(60)) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.wait_all_same(&[Compare::same("big", "id"), Compare::same("small", "id")], Duration::from_secs(60));
     // The source really streamed them.
     wait_until("the source to count streamed transactions", Duration::from_secs(15), || {
         let rows = db.src("SELECT coalesce(sum(stream_txns), 0)::int8 AS n FROM pg_stat_replication_slots WHERE slot_name LIKE 'livesync%'");

@@ -368,6 +368,21 @@ impl TestDb<'_> {
         }
     }
 
+    /// Waits until every comparison in `cmps` holds (each up to `timeout`), then fails with the
+    /// report of every one that did not.
+    #[track_caller]
+    pub fn wait_all_same(&self, cmps: &[Compare], timeout: Duration) {
+        let failures: Vec<String> = cmps.iter().filter_map(|c| self.try_wait_same(c, timeout).err()).collect();
+        self.fail_if_any(&failures);
+    }
+
+    /// Fails with the report of every comparison in `cmps` that does not hold now.
+    #[track_caller]
+    pub fn assert_all_same(&self, cmps: &[Compare]) {
+        let failures: Vec<String> = cmps.iter().filter_map(|c| self.compare(c).err()).collect();
+        self.fail_if_any(&failures);
+    }
+
     /// Panics with every report in `failures` (and the context) if there is any.
     #[track_caller]
     pub fn fail_if_any(&self, failures: &[String]) {
