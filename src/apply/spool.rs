@@ -115,7 +115,8 @@ impl Spool {
     }
 
     /// Transactions spooled and not yet committed or aborted.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         self.files.len()
     }
 }

@@ -113,13 +113,7 @@ fn hypertable_copy_and_stream_land_in_chunks() {
          UPDATE events SET at = at + interval '30 days', payload = 'later' WHERE id % 10 = 0;
          DELETE FROM events WHERE id % 7 = 0;",
     );
-    let mut failures = Vec::new();
-    for cmp in [Compare::same("metrics", "device, time"), Compare::same("events", "id")] {
-        if let Err(r) = db.try_wait_same(&cmp, WAIT) {
-            failures.push(r);
-        }
-    }
-    db.fail_if_any(&failures);
+    db.wait_all_same(&[Compare::same("metrics", "device, time"), Compare::same("events", "id")], WAIT);
     for rel in ["metrics", "events"] {
         assert_root_empty(&db, rel);
     }
@@ -243,7 +237,12 @@ fn time_column_suggestion_and_hypertable_errors() {
     db.wait_ready("public.m");
     assert_eq!(chunks_or_zero(&db, "m"), 0);
 
-    // Integer time: the width is in the column's units.
+    // Integer time: the width is in the column's units, not an interval.
+    let e = db
+        .target_sql("SELECT livesync.add_table('by_int', time_column => 'epoch_ms', chunk_interval => '1 day')")
+        .err("interval width for an integer time column");
+    assert_sqlstate(&e, "22023");
+    assert_message_eq(&e, "chunk_interval \"1 day\" is not an integer, but time column \"epoch_ms\" is");
     db.target_sql("SELECT livesync.add_table('by_int', time_column => 'epoch_ms', chunk_interval => '86400000')")
         .ok("integer time column");
     db.wait_ready("public.by_int");
