@@ -148,11 +148,16 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   }
   say "livesync add_connector + add_table x4"
   LS_COPY=$(livesync_copy)
-  row "livesync (creates tables, keys built after load) until all copied" "$LS_COPY"
+  AUTO_WORKERS=$(( $(nproc) / 2 )); [ $AUTO_WORKERS -lt 1 ] && AUTO_WORKERS=1; [ $AUTO_WORKERS -gt 8 ] && AUTO_WORKERS=8
+  row "livesync, default settings ($AUTO_WORKERS copy worker(s) = half the CPUs; creates tables, keys built after load) until all copied" "$LS_COPY"
+  say "livesync, four copy workers"
+  tgt -d postgres -c "ALTER SYSTEM SET livesync.max_copy_workers = 4" -c "SELECT pg_reload_conf()" >/dev/null
+  LS_FOUR=$(livesync_copy)
+  row "livesync with four copy workers (tables and 256 MB ranges in parallel)" "$LS_FOUR"
   say "livesync, one copy worker"
   tgt -d postgres -c "ALTER SYSTEM SET livesync.max_copy_workers = 1" -c "ALTER SYSTEM SET livesync.copy_range_mb = 1048576" -c "SELECT pg_reload_conf()" >/dev/null
   LS_ONE=$(livesync_copy)
-  row "livesync with one copy worker (binary COPY, keys after load)" "$LS_ONE"
+  row "livesync with one copy worker and no ranges (binary COPY, keys after load)" "$LS_ONE"
   tgt -d postgres -c "ALTER SYSTEM RESET livesync.max_copy_workers" -c "ALTER SYSTEM RESET livesync.copy_range_mb" -c "SELECT pg_reload_conf()" >/dev/null
 
   echo

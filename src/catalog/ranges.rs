@@ -43,8 +43,10 @@ pub fn replace(table_id: i32, ranges: &[PageRange], snapshot: &str, binary: bool
     Ok(())
 }
 
-/// Claim the next range of connector `connector_id` nobody (alive) is loading. Commits on its
-/// own so other copy workers see the claim.
+/// Claim the next range of connector `connector_id` nobody (alive) is loading, biggest tables
+/// first: the coordinator builds a table's key once its last range is in, and that build then
+/// overlaps the loading of the smaller tables instead of trailing the whole batch. Commits on
+/// its own so other copy workers see the claim.
 pub fn claim_next(connector_id: i32) -> Result<Option<Claimed>> {
     Spi::connect_mut(|c| {
         let mut t = c.update(
@@ -57,7 +59,7 @@ pub fn claim_next(connector_id: i32) -> Result<Option<Claimed>> {
                        AND (cr.claimed_by IS NULL OR NOT EXISTS (
                               SELECT 1 FROM pg_catalog.pg_stat_activity a
                                WHERE a.pid = cr.claimed_by AND a.backend_type = 'livesync copy'))
-                     ORDER BY cr.table_id, cr.range_no
+                     ORDER BY t.est_bytes DESC NULLS LAST, cr.table_id, cr.range_no
                      LIMIT 1
                        FOR UPDATE OF cr SKIP LOCKED)
              RETURNING r.table_id, r.range_no, r.start_page, r.end_page, r.snapshot, r.binary_format,

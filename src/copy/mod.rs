@@ -8,7 +8,7 @@
 //! 2. for each table it reads the source definition under that snapshot, checks or creates the
 //!    target ([`target`]), decides the COPY format (binary when every column type is built in,
 //!    text otherwise) and splits large tables into ctid ranges ([`plan`]);
-//! 3. it starts up to `livesync.max_copy_workers` copy workers (`src/worker/copier.rs`), which
+//! 3. it starts up to `livesync.max_copy_workers` copy workers (by default half the CPUs) (`src/worker/copier.rs`), which
 //!    claim ranges, import the snapshot and stream each range's `COPY … TO STDOUT` into the
 //!    target through [`load`] — each range loaded and marked done in one target transaction;
 //! 4. it keeps the exporting connection open (the snapshot lives as long as it does) until every
@@ -187,7 +187,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
 
     // Run copy workers until every range is loaded (or failed for good), finishing tables as
     // their last range lands. The exporting connection (`snap`) stays open meanwhile.
-    let workers = (crate::guc::MAX_COPY_WORKERS.get() as usize).min(total_ranges).max(1);
+    let workers = crate::guc::copy_workers().min(total_ranges).max(1);
     let mut handles: Vec<DynamicBackgroundWorker> = (0..workers).filter_map(|_| crate::worker::copier::start(c.id)).collect();
     let mut restarts = 0;
     loop {
