@@ -6,6 +6,8 @@
 #   BENCH_GB=0.2 bash bench/run.sh    # quicker, smaller
 #   BENCH_SKIP_COPY=1 / BENCH_SKIP_APPLY=1 / BENCH_SKIP_HYPERTABLE=1 skip a part (the hypertable
 #   copy runs only when TimescaleDB is installed)
+#   BENCH_APPLY_CASES="a1 a2 b c"     # which apply workloads run (default: all four)
+#   BENCH_PERF=<file>                 # record `perf` system-wide while livesync applies
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
 # 56432 (source) and 56433 (target). Results are printed as a Markdown table.
@@ -236,6 +238,7 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
 
   apply_case() { # label, workload (SQL file or pgbench args via function)
     local label="$1"; shift
+    local label_short="$1"
     tgt -d a_native -c "ALTER SUBSCRIPTION apply_native DISABLE"
     tgt -d a_ls -c "SELECT livesync.pause_connector('apply')" >/dev/null
     sleep 2
@@ -246,7 +249,11 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
     for who in native ls; do
       local slot t0 t1
       if [ $who = native ]; then slot=apply_native; t0=$(now); tgt -d a_native -c "ALTER SUBSCRIPTION apply_native ENABLE"
-      else slot=$LS_SLOT; t0=$(now); tgt -d a_ls -c "SELECT livesync.resume_connector('apply')" >/dev/null; fi
+      else
+        slot=$LS_SLOT
+        [ -n "${BENCH_PERF:-}" ] && { perf record -a -g -o "$BENCH_PERF.$label_short" >/dev/null 2>&1 & perf_pid=$!; }
+        t0=$(now); tgt -d a_ls -c "SELECT livesync.resume_connector('apply')" >/dev/null
+      fi
       local peak=0
       until [ "$(src -d apply -At -c "SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = '$slot'")" = t ]; do
         if [ $who = ls ]; then
@@ -262,6 +269,7 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
       eval "T_$who=$(python3 -c "print($t1-$t0)")"
       eval "RSS_$who=$peak"
       [ $who = native ] && tgt -d a_native -c "ALTER SUBSCRIPTION apply_native DISABLE"
+      [ $who = ls ] && [ -n "${BENCH_PERF:-}" ] && { kill -INT $perf_pid; wait $perf_pid || true; }
     done
     tgt -d a_native -c "ALTER SUBSCRIPTION apply_native ENABLE"
     results+=("$(python3 -c "
@@ -278,10 +286,11 @@ print(f'| $label | {n} | {tn:.1f} | {n/tn:,.0f} | {$RSS_native/1024:.0f} | {tl:.
   w_tpcb() { CHANGES=$((80000 * 4)); as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 20000 apply >/dev/null 2>&1; }
   w_big() { CHANGES=2000000; src -d apply -c "INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, 2000000) i"; }
 
-  say "apply (a) insert-only time series, multi-row transactions"; apply_case "(a) time series, 1000-row transactions" w_ts_multi
-  say "apply (a) insert-only time series, single-row transactions"; apply_case "(a) time series, single-row transactions (4 clients)" w_ts_single
-  say "apply (b) pgbench TPC-B"; apply_case "(b) pgbench TPC-B-like (4 changes/txn, 4 clients)" w_tpcb
-  say "apply (c) one 2-million-row transaction"; apply_case "(c) one 2,000,000-row transaction" w_big
+  CASES=" ${BENCH_APPLY_CASES:-a1 a2 b c} "
+  case "$CASES" in *" a1 "*) say "apply (a) insert-only time series, multi-row transactions"; apply_case "(a) time series, 1000-row transactions" w_ts_multi;; esac
+  case "$CASES" in *" a2 "*) say "apply (a) insert-only time series, single-row transactions"; apply_case "(a) time series, single-row transactions (4 clients)" w_ts_single;; esac
+  case "$CASES" in *" b "*) say "apply (b) pgbench TPC-B"; apply_case "(b) pgbench TPC-B-like (4 changes/txn, 4 clients)" w_tpcb;; esac
+  case "$CASES" in *" c "*) say "apply (c) one 2-million-row transaction"; apply_case "(c) one 2,000,000-row transaction" w_big;; esac
 
   # equality check: livesync's copy of every table equals the source
   for t in $APPLY_TABLES; do
