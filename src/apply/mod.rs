@@ -139,8 +139,11 @@ fn approx_bytes(values: &[Option<String>]) -> usize {
     values.iter().map(|v| v.as_ref().map_or(1, |s| s.len() + 1)).sum::<usize>() + 16
 }
 
-/// Apply a table's batch once it holds this much data.
-const INSERT_BATCH_BYTES: usize = 8 << 20;
+/// Apply a table's batch once it holds this much data. Smaller batches interleave reading and
+/// applying more finely, so the source's walsender is not left waiting on a full socket while a
+/// batch is applied: one 2,000,000-row transaction took 13.2–14.0 s with 8 MB batches and
+/// 12.7–12.9 s with 1 MB (native 12.6–13.9 s); 1000-row transactions were unchanged.
+const INSERT_BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct Counts {
