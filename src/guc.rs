@@ -10,7 +10,7 @@ pub static MAX_COPY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// target machine's CPUs (at least 1, at most 8). Each copy stream keeps about one target core
 /// busy (COPY parsing, heap and WAL writes) and the key builds and the change stream need room
 /// too: measured on 2 cores shared with the source, one stream loads the benchmark's 917 MB in
-/// 13.7–14.3 s, four in 14.5–14.7 s (ranges of one table contend for the same relation).
+/// 13.7–14.3 s, four in 14.5–14.9 s (ranges of one table contend for the same relation).
 pub fn copy_workers() -> usize {
     match MAX_COPY_WORKERS.get() {
         n if n > 0 => n as usize,

@@ -8,9 +8,10 @@
 //! 2. for each table it reads the source definition under that snapshot, checks or creates the
 //!    target ([`target`]), decides the COPY format (binary when every column type is built in,
 //!    text otherwise) and splits large tables into ctid ranges ([`plan`]);
-//! 3. it starts up to `livesync.max_copy_workers` copy workers (by default half the CPUs) (`src/worker/copier.rs`), which
-//!    claim ranges, import the snapshot and stream each range's `COPY … TO STDOUT` into the
-//!    target through [`load`] — each range loaded and marked done in one target transaction;
+//! 3. it starts up to `livesync.max_copy_workers` copy workers (`src/worker/copier.rs`; by
+//!    default half the target's CPUs), which claim ranges (biggest tables first), import the
+//!    snapshot and stream each range's `COPY … TO STDOUT` into the target through [`load`] —
+//!    each range loaded and marked done in one target transaction;
 //! 4. it keeps the exporting connection open (the snapshot lives as long as it does) until every
 //!    range is loaded, then builds each table's key and marks it copied, in one transaction per
 //!    table, with the snapshot's LSN.

@@ -55,13 +55,8 @@ const BUSY_WAIT: Duration = Duration::from_millis(2);
 /// 2,000,000-row transaction 14.6 s with it and 15.6 s without.
 const BIG_RCVBUF: libc::c_int = 8 << 20;
 
-/// `SO_RCVLOWAT`: how many bytes must be buffered before the socket reports itself readable.
-///
-/// The receive buffer: see [`BIG_RCVBUF`].
-fn set_low_water(fd: pg_sys::pgsocket, bytes: libc::c_int) {
-    set_socket_option(fd, libc::SO_RCVLOWAT, bytes);
-}
-
+/// Set a `SOL_SOCKET` option of the replication socket: `SO_RCVLOWAT` (how many bytes must be
+/// buffered before the socket reports itself readable) or `SO_RCVBUF` (see [`BIG_RCVBUF`]).
 fn set_socket_option(fd: pg_sys::pgsocket, option: libc::c_int, bytes: libc::c_int) {
     unsafe {
         libc::setsockopt(
@@ -254,7 +249,7 @@ pub fn run(
     // The last wait for the socket ended without data: commit now.
     let mut quiet = false;
     // Messages received since the last wait, and whether the socket only wakes us for a
-    // [`BUSY_LOW_WATER`] of data (see `set_low_water`).
+    // [`BUSY_LOW_WATER`] of data (`SO_RCVLOWAT`).
     let mut since_wait = 0usize;
     let mut low_water = false;
     // The replication socket (known from the first wait), and whether it has BIG_RCVBUF.
@@ -355,7 +350,7 @@ pub fn run(
                 // latest; a wait that ends with less goes back to waking on every byte.
                 let busy = since_wait >= BUSY_MESSAGES;
                 if busy != low_water {
-                    set_low_water(fd, if busy { BUSY_LOW_WATER } else { 1 });
+                    set_socket_option(fd, libc::SO_RCVLOWAT, if busy { BUSY_LOW_WATER } else { 1 });
                     low_water = busy;
                 }
                 since_wait = 0;
