@@ -54,43 +54,30 @@ thread_local! {
     static SOURCE: RefCell<Option<CopySource>> = const { RefCell::new(None) };
 }
 
-/// Next chunk of COPY data, waiting for it; None at the end of the data.
-fn next_chunk(src: &mut CopySource) -> Option<Bytes> {
+/// Next chunk of COPY data: waiting for it when `wait`, else only one that has already arrived.
+/// None at the end of the data (or, without `wait`, when nothing is there yet).
+fn next_chunk(src: &mut CopySource, wait: bool) -> Option<Bytes> {
     if src.ended {
         return None;
     }
     let Data::Stream { rt, stream } = &mut src.data else { return None };
-    let rt = unsafe { &**rt };
-    match block_on_until_shutdown(rt, stream.next()) {
-        None => error!("livesync worker is shutting down; copy interrupted"),
-        Some(item) => src.take(item),
-    }
-}
-
-/// Next chunk of COPY data if one has already arrived; None when none is ready (or at the end).
-fn ready_chunk(src: &mut CopySource) -> Option<Bytes> {
-    if src.ended {
-        return None;
-    }
-    let Data::Stream { stream, .. } = &mut src.data else { return None };
-    match stream.next().now_or_never() {
-        None => None,
-        Some(item) => src.take(item),
-    }
-}
-
-impl CopySource {
-    fn take(&mut self, item: Option<Result<Bytes, tokio_postgres::Error>>) -> Option<Bytes> {
-        match item {
-            None => {
-                self.ended = true;
-                None
-            }
-            Some(Ok(b)) => Some(b),
-            Some(Err(e)) => {
-                let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-                error!("reading COPY data from the source failed: {msg}")
-            }
+    let item = if wait {
+        match block_on_until_shutdown(unsafe { &**rt }, stream.next()) {
+            None => error!("livesync worker is shutting down; copy interrupted"),
+            Some(item) => item,
+        }
+    } else {
+        stream.next().now_or_never()?
+    };
+    match item {
+        None => {
+            src.ended = true;
+            None
+        }
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+            error!("reading COPY data from the source failed: {msg}")
         }
     }
 }
@@ -112,8 +99,7 @@ unsafe extern "C-unwind" fn read_copy_data(
         let mut n = 0usize;
         while n < maxread as usize {
             if src.pending.is_empty() {
-                let next = if n < minread as usize { next_chunk(src) } else { ready_chunk(src) };
-                match next {
+                match next_chunk(src, n < minread as usize) {
                     Some(b) => src.pending = b,
                     None => break,
                 }
