@@ -98,9 +98,17 @@ b=$BYTES; s=$2
 print(f'| $1 | {s:.1f} | {b/1e6/s:.0f} | {b/1e9/s*3600:.1f} |')")")
 }
 fresh_target() { tgt -d postgres -c "DROP DATABASE IF EXISTS bench WITH (FORCE)" -c "CREATE DATABASE bench"; }
-wait_sql() { # db sql  (poll until it returns t)
-  until [ "$(tgt -d "$1" -At -c "$2")" = t ]; do sleep 0.2; done
+# Waiting for a result polls from one session, every 50 ms (COMMIT: a fresh snapshot, no xmin
+# held). Starting a psql (and a backend) per poll costs a noticeable share of these 2 cores and
+# slowed every CPU-bound method it was waiting for.
+poll_loop() { # condition (a scalar boolean query) -> DO block that returns once it is true
+  echo "DO \$\$ BEGIN WHILE NOT coalesce(($1), false) LOOP COMMIT; PERFORM pg_sleep(0.05); END LOOP; END \$\$"
 }
+wait_sql() { # db sql  (returns once sql returns t)
+  tgt -d "$1" -c "$(poll_loop "$2")"
+}
+# Every timed method starts from the same quiet machine: dirty pages of the previous one written.
+settle() { sync; sleep 1; }
 
 if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   # ---- 1. raw COPY pipe, one table after another, then the primary keys ------------------------
@@ -108,7 +116,7 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
     fresh_target
     tgt -d bench -c "$(echo "$SCHEMA" | sed 's/, PRIMARY KEY (device_id, time)//; s/ PRIMARY KEY//')"
     say "raw pipe ($fmt)"
-    t0=$(now)
+    settle; t0=$(now)
     for t in $TABLES; do
       src -d bench -c "COPY $t TO STDOUT (FORMAT $fmt)" | tgt -d bench -c "COPY $t FROM STDIN (FORMAT $fmt)"
     done
@@ -126,7 +134,7 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   tgt -d bench -c "$SCHEMA"
   src -d bench -c "CREATE PUBLICATION bench_native FOR TABLE $(echo $TABLES | sed 's/ /, /g')"
   say "native CREATE SUBSCRIPTION"
-  t0=$(now)
+  settle; t0=$(now)
   tgt -d bench -c "CREATE SUBSCRIPTION bench_native CONNECTION '$SRC_CONNINFO' PUBLICATION bench_native"
   wait_sql bench "SELECT count(*) = 4 AND bool_and(srsubstate = 'r') FROM pg_subscription_rel"
   t1=$(now)
@@ -140,7 +148,7 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
     fresh_target
     tgt -d bench -c "CREATE EXTENSION livesync"
     local t0 t1
-    t0=$(now)
+    settle; t0=$(now)
     tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
     for t in $TABLES; do tgt -d bench -c "SELECT livesync.add_table('public.$t')" >/dev/null; done
     wait_sql bench "SELECT count(*) = 4 AND bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
@@ -186,7 +194,7 @@ if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/time
   fresh_target
   tgt -d bench -c "$HT_DDL" >/dev/null
   say "hypertable: raw binary pipe"
-  t0=$(now)
+  settle; t0=$(now)
   src -d bench -c "COPY metrics TO STDOUT (FORMAT binary)" | tgt -d bench -c "COPY metrics FROM STDIN (FORMAT binary)"
   tgt -d bench -c "ALTER TABLE metrics ADD PRIMARY KEY (device_id, time)"
   t1=$(now)
@@ -195,7 +203,7 @@ if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/time
   say "hypertable: livesync"
   fresh_target
   tgt -d bench -c "CREATE EXTENSION timescaledb" -c "CREATE EXTENSION livesync" >/dev/null
-  t0=$(now)
+  settle; t0=$(now)
   tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
   tgt -d bench -c "SELECT livesync.add_table('public.metrics', hypertable => true, chunk_interval => '1 hour')" >/dev/null 2>&1
   wait_sql bench "SELECT bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
@@ -236,6 +244,17 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
   wait_sql a_ls "SELECT count(*) = 6 AND bool_and(state = 'ready') FROM livesync.table_progress"
   LS_SLOT=$(tgt -d a_ls -At -c "SELECT slot_name FROM livesync.connectors")
 
+  rss_sampler() { # pgrep pattern, file: peak RssAnon (kB) of the matching processes, every 0.2 s
+    local peak=0 kb pid
+    echo 0 > "$2"
+    while :; do
+      for pid in $(pgrep -f "$1"); do
+        kb=$(awk '/RssAnon/{print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        if [ "${kb:-0}" -gt "$peak" ]; then peak=$kb; echo "$peak" > "$2"; fi
+      done
+      sleep 0.2
+    done
+  }
   apply_case() { # label, workload (SQL file or pgbench args via function)
     local label="$1"; shift
     local label_short="$1"
@@ -248,24 +267,20 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
     changes="$CHANGES"
     for who in native ls; do
       local slot t0 t1
-      if [ $who = native ]; then slot=apply_native; t0=$(now); tgt -d a_native -c "ALTER SUBSCRIPTION apply_native ENABLE"
+      if [ $who = native ]; then
+        slot=apply_native; pattern='logical replication worker for subscription [0-9]+ *$'
+        settle; t0=$(now); tgt -d a_native -c "ALTER SUBSCRIPTION apply_native ENABLE"
       else
-        slot=$LS_SLOT
+        slot=$LS_SLOT; pattern='livesync connector'
+        settle
         [ -n "${BENCH_PERF:-}" ] && { perf record -a -g -o "$BENCH_PERF.$label_short" >/dev/null 2>&1 & perf_pid=$!; }
         t0=$(now); tgt -d a_ls -c "SELECT livesync.resume_connector('apply')" >/dev/null
       fi
-      local peak=0
-      until [ "$(src -d apply -At -c "SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = '$slot'")" = t ]; do
-        if [ $who = ls ]; then
-          pid=$(tgt -d a_ls -At -c "SELECT worker_pid FROM livesync.connectors")
-          [ -n "$pid" ] && kb=$(awk '/RssAnon/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
-        else
-          pid=$(tgt -d a_native -At -c "SELECT pid FROM pg_stat_subscription WHERE relid IS NULL LIMIT 1")
-          [ -n "$pid" ] && kb=$(awk '/RssAnon/{print $2}' /proc/$pid/status 2>/dev/null || echo 0) && [ "${kb:-0}" -gt "$peak" ] && peak=$kb
-        fi
-        sleep 0.1
-      done
+      rss_sampler "$pattern" "$W/rss.$who" & local sampler=$!
+      src -d apply -c "$(poll_loop "SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = '$slot'")"
       t1=$(now)
+      kill $sampler; wait $sampler 2>/dev/null || true
+      local peak; peak=$(cat "$W/rss.$who")
       eval "T_$who=$(python3 -c "print($t1-$t0)")"
       eval "RSS_$who=$peak"
       [ $who = native ] && tgt -d a_native -c "ALTER SUBSCRIPTION apply_native DISABLE"
