@@ -17,11 +17,12 @@
 //!   `pg_stat_progress_copy`). If the worker dies mid-copy, the row stays `copying` while the
 //!   load's transaction is rolled back: the worker treats `copying` rows like `pending` at its
 //!   next start, and the copy starts over (nothing of the aborted load is visible).
-//! - `copied` — set **in the same transaction that loaded the rows** (and built the key), along
-//!   with `snapshot_lsn`, the position of the exported snapshot the copy read. Because state and
-//!   data commit together, a crash can never leave a table marked copied without its rows, nor
-//!   rows without the mark. Changes to the table committed on the source after `snapshot_lsn`
-//!   belong to the change stream (issue 4), those before it are in the copy.
+//! - `copied` — set once every range of the table is loaded (each range commits its rows with
+//!   its "done" mark in `livesync.copy_range`), **in the same transaction that builds the key**;
+//!   `snapshot_lsn`, the position of the exported snapshot the copy read, was set when the copy
+//!   was planned. A crash can never leave a table marked copied without all its rows and its key.
+//!   Changes to the table committed on the source after `snapshot_lsn` belong to the change
+//!   stream (`src/apply/`), those before it are in the copy.
 //! - `error` — the copy failed; `last_error`/`last_error_hint` say why and what to do. Other
 //!   tables are not affected. Retried automatically after `next_attempt_at`.
 
