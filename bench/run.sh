@@ -282,7 +282,7 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
     lsn=$(src -d apply -At -c "SELECT pg_current_wal_lsn()")
     changes="$CHANGES"
     for who in native ls; do
-      local slot t0 t1
+      local slot t0 t1 pattern
       if [ $who = native ]; then
         slot=apply_native; pattern='logical replication worker for subscription [0-9]+ *$'
         settle; t0=$(now); tgt -d a_native -c "ALTER SUBSCRIPTION apply_native ENABLE"

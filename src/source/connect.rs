@@ -285,6 +285,20 @@ mod tests {
     }
 
     #[test]
+    fn only_settings_without_files_share_a_connector() {
+        assert!(connector_for(&TlsSettings::default()).is_ok());
+        // Once a shared connector exists, settings naming a file must still be checked (and
+        // read) for their own connection.
+        for missing in [
+            TlsSettings { root_cert: Some("/nonexistent/root.crt".into()), ..TlsSettings::default() },
+            TlsSettings { mode: SslMode::Require, cert: Some("/nonexistent/client.crt".into()), ..TlsSettings::default() },
+        ] {
+            let e = connector_for(&missing).err().expect("a missing certificate file is an error");
+            assert!(e.contains("does not exist"), "{e}");
+        }
+    }
+
+    #[test]
     fn io_errors_are_classified() {
         let i = info("host=10.1.2.3 port=5999 user=u connect_timeout=2");
         let e = ConnectError::classify_io(&i, &io::Error::from(io::ErrorKind::ConnectionRefused));
