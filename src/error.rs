@@ -110,13 +110,26 @@ impl<T> OrRaise<T> for Result<T> {
 /// Run `f` in a subtransaction of the current transaction: on an ERROR inside, only what `f` did
 /// is rolled back and the message is returned; the transaction goes on.
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    subtransaction(f, true)
+}
+
+/// Run `f` in a subtransaction that is always rolled back, whatever `f` did: for trying a
+/// statement out (does it build, what does it depend on) without keeping its effects.
+pub fn probe_in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    subtransaction(f, false)
+}
+
+fn subtransaction<R>(f: impl FnOnce() -> R, keep: bool) -> std::result::Result<R, String> {
     use pgrx::pg_sys;
+    // SAFETY: called from a backend inside a transaction (every caller is); the subtransaction is
+    // begun and ended here on every path (`catch` returns instead of unwinding past us), and the
+    // memory context and resource owner that ending it resets are restored to the caller's.
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         let r = catch(f);
-        if r.is_ok() {
+        if r.is_ok() && keep {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();

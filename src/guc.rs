@@ -27,7 +27,21 @@ pub static COPY_RANGE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
 /// or memory is the constraint.
 pub static STREAM_IN_PROGRESS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Let expressions carried over from the source (defaults, generated columns, index expressions
+/// and predicates, domain constraints) call functions and operators that are not built in but
+/// exist on the target. Off by default: the source is another trust domain (see
+/// `src/copy/guard.rs`). Superuser-only.
+pub static TRUST_SOURCE_FUNCTIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"livesync.trust_source_functions",
+        c"Let expressions copied from a source's definitions call functions that are not built in.",
+        c"Column defaults, generated columns, index expressions and predicates and domain constraints read from the source may then call any function or operator that exists on the target; by default only built-in ones.",
+        &TRUST_SOURCE_FUNCTIONS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"livesync.stream_in_progress",
         c"Have PostgreSQL 14+ sources stream large transactions while they run.",

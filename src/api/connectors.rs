@@ -88,6 +88,22 @@ fn add_connector(conninfo: &str, name: default!(Option<&str>, "NULL")) -> String
         LivesyncError::connector_exists(&name).raise();
     }
 
+    // Each connector binds its worker to a replication origin of its own, and the target can
+    // hold only max_replication_slots of them in use: say so now rather than leave a worker that
+    // can never start.
+    let (in_use, limit) = crate::apply::origin::headroom(&catalog::origin_names().or_raise());
+    if in_use + 1 > limit {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "no replication origin is free on the target for another connector",
+        )
+        .detail(format!(
+            "Replication origins in use or claimed by connectors: {in_use}; max_replication_slots on the target: {limit}."
+        ))
+        .hint("Raise max_replication_slots on the target (postgresql.conf, then restart the server), or drop a connector or subscription you no longer need.")
+        .raise();
+    }
+
     let facts = probe(&info, "livesync add_connector").or_raise();
     let checks = checks::evaluate(&facts);
     if let Some((detail, hint)) = checks::summarize_failures(&checks) {

@@ -291,18 +291,15 @@ fn add_table(
         }
         "all" => {
             let source_q = def.qualified();
-            let target_for_ddl = target_q.clone();
-            let stmts = with_source(&c, async |client, info| {
+            let found = with_source(&c, async |client, info| {
                 let rows = client
                     .query(table::OTHER_INDEXES_QUERY, &[&source_q])
                     .await
                     .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))?;
-                Ok(rows
-                    .iter()
-                    .filter_map(|r| table::retarget_index(r.get(2), r.get(0), r.get(1), &target_for_ddl))
-                    .collect::<Vec<String>>())
+                Ok(rows.iter().map(table::IndexDef::from_row).collect::<Vec<_>>())
             })
             .or_raise();
+            let stmts = target::plan_indexes(&target_q, &tschema, &found);
             build_indexes = (!stmts.is_empty()).then_some(stmts);
         }
         _ => {}

@@ -143,6 +143,15 @@ pub fn connector_names() -> Result<Vec<String>> {
     .map_err(spi_err)
 }
 
+/// The replication-origin names (= slot names) of this database's connectors.
+pub fn origin_names() -> Result<Vec<String>> {
+    Spi::connect(|c| {
+        let t = c.select("SELECT slot_name::text FROM livesync.connector", None, &[])?;
+        t.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect::<SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
 pub fn conninfo(id: i32) -> Result<Option<String>> {
     first_value::<String>("SELECT conninfo FROM livesync.connector_secret WHERE connector_id = $1", &[id.into()])
 }

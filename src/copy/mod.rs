@@ -23,6 +23,7 @@
 //! process ended, e.g. a server restart), it is retried by a later batch, which truncates what
 //! was loaded and starts the table over from a new snapshot.
 
+pub mod guard;
 pub mod load;
 pub mod plan;
 pub mod snapshot;
@@ -245,7 +246,14 @@ fn finish_tables(c: &Connector) {
             // function or operator class it lacks, a unique index a hypertable refuses) is left
             // out with a WARNING rather than holding the table back.
             for stmt in t.build_indexes.iter().flatten() {
-                if let Err(e) = crate::error::in_subtransaction(|| Spi::run(stmt)) {
+                // Built by add_table from the source index's fields and tried out there (see
+                // target::plan_indexes); checked again here as one CREATE INDEX on this very
+                // table, since the catalog row could have been edited since.
+                if !guard::is_index_on(stmt, &t.target_schema, &t.target_name) {
+                    pgrx::warning!("livesync: index not built on {}: the stored statement is not a CREATE INDEX on it", qualified(&t.target_schema, &t.target_name));
+                    continue;
+                }
+                if let Err(e) = crate::error::in_subtransaction(|| guard::run_one(stmt)).and_then(|r| r.map_err(|e| e.to_string())) {
                     pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
                 }
             }

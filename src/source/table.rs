@@ -19,8 +19,10 @@ SELECT c.oid::int8, c.relkind::text, n.nspname::text, c.relname::text,
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.oid = pg_catalog.to_regclass($1)";
 
-/// Columns of table `$1` (an OID as int8), in order; generated columns are left out (logical
-/// replication does not send them).
+/// Columns of table `$1` (an OID as int8), in order, generated columns included (marked; logical
+/// replication does not send them, the target computes them). Everything here is *data* to the
+/// target: names, type names (schema + `pg_type.typname` + typmod, resolved again on the target),
+/// and expression texts that only reach the target through `copy::guard`.
 pub const COLUMNS_QUERY: &str = "\
 SELECT a.attname::text,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
@@ -30,21 +32,24 @@ SELECT a.attname::text,
        t.typtype::text,
        (SELECT e.extname::text FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
          WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' LIMIT 1),
-       CASE WHEN ad.oid IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM pg_catalog.pg_depend d
-                 WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
-                   AND d.refobjid <> a.attrelid)
-            THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END
+       pg_catalog.pg_get_expr(ad.adbin, ad.adrelid),
+       a.attgenerated <> '',
+       tn.nspname::text,
+       t.typname::text,
+       a.atttypmod
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
   LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
- WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+ WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum";
 
 /// The user-defined types (enums, domains, composites; not from extensions) that type `$1` is or
-/// is built on — array elements, domain base types and composite attributes, recursively — each
-/// with the statement creating it, the ones others depend on first.
-pub const TYPE_DDL_QUERY: &str = "\
+/// is built on — array elements, domain base types and composite attributes, recursively — the
+/// ones others depend on first. Each comes as catalog fields (names, labels, type names and
+/// typmods, constraint expressions as text); the target builds the statements itself
+/// (`copy::target`), so nothing here is ever executed as it came.
+pub const USER_TYPES_QUERY: &str = "\
 WITH RECURSIVE deps(oid, depth) AS (
     SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END, 0
       FROM pg_catalog.pg_type t WHERE t.oid = $1::int8::oid
@@ -60,37 +65,69 @@ WITH RECURSIVE deps(oid, depth) AS (
       JOIN pg_catalog.pg_type dt ON dt.oid = x.dep
      WHERE d.depth < 20
 )
-SELECT CASE ut.typtype
-         WHEN 'e' THEN format('CREATE TYPE %I.%I AS ENUM (%s)', un.nspname, ut.typname,
-                (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
-                   FROM pg_catalog.pg_enum e WHERE e.enumtypid = ut.oid))
-         WHEN 'd' THEN format('CREATE DOMAIN %I.%I AS %s%s%s%s', un.nspname, ut.typname,
-                pg_catalog.format_type(ut.typbasetype, ut.typtypmod),
-                CASE WHEN ut.typdefault IS NOT NULL THEN ' DEFAULT ' || ut.typdefault ELSE '' END,
-                CASE WHEN ut.typnotnull THEN ' NOT NULL' ELSE '' END,
-                coalesce((SELECT string_agg(' CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid), '')
-                            FROM pg_catalog.pg_constraint c WHERE c.contypid = ut.oid), ''))
-         WHEN 'c' THEN format('CREATE TYPE %I.%I AS (%s)', un.nspname, ut.typname,
-                (SELECT string_agg(quote_ident(ca.attname) || ' ' || pg_catalog.format_type(ca.atttypid, ca.atttypmod), ', ' ORDER BY ca.attnum)
-                   FROM pg_catalog.pg_attribute ca WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped))
-       END,
-       un.nspname::text,
-       format('%I.%I', un.nspname, ut.typname)
+SELECT ut.typtype::text, un.nspname::text, ut.typname::text,
+       coalesce((SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder)
+                   FROM pg_catalog.pg_enum e WHERE e.enumtypid = ut.oid), '{}'),
+       bn.nspname::text, bt.typname::text, ut.typtypmod, ut.typdefault, ut.typnotnull,
+       coalesce((SELECT array_agg(c.conname::text ORDER BY c.conname)
+                   FROM pg_catalog.pg_constraint c WHERE c.contypid = ut.oid AND c.contype = 'c'), '{}'),
+       coalesce((SELECT array_agg(pg_catalog.pg_get_expr(c.conbin, 0) ORDER BY c.conname)
+                   FROM pg_catalog.pg_constraint c WHERE c.contypid = ut.oid AND c.contype = 'c'), '{}'),
+       coalesce((SELECT array_agg(ca.attname::text ORDER BY ca.attnum)
+                   FROM pg_catalog.pg_attribute ca
+                  WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped), '{}'),
+       coalesce((SELECT array_agg(an.nspname::text ORDER BY ca.attnum)
+                   FROM pg_catalog.pg_attribute ca
+                   JOIN pg_catalog.pg_type att ON att.oid = ca.atttypid
+                   JOIN pg_catalog.pg_namespace an ON an.oid = att.typnamespace
+                  WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped), '{}'),
+       coalesce((SELECT array_agg(att.typname::text ORDER BY ca.attnum)
+                   FROM pg_catalog.pg_attribute ca
+                   JOIN pg_catalog.pg_type att ON att.oid = ca.atttypid
+                  WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped), '{}'),
+       coalesce((SELECT array_agg(ca.atttypmod ORDER BY ca.attnum)
+                   FROM pg_catalog.pg_attribute ca
+                  WHERE ca.attrelid = ut.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped), '{}')
   FROM (SELECT oid, max(depth) AS depth FROM deps GROUP BY oid) d
   JOIN pg_catalog.pg_type ut ON ut.oid = d.oid
   JOIN pg_catalog.pg_namespace un ON un.oid = ut.typnamespace
+  LEFT JOIN pg_catalog.pg_type bt ON bt.oid = ut.typbasetype
+  LEFT JOIN pg_catalog.pg_namespace bn ON bn.oid = bt.typnamespace
  WHERE ut.typtype IN ('e', 'd', 'c') AND ut.oid >= 16384
    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend dp WHERE dp.classid = 'pg_catalog.pg_type'::regclass
                                                       AND dp.objid = ut.oid AND dp.deptype = 'e')
  ORDER BY d.depth DESC, ut.oid";
 
-/// A user-defined type to create on the target.
+/// A type named by catalog fields: schema, `pg_type.typname` (`_int4` for `int4[]`) and typmod.
+/// The target looks it up by these, never by parsing a type name the source spelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypeDdl {
-    pub create: String,
+pub struct TypeRef {
     pub schema: String,
-    /// `"schema"."name"`.
-    pub qualified: String,
+    pub name: String,
+    pub typmod: i32,
+}
+
+/// What a user-defined type is, field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserTypeKind {
+    Enum { labels: Vec<String> },
+    Domain {
+        base: TypeRef,
+        /// Default expression text (guarded on the target).
+        default: Option<String>,
+        not_null: bool,
+        /// CHECK constraints: name and expression text (guarded on the target).
+        checks: Vec<(String, String)>,
+    },
+    Composite { attributes: Vec<(String, TypeRef)> },
+}
+
+/// A user-defined type to create on the target when it is missing there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserType {
+    pub schema: String,
+    pub name: String,
+    pub kind: UserTypeKind,
 }
 
 /// Key columns of table `$1`: the primary key, else the replica identity index.
@@ -104,39 +141,119 @@ SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)
  ORDER BY i.indisprimary DESC
  LIMIT 1";
 
-/// The other indexes of table `$1` (its qualified name; neither the primary key nor the replica identity index,
-/// valid ones only): name, whether unique, access method, and definition.
+/// The other indexes of table `$1` (its qualified name; neither the primary key nor the replica
+/// identity index, valid ones only), as catalog fields: name, unique, access method, NULLS NOT
+/// DISTINCT, number of key columns, predicate text, and per column its name (empty for an
+/// expression), expression text, non-default collation and operator class (schema and name,
+/// empty when default) and `indoption` bits.
 pub const OTHER_INDEXES_QUERY: &str = "\
-SELECT c.relname::text, am.amname::text, pg_catalog.pg_get_indexdef(i.indexrelid)
+SELECT c.relname::text, i.indisunique, am.amname::text,
+       coalesce(pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct', 'false') = 'true',
+       i.indnkeyatts::int4,
+       pg_catalog.pg_get_expr(i.indpred, i.indrelid),
+       k.names, k.exprs, k.coll_ns, k.coll, k.opc_ns, k.opc, k.opts
   FROM pg_catalog.pg_index i
   JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
   JOIN pg_catalog.pg_am am ON am.oid = c.relam
+  CROSS JOIN LATERAL (
+       SELECT array_agg(coalesce(a.attname::text, '') ORDER BY u.n) AS names,
+              array_agg(CASE WHEN u.attnum = 0 THEN pg_catalog.pg_get_indexdef(i.indexrelid, u.n::int, true) ELSE '' END
+                        ORDER BY u.n) AS exprs,
+              array_agg(coalesce(cn.nspname::text, '') ORDER BY u.n) AS coll_ns,
+              array_agg(coalesce(co.collname::text, '') ORDER BY u.n) AS coll,
+              array_agg(coalesce(CASE WHEN NOT oc.opcdefault THEN ocn.nspname::text END, '') ORDER BY u.n) AS opc_ns,
+              array_agg(coalesce(CASE WHEN NOT oc.opcdefault THEN oc.opcname::text END, '') ORDER BY u.n) AS opc,
+              array_agg(coalesce(u.opt, 0)::int4 ORDER BY u.n) AS opts
+         FROM unnest(i.indkey::int2[], i.indcollation::oid[], i.indclass::oid[], i.indoption::int2[])
+              WITH ORDINALITY AS u(attnum, coll, opc, opt, n)
+         LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum AND u.attnum > 0
+         LEFT JOIN pg_catalog.pg_collation co ON co.oid = u.coll
+               AND co.oid <> coalesce(a.attcollation, 100) AND co.oid <> 100
+         LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
+         LEFT JOIN pg_catalog.pg_opclass oc ON oc.oid = u.opc
+         LEFT JOIN pg_catalog.pg_namespace ocn ON ocn.oid = oc.opcnamespace) k
  WHERE i.indrelid = pg_catalog.to_regclass($1) AND NOT i.indisprimary AND NOT i.indisreplident AND i.indisvalid
  ORDER BY c.relname";
 
-/// `CREATE INDEX IF NOT EXISTS "name" ON target USING am (…)` from a source index definition
-/// (`pg_get_indexdef`), retargeted at `target_qualified`; None when the definition does not
-/// have the expected shape.
-pub fn retarget_index(def: &str, name: &str, am: &str, target_qualified: &str) -> Option<String> {
-    let unique = def.starts_with("CREATE UNIQUE INDEX ");
-    if !unique && !def.starts_with("CREATE INDEX ") {
-        return None;
+/// One column of a source index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexColumn {
+    /// A table column, or an expression (text, guarded on the target).
+    pub column: Result<String, String>,
+    /// Non-default collation (schema, name).
+    pub collation: Option<(String, String)>,
+    /// Non-default operator class (schema, name).
+    pub opclass: Option<(String, String)>,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// A source index other than the key, field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDef {
+    pub name: String,
+    pub unique: bool,
+    pub access_method: String,
+    pub nulls_not_distinct: bool,
+    pub columns: Vec<IndexColumn>,
+    /// INCLUDE columns (names).
+    pub include: Vec<String>,
+    /// Partial index predicate (text, guarded on the target).
+    pub predicate: Option<String>,
+}
+
+impl IndexDef {
+    pub fn from_row(r: &tokio_postgres::Row) -> IndexDef {
+        let nkey = r.get::<_, i32>(4).max(0) as usize;
+        let names: Vec<String> = r.get(6);
+        let exprs: Vec<String> = r.get(7);
+        let coll_ns: Vec<String> = r.get(8);
+        let coll: Vec<String> = r.get(9);
+        let opc_ns: Vec<String> = r.get(10);
+        let opc: Vec<String> = r.get(11);
+        let opts: Vec<i32> = r.get(12);
+        let pair = |ns: &Vec<String>, n: &Vec<String>, i: usize| {
+            let name = n.get(i).cloned().unwrap_or_default();
+            (!name.is_empty()).then(|| (ns.get(i).cloned().unwrap_or_default(), name))
+        };
+        let mut columns = Vec::new();
+        let mut include = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if i >= nkey {
+                include.push(name.clone());
+                continue;
+            }
+            let opt = opts.get(i).copied().unwrap_or(0);
+            columns.push(IndexColumn {
+                column: if name.is_empty() { Err(exprs.get(i).cloned().unwrap_or_default()) } else { Ok(name.clone()) },
+                collation: pair(&coll_ns, &coll, i),
+                opclass: pair(&opc_ns, &opc, i),
+                descending: opt & 1 != 0,
+                nulls_first: opt & 2 != 0,
+            });
+        }
+        IndexDef {
+            name: r.get(0),
+            unique: r.get(1),
+            access_method: r.get(2),
+            nulls_not_distinct: r.get(3),
+            columns,
+            include,
+            predicate: r.get(5),
+        }
     }
-    let marker = format!(" USING {am} ");
-    let at = def.find(&marker)?;
-    let rest = &def[at + marker.len()..];
-    Some(format!(
-        "CREATE {}INDEX IF NOT EXISTS {} ON {target_qualified} USING {am} {rest}",
-        if unique { "UNIQUE " } else { "" },
-        quote_ident(name)
-    ))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnDef {
     pub name: String,
-    /// `format_type()` output, e.g. `timestamp with time zone`, `numeric(10,2)`, `public.mood`.
+    /// Position among all the source's columns (generated ones included), from 0.
+    pub position: usize,
+    /// `format_type()` output on the source, e.g. `timestamp with time zone`, `numeric(10,2)`:
+    /// for messages and for comparing with an existing target column, never executed.
     pub type_name: String,
+    /// The type as catalog fields, looked up on the target.
+    pub type_ref: TypeRef,
     pub not_null: bool,
     pub type_oid: u32,
     /// For arrays: the element type.
@@ -145,11 +262,12 @@ pub struct ColumnDef {
     pub type_kind: String,
     /// The extension owning the type, if any (e.g. `postgis` for `geometry`).
     pub type_extension: Option<String>,
-    /// A default expression that depends on no other object, if any.
+    /// The default expression (text, as the source deparsed it), or for a generated column its
+    /// generation expression. Only ever reaches the target through `copy::guard`.
     pub default_expr: Option<String>,
-    /// For a user-defined enum, domain or composite type (or an array of one): the statements
-    /// creating it and the user-defined types it is built on, in creation order.
-    pub type_ddl: Vec<TypeDdl>,
+    /// For a user-defined enum, domain or composite type (or an array of one): the type and the
+    /// user-defined types it is built on, in creation order.
+    pub user_types: Vec<UserType>,
 }
 
 /// A source table that is a TimescaleDB hypertable on the source: its rows live in chunks,
@@ -196,6 +314,9 @@ pub struct TableDef {
     /// `r` (table) or `p` (partitioned table).
     pub kind: String,
     pub columns: Vec<ColumnDef>,
+    /// `GENERATED ALWAYS AS (…) STORED` columns: not replicated (the target computes them), but
+    /// created on the target in their place (`position`).
+    pub generated: Vec<ColumnDef>,
     /// Primary key columns, or the replica identity index's; empty if neither.
     pub key: Vec<String>,
     pub key_is_primary: bool,
@@ -258,25 +379,41 @@ impl TableDef {
             }
         }
     }
+}
 
-    /// `CREATE TABLE` for the target, without any key (built after loading).
-    pub fn create_table_sql(&self, target_qualified: &str) -> String {
-        let cols: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                let mut s = format!("{} {}", quote_ident(&c.name), c.type_name);
-                if let Some(d) = &c.default_expr {
-                    s.push_str(&format!(" DEFAULT {d}"));
-                }
-                if c.not_null {
-                    s.push_str(" NOT NULL");
-                }
-                s
-            })
-            .collect();
-        format!("CREATE TABLE {target_qualified} (\n    {}\n)", cols.join(",\n    "))
-    }
+fn user_type_from_row(r: &tokio_postgres::Row) -> UserType {
+    let kind: String = r.get(0);
+    let kind = match kind.as_str() {
+        "e" => UserTypeKind::Enum { labels: r.get(3) },
+        "d" => {
+            let names: Vec<String> = r.get(9);
+            let exprs: Vec<String> = r.get(10);
+            UserTypeKind::Domain {
+                base: TypeRef {
+                    schema: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                    name: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                    typmod: r.get(6),
+                },
+                default: r.get(7),
+                not_null: r.get(8),
+                checks: names.into_iter().zip(exprs).collect(),
+            }
+        }
+        _ => {
+            let names: Vec<String> = r.get(11);
+            let schemas: Vec<String> = r.get(12);
+            let types: Vec<String> = r.get(13);
+            let mods: Vec<i32> = r.get(14);
+            UserTypeKind::Composite {
+                attributes: names
+                    .into_iter()
+                    .zip(schemas.into_iter().zip(types).zip(mods))
+                    .map(|(n, ((schema, name), typmod))| (n, TypeRef { schema, name, typmod }))
+                    .collect(),
+            }
+        }
+    };
+    UserType { schema: r.get(1), name: r.get(2), kind }
 }
 
 /// Read table `spelled` (the user's spelling, as for `regclass`) from the source; None if it does
@@ -292,6 +429,7 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
         size_bytes: r.get(5),
         replica_identity: r.get(6),
         columns: Vec::new(),
+        generated: Vec::new(),
         key: Vec::new(),
         key_is_primary: false,
         source_hypertable: None,
@@ -311,9 +449,10 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
             });
         }
     }
-    for c in client.query(COLUMNS_QUERY, &[&oid]).await? {
-        t.columns.push(ColumnDef {
+    for (position, c) in client.query(COLUMNS_QUERY, &[&oid]).await?.iter().enumerate() {
+        let col = ColumnDef {
             name: c.get(0),
+            position,
             type_name: c.get(1),
             type_oid: c.get::<_, i64>(2) as u32,
             elem_oid: c.get::<_, i64>(3) as u32,
@@ -321,12 +460,18 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
             type_kind: c.get(5),
             type_extension: c.get(6),
             default_expr: c.get(7),
-            type_ddl: Vec::new(),
-        });
+            type_ref: TypeRef { schema: c.get(9), name: c.get(10), typmod: c.get(11) },
+            user_types: Vec::new(),
+        };
+        if c.get::<_, bool>(8) {
+            t.generated.push(col);
+        } else {
+            t.columns.push(col);
+        }
     }
-    for c in t.columns.iter_mut().filter(|c| c.type_oid >= 16384 && c.type_extension.is_none()) {
-        for r in client.query(TYPE_DDL_QUERY, &[&(c.type_oid as i64)]).await? {
-            c.type_ddl.push(TypeDdl { create: r.get(0), schema: r.get(1), qualified: r.get(2) });
+    for c in t.columns.iter_mut().chain(t.generated.iter_mut()).filter(|c| c.type_oid >= 16384 && c.type_extension.is_none()) {
+        for r in client.query(USER_TYPES_QUERY, &[&(c.type_oid as i64)]).await? {
+            c.user_types.push(user_type_from_row(&r));
         }
     }
     if let Some(k) = client.query_opt(KEY_QUERY, &[&oid]).await? {
@@ -354,14 +499,16 @@ mod tests {
     fn col(name: &str, ty: &str, nn: bool, d: Option<&str>) -> ColumnDef {
         ColumnDef {
             name: name.into(),
+            position: 0,
             type_name: ty.into(),
+            type_ref: TypeRef { schema: "pg_catalog".into(), name: "timestamptz".into(), typmod: -1 },
             type_oid: 1184,
             elem_oid: 0,
             not_null: nn,
             type_kind: "b".into(),
             type_extension: None,
             default_expr: d.map(Into::into),
-            type_ddl: Vec::new(),
+            user_types: Vec::new(),
         }
     }
 
@@ -374,6 +521,7 @@ mod tests {
                 col("time", "timestamp with time zone", true, None),
                 col("value", "double precision", false, Some("0")),
             ],
+            generated: Vec::new(),
             key: vec!["time".into()],
             key_is_primary: true,
             replica_identity: "d".into(),
@@ -387,10 +535,6 @@ mod tests {
     fn ddl_quotes_everything_and_keeps_order() {
         let t = metrics();
         assert_eq!(t.qualified(), "\"public\".\"Weird \"\"Name\"\"\"");
-        assert_eq!(
-            t.create_table_sql("\"s\".\"t\""),
-            "CREATE TABLE \"s\".\"t\" (\n    \"time\" timestamp with time zone NOT NULL,\n    \"value\" double precision DEFAULT 0\n)"
-        );
         assert_eq!(t.column_list(), "(\"time\", \"value\")");
         assert_eq!(create_key_sql("x", &t.key, true), "ALTER TABLE x ADD PRIMARY KEY (\"time\")");
         assert_eq!(create_key_sql("x", &t.key, false), "CREATE UNIQUE INDEX ON x (\"time\")");
@@ -407,20 +551,6 @@ mod tests {
         let mut t = metrics();
         t.source_hypertable = Some(h);
         assert!(t.copy_out_sql(None, true).starts_with("COPY (SELECT \"time\", \"value\" FROM"));
-    }
-
-    #[test]
-    fn indexes_are_retargeted() {
-        assert_eq!(
-            retarget_index("CREATE INDEX m_v_idx ON public.m USING btree (v DESC) WHERE (v > 0)", "m_v_idx", "btree", "\"s\".\"t\"")
-                .as_deref(),
-            Some("CREATE INDEX IF NOT EXISTS \"m_v_idx\" ON \"s\".\"t\" USING btree (v DESC) WHERE (v > 0)")
-        );
-        assert_eq!(
-            retarget_index("CREATE UNIQUE INDEX u ON public.m USING hash (lower(t))", "u", "hash", "t").as_deref(),
-            Some("CREATE UNIQUE INDEX IF NOT EXISTS \"u\" ON t USING hash (lower(t))")
-        );
-        assert_eq!(retarget_index("nonsense", "u", "btree", "t"), None);
     }
 
     #[test]

@@ -220,13 +220,15 @@ mod tests {
                 _ => "integer",
             }
             .into(),
+            position: 0,
+            type_ref: crate::source::table::TypeRef { schema: "pg_catalog".into(), name: "int4".into(), typmod: -1 },
             not_null: nn,
             type_oid: oid,
             elem_oid: 0,
             type_kind: "b".into(),
             type_extension: None,
             default_expr: None,
-            type_ddl: vec![],
+            user_types: vec![],
         }
     }
 
@@ -236,6 +238,7 @@ mod tests {
             name: "m".into(),
             kind: "r".into(),
             columns: cols,
+            generated: Vec::new(),
             key: key.iter().map(|s| s.to_string()).collect(),
             key_is_primary: true,
             replica_identity: "d".into(),

@@ -119,8 +119,6 @@ pub enum Outcome {
     Failed(String),
 }
 
-static mut ORIGIN_READY: bool = false;
-
 /// Whether the connector should keep streaming: still enabled, and no table due for a copy.
 fn housekeeping(c: &Connector) -> Option<Outcome> {
     match super::in_transaction(|| -> crate::error::Result<Option<Outcome>> {
@@ -202,13 +200,7 @@ pub fn run(
 ) -> Outcome {
     let start = match super::in_transaction(|| {
         Spi::run("SET session_replication_role = replica").expect("SET failed");
-        unsafe {
-            if !ORIGIN_READY {
-                ORIGIN_READY = true;
-                return origin::setup(&c.slot_name);
-            }
-            pg_sys::replorigin_session_get_progress(false)
-        }
+        origin::session_progress(&c.slot_name)
     }) {
         Ok(lsn) => lsn,
         Err(e) => return Outcome::Failed(format!("could not set up replication origin: {e}")),
