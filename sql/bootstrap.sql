@@ -95,6 +95,14 @@ CREATE TABLE livesync.sync_table (
     last_error       text,
     last_error_hint  text,
     last_error_at    timestamptz,
+    -- The SQLSTATE of last_error, PostgreSQL's DETAIL, and where the stream was.
+    last_error_sqlstate text,
+    last_error_detail text,
+    last_error_context text,
+    -- The stream hit a transient error (lock timeout, deadlock, …) on this table: it rolled back
+    -- and retries after a back-off; the table stays synced. Cleared by the next commit.
+    retry_reason     text,
+    retry_since      timestamptz,
     -- Change stream counters for this table.
     changes_applied  int8 NOT NULL DEFAULT 0,
     changes_skipped  int8 NOT NULL DEFAULT 0,

@@ -108,6 +108,7 @@ SELECT c.name AS connector,
        format('%I.%I', t.target_schema, t.target_name) AS target_table,
        CASE
            WHEN t.state <> 'copied' THEN t.state
+           WHEN t.retry_reason IS NOT NULL THEN 'retrying'
            WHEN c.flushed_lsn >= t.snapshot_lsn THEN 'ready'
            ELSE 'catching up'
        END AS state,
@@ -136,7 +137,12 @@ SELECT c.name AS connector,
        t.finished_at,
        t.last_error,
        t.last_error_hint,
-       t.last_error_at
+       t.last_error_at,
+       t.last_error_sqlstate,
+       t.last_error_detail,
+       t.last_error_context,
+       t.retry_reason,
+       t.retry_since
   FROM livesync.sync_table t
   JOIN livesync.connector c ON c.id = t.connector_id
   JOIN live l ON l.id = t.id

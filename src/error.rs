@@ -107,19 +107,65 @@ impl<T> OrRaise<T> for Result<T> {
     }
 }
 
+/// A PostgreSQL ERROR (or a Rust panic) caught by [`catch`], with what the user needs to act on
+/// it: SQLSTATE, message, DETAIL and HINT. (PostgreSQL's CONTEXT is not carried by pgrx's error
+/// capture; callers that know where they were — the change stream — add their own.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caught {
+    /// Five characters, e.g. `55P03`.
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for Caught {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Caught> for String {
+    fn from(c: Caught) -> String {
+        c.message
+    }
+}
+
+impl Caught {
+    /// Whether retrying the same work later can succeed with nothing changed by the user: a lock
+    /// or statement timeout, a deadlock or serialization failure, a cancel or shutdown, resources
+    /// (disk, memory, connections), a lost connection, an I/O error.
+    pub fn is_transient(&self) -> bool {
+        is_transient_sqlstate(&self.sqlstate)
+    }
+}
+
+/// See [`Caught::is_transient`]. Everything else — data exceptions (22), integrity constraint
+/// violations (23), undefined or mismatched objects and types (42), internal errors — would fail
+/// the same way again.
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03" || code == "55006"
+}
+
+/// The five-character text of a SQLSTATE code.
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let v = code as i32;
+    (0..5).map(|i| ((((v >> (6 * i)) & 0x3F) as u8) + b'0') as char).collect()
+}
+
 /// Run `f` in a subtransaction of the current transaction: on an ERROR inside, only what `f` did
-/// is rolled back and the message is returned; the transaction goes on.
-pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+/// is rolled back and the error is returned; the transaction goes on.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Caught> {
     subtransaction(f, true)
 }
 
 /// Run `f` in a subtransaction that is always rolled back, whatever `f` did: for trying a
 /// statement out (does it build, what does it depend on) without keeping its effects.
-pub fn probe_in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+pub fn probe_in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Caught> {
     subtransaction(f, false)
 }
 
-fn subtransaction<R>(f: impl FnOnce() -> R, keep: bool) -> std::result::Result<R, String> {
+fn subtransaction<R>(f: impl FnOnce() -> R, keep: bool) -> std::result::Result<R, Caught> {
     use pgrx::pg_sys;
     // SAFETY: called from a backend inside a transaction (every caller is); the subtransaction is
     // begun and ended here on every path (`catch` returns instead of unwinding past us), and the
@@ -140,22 +186,44 @@ fn subtransaction<R>(f: impl FnOnce() -> R, keep: bool) -> std::result::Result<R
     }
 }
 
-/// Run `f`, turning a PostgreSQL ERROR (or a Rust panic) raised inside into its message. The
-/// caller decides what the failure means (abort the transaction, record it, reconnect); no state
-/// touched by `f` is looked at after a failure, which is what makes asserting unwind safety sound.
-pub fn catch<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+/// Run `f`, turning a PostgreSQL ERROR (or a Rust panic) raised inside into a [`Caught`]. The
+/// caller decides what the failure means (abort the transaction, record it, retry, reconnect);
+/// no state touched by `f` is looked at after a failure, which is what makes asserting unwind
+/// safety sound.
+pub fn catch<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Caught> {
     let f = std::panic::AssertUnwindSafe(f);
     pgrx::PgTryBuilder::new(move || {
         let f = f;
         Ok((f.0)())
     })
     .catch_others(|e| {
-        Err(match e {
-            pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => {
-                r.message().to_string()
-            }
-            pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+        let r = match &e {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r,
+            pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport,
+        };
+        Err(Caught {
+            sqlstate: sqlstate_text(r.sql_error_code()),
+            message: r.message().to_string(),
+            detail: r.detail().map(str::to_string),
+            hint: r.hint().map(str::to_string),
         })
     })
     .execute()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_round_trip_and_classify() {
+        assert_eq!(sqlstate_text(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE), "55P03");
+        assert_eq!(sqlstate_text(sqlstate("23505")), "23505");
+        for transient in ["55P03", "40P01", "40001", "57014", "57P01", "53100", "53200", "08006", "58030"] {
+            assert!(is_transient_sqlstate(transient), "{transient}");
+        }
+        for data in ["23505", "23502", "22P02", "42703", "42804", "XX000", "55000"] {
+            assert!(!is_transient_sqlstate(data), "{data}");
+        }
+    }
 }

@@ -145,6 +145,7 @@ impl ReplicationConn {
                 (f.walrcv_send.unwrap())(conn, data.as_ptr() as *const _, data.len() as i32)
             })
         })
+        .map_err(String::from)
     }
 }
 

@@ -76,10 +76,13 @@ use crate::copy::load::Route;
 use relmap::{BatchShape, Mapping, RemoteColumn, RemoteRelation, TargetColumn};
 
 /// A change that cannot be applied: which table, why, and what to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ApplyError {
     pub table_id: i32,
+    /// SQLSTATE, e.g. `42703`.
+    pub sqlstate: String,
     pub message: String,
+    pub detail: Option<String>,
     pub hint: Option<String>,
 }
 
@@ -204,6 +207,10 @@ impl Applier {
         }
     }
 
+    pub fn connector_id(&self) -> i32 {
+        self.connector_id
+    }
+
     /// How long the open target transaction has been open.
     pub fn txn_age(&self) -> std::time::Duration {
         self.txn_started.elapsed()
@@ -226,7 +233,9 @@ impl Applier {
         self.txn_started = std::time::Instant::now();
         self.changes_in_txn = 0;
         if self.reload_tables {
-            self.tables = tables::stream_tables(self.connector_id).unwrap_or_default();
+            // A failed read must not look like "no table is synced": their changes would be
+            // skipped while the origin advances past them. Raise instead (the stream restarts).
+            self.tables = tables::stream_tables(self.connector_id).unwrap_or_else(|e| e.raise());
             for r in self.relations.values_mut() {
                 r.target = None;
             }
@@ -270,6 +279,23 @@ impl Applier {
             tables::add_change_counts(id, c.applied, c.skipped)?;
         }
         Ok(())
+    }
+
+    /// Where the stream was when an error struck, for the stored error's context: the table and
+    /// the source transaction being applied.
+    pub fn error_context(&self) -> Option<String> {
+        let t = self.current_table.and_then(|id| self.tables.iter().find(|t| t.id == id))?;
+        let mut s = format!(
+            "applying changes of source table {}.{} to {}.{}",
+            quote_ident(&t.source_schema),
+            quote_ident(&t.source_name),
+            quote_ident(&t.target_schema),
+            quote_ident(&t.target_name)
+        );
+        if self.in_source_txn && self.final_lsn != 0 {
+            s.push_str(&format!(" in the source transaction committed at {}", crate::source::pgoutput::Lsn(self.final_lsn)));
+        }
+        Some(s)
     }
 
     /// After an error: the transaction was aborted by the caller; forget its state.
@@ -414,7 +440,7 @@ impl Applier {
         let t = t.clone();
         let target = format!("{}.{}", quote_ident(&t.target_schema), quote_ident(&t.target_name));
         if self.relations[&rel_id].target.is_none() {
-            let mut cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, message: m, hint: None })?;
+            let mut cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, sqlstate: "42P01".into(), message: m, ..Default::default() })?;
             if self.auto_add_columns {
                 let mr = &self.relations[&rel_id];
                 let m = Mapping::new(&mr.remote, &cols);
@@ -427,7 +453,7 @@ impl Applier {
                             pgrx::log!("livesync: added column {} {ty} to {target} (the source added it)", quote_ident(&c.name));
                         }
                     }
-                    cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, message: m, hint: None })?;
+                    cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, sqlstate: "42P01".into(), message: m, ..Default::default() })?;
                 }
             }
             let mr = self.relations.get_mut(&rel_id).unwrap();
@@ -435,6 +461,8 @@ impl Applier {
             if let Some(missing) = m.missing_column(&mr.remote) {
                 return Err(ApplyError {
                     table_id: t.id,
+                    sqlstate: "42703".into(),
+                    detail: None,
                     message: format!(
                         "column \"{missing}\" of source table {}.{} does not exist in target table {target}",
                         quote_ident(&mr.remote.schema),
@@ -744,6 +772,8 @@ fn no_identity(t: &TableRef, r: &RemoteRelation, what: &str) -> ApplyError {
     let q = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
     ApplyError {
         table_id: t.id,
+        sqlstate: "55000".into(),
+        detail: None,
         message: format!("source table {q} has no replica identity, so its {what} cannot be applied"),
         hint: Some(format!(
             "On the source: ALTER TABLE {q} REPLICA IDENTITY FULL; (or add a primary key), then SELECT livesync.resync_table('{}.{}');",
@@ -767,13 +797,16 @@ fn values_of(t: &TupleData, idx: &[usize], table_id: i32) -> Result<Vec<Option<S
             Some(ColumnValue::Null) | None => Ok(None),
             Some(ColumnValue::Text(b)) => String::from_utf8(b.clone()).map(Some).map_err(|_| ApplyError {
                 table_id,
+                sqlstate: "22021".into(),
                 message: "the source sent a value that is not valid UTF-8".into(),
                 hint: Some("Source and target databases should both use the UTF8 encoding.".into()),
+                detail: None,
             }),
             Some(other) => Err(ApplyError {
                 table_id,
+                sqlstate: "08P01".into(),
                 message: format!("unexpected column value {other:?} in the change stream"),
-                hint: None,
+                ..Default::default()
             }),
         })
         .collect()

@@ -223,7 +223,9 @@ pub fn mark_copied(id: i32, rows: i64, bytes: i64) -> Result<()> {
             SET state = 'copied', rows_copied = $2, bytes_copied = $3,
                 build_key = NULL, build_indexes = NULL,
                 finished_at = clock_timestamp(), attempts = 0, next_attempt_at = NULL,
-                last_error = NULL, last_error_hint = NULL, last_error_at = NULL
+                last_error = NULL, last_error_hint = NULL, last_error_at = NULL,
+                last_error_sqlstate = NULL, last_error_detail = NULL, last_error_context = NULL,
+                retry_reason = NULL, retry_since = NULL
           WHERE id = $1",
         &[id.into(), rows.into(), bytes.into()],
     )
@@ -231,12 +233,18 @@ pub fn mark_copied(id: i32, rows: i64, bytes: i64) -> Result<()> {
 }
 
 pub fn mark_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {
+    mark_copy_error(id, &ErrorRecord { message, hint, ..Default::default() })
+}
+
+/// A copy failed: `error`, retried after a back-off (2, 4, 8 … 300 s).
+pub fn mark_copy_error(id: i32, e: &ErrorRecord) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET state = 'error', last_error = $2, last_error_hint = $3, last_error_at = now(),
+                last_error_sqlstate = $4, last_error_detail = $5, last_error_context = $6,
                 next_attempt_at = now() + least(300, 2 ^ greatest(attempts, 1)) * interval '1 second'
           WHERE id = $1",
-        &[id.into(), message.into(), hint.into()],
+        &[id.into(), e.message.into(), e.hint.into(), e.sqlstate.into(), e.detail.into(), e.context.into()],
     )
     .map_err(spi_err)
 }
@@ -263,22 +271,57 @@ pub fn mark_pending(id: i32) -> Result<()> {
         "UPDATE livesync.sync_table
             SET state = 'pending', snapshot_lsn = NULL, rows_copied = NULL, bytes_copied = NULL,
                 started_at = NULL, finished_at = NULL, attempts = 0, next_attempt_at = NULL,
-                last_error = NULL, last_error_hint = NULL, last_error_at = NULL
+                last_error = NULL, last_error_hint = NULL, last_error_at = NULL,
+                last_error_sqlstate = NULL, last_error_detail = NULL, last_error_context = NULL,
+                retry_reason = NULL, retry_since = NULL
           WHERE id = $1",
         &[id.into()],
     )
     .map_err(spi_err)
 }
 
-/// The stream hit a change it cannot apply: the table goes to `error` until `resync_table`
-/// (no automatic retry: the cause is on the user's side).
-pub fn mark_stream_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {
+/// What is stored about an error: SQLSTATE, message, DETAIL, HINT and where it happened.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorRecord<'a> {
+    pub sqlstate: Option<&'a str>,
+    pub message: &'a str,
+    pub detail: Option<&'a str>,
+    pub hint: Option<&'a str>,
+    pub context: Option<&'a str>,
+}
+
+/// The stream hit a change it cannot apply (a data error): the table goes to `error` until
+/// `resync_table` (no automatic retry: the cause is on the user's side).
+pub fn mark_stream_error(id: i32, e: &ErrorRecord) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET state = 'error', last_error = $2, last_error_hint = $3, last_error_at = now(),
-                next_attempt_at = 'infinity'
+                last_error_sqlstate = $4, last_error_detail = $5, last_error_context = $6,
+                retry_reason = NULL, retry_since = NULL, next_attempt_at = 'infinity'
           WHERE id = $1",
-        &[id.into(), message.into(), hint.into()],
+        &[id.into(), e.message.into(), e.hint.into(), e.sqlstate.into(), e.detail.into(), e.context.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// The stream hit a transient error on this table (lock timeout, deadlock, …): it rolled back
+/// and will retry; the table stays synced and shows `retrying` with the reason.
+pub fn mark_retrying(id: i32, reason: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET retry_reason = $2, retry_since = coalesce(retry_since, now())
+          WHERE id = $1",
+        &[id.into(), reason.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// The stream committed again: no table of the connector is waiting any more.
+pub fn clear_retrying(connector_id: i32) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table SET retry_reason = NULL, retry_since = NULL
+          WHERE connector_id = $1 AND retry_reason IS NOT NULL",
+        &[connector_id.into()],
     )
     .map_err(spi_err)
 }

@@ -180,7 +180,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
         match prepared {
             Ok(Ok(())) => total_ranges += planned.len(),
             Ok(Err(e)) => record_error(t, &e.message, e.hint.as_deref()),
-            Err(e) => record_error(t, &e, None),
+            Err(e) => record_error(t, &e.message, None),
         }
     }
     if total_ranges == 0 {
@@ -253,7 +253,7 @@ fn finish_tables(c: &Connector) {
                     pgrx::warning!("livesync: index not built on {}: the stored statement is not a CREATE INDEX on it", qualified(&t.target_schema, &t.target_name));
                     continue;
                 }
-                if let Err(e) = crate::error::in_subtransaction(|| guard::run_one(stmt)).and_then(|r| r.map_err(|e| e.to_string())) {
+                if let Err(e) = crate::error::in_subtransaction(|| guard::run_one(stmt)).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string())) {
                     pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
                 }
             }

@@ -196,6 +196,7 @@ pub fn resolve_column_types(def: &TableDef) -> Result<Vec<(String, String)>> {
             ensure_schema(&ut.schema)?;
             let q = qualified(&ut.schema, &ut.name);
             crate::error::in_subtransaction(|| create_user_type(ut))
+                .map_err(String::from)
                 .and_then(|r| r)
                 .map_err(|e| {
                     LivesyncError::new(
@@ -328,6 +329,7 @@ pub fn plan_indexes(target_q: &str, schema: &str, indexes: &[IndexDef]) -> Vec<S
                 }
             })
             .map(|_| sql)
+            .map_err(String::from)
         });
         match r {
             Ok(sql) => out.push(sql),

@@ -87,6 +87,9 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
 
     let rt = new_runtime();
     let mut backoff = Backoff::new(MAX_RECONNECT_BACKOFF);
+    // Retries of the stream after transient errors on the target (reset by the stream once it
+    // commits past what failed).
+    let mut retry = Backoff::new(MAX_RECONNECT_BACKOFF);
     loop {
         let Verdict::Run { name, conninfo, publication, .. } = read_verdict(id) else { break };
         let app = application_name(&name);
@@ -193,10 +196,21 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                 }
             }
             if slot_ready {
-                match super::stream::run(&connector, &conninfo, &application_name(&current_name), &rt, &client) {
+                match super::stream::run(&connector, &conninfo, &application_name(&current_name), &rt, &client, &mut retry) {
                     super::stream::Outcome::Stop => return,
                     super::stream::Outcome::CopyDue | super::stream::Outcome::Restart => continue,
                     super::stream::Outcome::Failed(e) => break e,
+                    super::stream::Outcome::Retry(reason) => {
+                        let delay = retry.next_delay();
+                        pgrx::log!(
+                            "livesync connector \"{current_name}\": rolled back after a transient error, retrying in {} s: {reason}",
+                            delay.as_secs()
+                        );
+                        if !super::wait(delay) {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             if !super::wait(TICK) {

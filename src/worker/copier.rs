@@ -137,9 +137,25 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                     unsafe { libc::kill(pid, libc::SIGUSR1) };
                 }
             }
-            Ok(Err(e)) | Err(e) => {
+            Ok(Err(e)) => {
                 fail(t.id, &e);
                 // The source transaction may be unusable after a failed COPY: start a new one.
+                session = None;
+            }
+            Err(e) => {
+                pgrx::log!("livesync: copy of table {} failed: {} (SQLSTATE {})", t.id, e.message, e.sqlstate);
+                let _ = super::in_transaction(|| {
+                    tables::mark_copy_error(
+                        t.id,
+                        &tables::ErrorRecord {
+                            sqlstate: Some(&e.sqlstate),
+                            message: &e.message,
+                            detail: e.detail.as_deref(),
+                            hint: e.hint.as_deref(),
+                            context: Some(&format!("copying into {target_q}")),
+                        },
+                    )
+                });
                 session = None;
             }
         }

@@ -93,9 +93,10 @@ pub fn worker_database() -> pg_sys::Oid {
 }
 
 /// Run `f` in its own transaction. A PostgreSQL ERROR (or Rust panic) inside aborts the
-/// transaction and is returned as its message, so a worker can record it and carry on instead of
-/// exiting.
-pub fn in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+/// transaction and is returned, so a worker can record it and carry on instead of exiting.
+pub fn in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, crate::error::Caught> {
+    // SAFETY: workers call this outside any transaction; the transaction started here is
+    // committed or aborted below on every path (`catch` returns instead of unwinding).
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -103,6 +104,7 @@ pub fn in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     }
     // An error aborts the whole transaction; the caller only sees its message.
     let r = crate::error::catch(f);
+    // SAFETY: ends the transaction begun above.
     unsafe {
         match &r {
             Ok(_) => {
@@ -148,7 +150,7 @@ pub fn attach_signals() {
 
 /// Take a session-level advisory lock (kept until the process exits); false if another process
 /// holds it.
-pub fn try_session_lock(class: i32, key: i32) -> Result<bool, String> {
+pub fn try_session_lock(class: i32, key: i32) -> Result<bool, crate::error::Caught> {
     in_transaction(|| {
         Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock($1, $2)", &[class.into(), key.into()])
             .ok()
@@ -212,6 +214,11 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.next = Self::INITIAL;
+    }
+
+    /// Whether no delay has been taken since the last reset.
+    pub fn is_reset(&self) -> bool {
+        self.next == Self::INITIAL
     }
 }
 

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 
 use crate::apply::{origin, ApplyError, Applier};
+use crate::error::Caught;
+use super::Backoff;
 use crate::catalog::{self, tables, Connector};
 use crate::apply::spool::Spool;
 use crate::source::pgoutput::{self, Begin, Commit, Decoder, LogicalMessage, ReplicationMessage, StreamCommit};
@@ -117,6 +119,9 @@ pub enum Outcome {
     Restart,
     /// The stream failed (connection lost, source error): reconnect with back-off.
     Failed(String),
+    /// A transient error on the target (lock timeout, deadlock, cancel, out of disk …) rolled
+    /// the open transaction back: stream again from the origin after a back-off.
+    Retry(String),
 }
 
 /// Whether the connector should keep streaming: still enabled, and no table due for a copy.
@@ -153,7 +158,13 @@ pub fn check_slot(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::ru
     }
 }
 
-struct Progress {
+struct Progress<'r> {
+    /// Where this stream started (the origin's position).
+    start: u64,
+    /// The previous stream ended in a transient error: clear the tables' `retrying` and the
+    /// back-off at the first commit past `start`.
+    retrying: bool,
+    retry: &'r mut Backoff,
     received: u64,
     /// Source end LSN of the last committed target transaction, and its local commit end.
     committed_remote: u64,
@@ -163,7 +174,7 @@ struct Progress {
     last_commit_time: i64,
 }
 
-impl Progress {
+impl Progress<'_> {
     fn record_commit(&mut self, r: Option<(u64, i64, u64)>) {
         if let Some((end, ts, local)) = r {
             self.committed_remote = self.committed_remote.max(end);
@@ -197,6 +208,7 @@ pub fn run(
     application_name: &str,
     rt: &tokio::runtime::Runtime,
     client: &tokio_postgres::Client,
+    retry: &mut Backoff,
 ) -> Outcome {
     let start = match super::in_transaction(|| {
         Spi::run("SET session_replication_role = replica").expect("SET failed");
@@ -227,6 +239,9 @@ pub fn run(
     let mut stream_xid: Option<u32> = None;
     let mut applier = Applier::new(c.id, c.auto_add_columns);
     let mut p = Progress {
+        start,
+        retrying: !retry.is_reset(),
+        retry,
         received: start,
         committed_remote: start,
         committed_local: 0,
@@ -453,33 +468,67 @@ fn replay(applier: &mut Applier, spool: &mut Spool, sc: &StreamCommit, conn: &mu
     }
 }
 
-/// Run `f` on the applier, turning a PostgreSQL ERROR into its message.
-fn guarded<R>(applier: &mut Applier, f: impl FnOnce(&mut Applier) -> R) -> Result<R, String> {
+/// Run `f` on the applier, catching a PostgreSQL ERROR.
+fn guarded<R>(applier: &mut Applier, f: impl FnOnce(&mut Applier) -> R) -> Result<R, Caught> {
     crate::error::catch(|| f(applier))
 }
 
 /// Flush pending inserts and commit the target transaction.
 fn commit(applier: &mut Applier, p: &mut Progress) -> Result<(), Outcome> {
-    if let Err(message) = guarded(applier, |a| a.flush()) {
-        return Err(pg_error(applier, message));
+    if let Err(e) = guarded(applier, |a| a.flush()) {
+        return Err(pg_error(applier, e));
     }
-    p.record_commit(applier.commit());
+    match guarded(applier, |a| a.commit()) {
+        Ok(r) => p.record_commit(r),
+        Err(e) => return Err(pg_error(applier, e)),
+    }
+    if p.retrying && p.committed_remote > p.start {
+        // The stream got past what failed: the tables that waited are synced again.
+        p.retrying = false;
+        p.retry.reset();
+        let _ = super::in_transaction(|| tables::clear_retrying(applier.connector_id()));
+    }
     Ok(())
 }
 
-/// A PostgreSQL error while applying: the table being applied goes to `error`.
-fn pg_error(applier: &mut Applier, message: String) -> Outcome {
-    let Some(table_id) = applier.current_table else {
-        return abort(applier, Outcome::Failed(message));
+/// A PostgreSQL error while applying. A transient one (lock or statement timeout, deadlock,
+/// serialization failure, cancel, shutdown, out of disk or memory, lost connection) rolls back
+/// and the stream retries from the origin after a back-off: the table stays synced and shows
+/// `retrying` with the reason — a user holding a lock delays a table, never breaks it. Any other
+/// (a data error: constraint, type, missing object) puts the table being applied in `error`.
+fn pg_error(applier: &mut Applier, e: Caught) -> Outcome {
+    let table = applier.current_table;
+    let context = applier.error_context();
+    if e.is_transient() {
+        let reason = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
+        let o = abort(applier, Outcome::Retry(reason.clone()));
+        if let Some(id) = table {
+            let _ = super::in_transaction(|| tables::mark_retrying(id, &reason));
+        }
+        return o;
+    }
+    let Some(table_id) = table else {
+        return abort(applier, Outcome::Failed(e.message));
     };
-    table_error(
-        applier,
-        ApplyError {
+    let o = abort(applier, Outcome::Restart);
+    pgrx::log!("livesync: table {table_id} stopped: {} (SQLSTATE {})", e.message, e.sqlstate);
+    let hint = match &e.hint {
+        Some(h) => format!("{h} Then run SELECT livesync.resync_table('schema.table');"),
+        None => "Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');".into(),
+    };
+    let _ = super::in_transaction(|| {
+        tables::mark_stream_error(
             table_id,
-            message,
-            hint: Some("Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');".into()),
-        },
-    )
+            &tables::ErrorRecord {
+                sqlstate: Some(&e.sqlstate),
+                message: &e.message,
+                detail: e.detail.as_deref(),
+                hint: Some(&hint),
+                context: context.as_deref(),
+            },
+        )
+    });
+    o
 }
 
 /// Roll back whatever is open (nothing of an unfinished source transaction may commit).
@@ -496,8 +545,20 @@ fn abort(applier: &mut Applier, o: Outcome) -> Outcome {
 }
 
 fn table_error(applier: &mut Applier, e: ApplyError) -> Outcome {
+    let context = applier.error_context();
     let o = abort(applier, Outcome::Restart);
-    pgrx::log!("livesync: table {} stopped: {}", e.table_id, e.message);
-    let _ = super::in_transaction(|| tables::mark_stream_error(e.table_id, &e.message, e.hint.as_deref()));
+    pgrx::log!("livesync: table {} stopped: {} (SQLSTATE {})", e.table_id, e.message, e.sqlstate);
+    let _ = super::in_transaction(|| {
+        tables::mark_stream_error(
+            e.table_id,
+            &tables::ErrorRecord {
+                sqlstate: Some(&e.sqlstate),
+                message: &e.message,
+                detail: e.detail.as_deref(),
+                hint: e.hint.as_deref(),
+                context: context.as_deref(),
+            },
+        )
+    });
     o
 }

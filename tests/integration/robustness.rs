@@ -70,3 +70,58 @@ fn more_connectors_than_origin_slots_never_crash_the_target() {
     db.src("INSERT INTO b VALUES (3, 'w')");
     db.wait_same(&Compare::same("b", "id"), Duration::from_secs(60));
 }
+
+/// A user holding a row lock on the target for longer than the workers' lock_timeout (2 s)
+/// delays the table, never breaks it: it shows `retrying` with the reason and its SQLSTATE while
+/// the stream backs off and retries, and catches up once the lock is gone. A data error (a
+/// unique violation on the target) still stops only its table, with its SQLSTATE, DETAIL and
+/// context stored.
+#[test]
+fn a_long_user_lock_delays_a_table_never_breaks_it() {
+    let db = TestDb::new("lock_retry");
+    db.src(
+        "CREATE TABLE lk (id int PRIMARY KEY, v text);
+         INSERT INTO lk SELECT g, 'v' || g FROM generate_series(1, 10) g;
+         CREATE TABLE uq (id int PRIMARY KEY, email text);
+         INSERT INTO uq VALUES (1, 'a@x');",
+    );
+    db.add_su_connector("c");
+    db.add_table_ok("lk");
+    db.add_table_ok("uq");
+    db.wait_ready("public.lk");
+    db.wait_ready("public.uq");
+
+    let mut holder = db.target.connect(&db.name);
+    holder.batch_execute("BEGIN; SELECT * FROM lk WHERE id = 5 FOR UPDATE").unwrap();
+    let retries_before = db.target.log_contents().matches("rolled back after a transient error").count();
+    db.src("UPDATE lk SET v = 'changed' WHERE id = 5");
+    let row = db.wait_table_state("public.lk", "retrying", Duration::from_secs(30));
+    let reason = row.get("retry_reason").unwrap_or("");
+    assert!(reason.contains("lock timeout") && reason.contains("55P03"), "{row:?}");
+    // Held for several lock timeouts: still retrying, never `error`.
+    wait_until("three retries", Duration::from_secs(60), || {
+        let n = db.target.log_contents().matches("rolled back after a transient error").count() - retries_before;
+        if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} retries"))
+        }
+    });
+    let row = db.progress("public.lk");
+    assert_eq!(row.get("state"), Some("retrying"), "{row:?}");
+    assert!(row.is_null("last_error"), "{row:?}");
+    holder.batch_execute("COMMIT").unwrap();
+    db.wait_same(&Compare::same("lk", "id"), Duration::from_secs(60));
+    let row = db.wait_table_state("public.lk", "ready", Duration::from_secs(30));
+    assert!(row.is_null("retry_reason"), "{row:?}");
+
+    // A data error: a unique index the user made on the target.
+    db.tgt("CREATE UNIQUE INDEX uq_email ON uq (email)");
+    db.src("INSERT INTO uq VALUES (2, 'a@x'); INSERT INTO lk VALUES (11, 'after')");
+    let row = db.wait_table_state("public.uq", "error", Duration::from_secs(30));
+    assert_eq!(row.get("last_error_sqlstate"), Some("23505"), "{row:?}");
+    assert!(row.text("last_error").contains("uq_email"), "{row:?}");
+    assert!(row.text("last_error_detail").contains("a@x"), "{row:?}");
+    assert!(row.text("last_error_context").contains("\"public\".\"uq\""), "{row:?}");
+    db.wait_same(&Compare::same("lk", "id"), Duration::from_secs(30));
+}

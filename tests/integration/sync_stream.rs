@@ -417,6 +417,8 @@ fn error_isolation_and_resync() {
         "resync_table",
         "hint",
     );
+    assert_eq!(row.get("last_error_sqlstate"), Some("42703"), "{row:?}");
+    assert_contains(row.get("last_error_context").unwrap_or(""), "\"public\".\"e1\"", "context");
     db.wait_same(&Compare::same("e2", "id"), WAIT);
 
     // e1 stays in error and counts what it skips; e2 keeps flowing.
