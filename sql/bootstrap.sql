@@ -42,7 +42,11 @@ CREATE TABLE livesync.connector (
     slot_wal_status     text,
     slot_retained_bytes int8,
     slot_safe_wal_size  int8,
-    slot_checked_at     timestamptz
+    slot_checked_at     timestamptz,
+    -- When the connector's permanent slot was created, at which consistent point. Once set, a
+    -- missing or invalidated slot is never replaced silently while a table depends on it.
+    slot_created_at     timestamptz,
+    slot_created_lsn    pg_lsn
 );
 
 -- The connection string may hold a password: readable by superusers and livesync_admin only.

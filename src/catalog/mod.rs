@@ -271,6 +271,15 @@ pub fn report_worker_started(id: i32, pid: i32) -> Result<()> {
     .map_err(spi_err)
 }
 
+/// The connector's permanent slot was created at `lsn` (its consistent point).
+pub fn record_slot_created(id: i32, lsn: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.connector SET slot_created_at = now(), slot_created_lsn = $2::pg_lsn WHERE id = $1",
+        &[id.into(), lsn.into()],
+    )
+    .map_err(spi_err)
+}
+
 pub fn report_running(id: i32) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.connector SET state = 'running', last_connected_at = now() WHERE id = $1",

@@ -249,6 +249,16 @@ pub fn mark_copy_error(id: i32, e: &ErrorRecord) -> Result<()> {
     .map_err(spi_err)
 }
 
+/// How many of a connector's tables are copied: their changes after their snapshot can only come
+/// from the connector's permanent slot.
+pub fn count_copied(connector_id: i32) -> Result<i64> {
+    Ok(first_value::<i64>(
+        "SELECT count(*) FROM livesync.sync_table WHERE connector_id = $1 AND state = 'copied'",
+        &[connector_id.into()],
+    )?
+    .unwrap_or(0))
+}
+
 /// Every table of a connector (what the change stream gates on).
 pub fn stream_tables(connector_id: i32) -> Result<Vec<SyncTable>> {
     select("connector_id = $1", &[connector_id.into()])

@@ -139,7 +139,8 @@ pub fn run_one(sql: &str) -> Result<(), pgrx::spi::SpiError> {
 /// what object `objid` of catalog `classid` (e.g. `pg_attrdef`) depends on, as the target
 /// spells them (`f(integer)`).
 pub fn non_builtin_calls(classid: &str, objid: pg_sys::Oid) -> Vec<String> {
-    Spi::get_one_with_args::<Vec<String>>(
+    // Read-write SPI: its snapshot sees the object created just before (see target::lookup).
+    Spi::connect_mut(|c| c.update(
         "SELECT coalesce(array_agg(x ORDER BY x), '{}') FROM (
            SELECT DISTINCT CASE d.refclassid
                     WHEN 'pg_catalog.pg_proc'::regclass THEN d.refobjid::regprocedure::text
@@ -148,8 +149,9 @@ pub fn non_builtin_calls(classid: &str, objid: pg_sys::Oid) -> Vec<String> {
             WHERE d.classid = $1::regclass AND d.objid = $2
               AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass)
               AND d.refobjid >= 16384) s",
+        Some(1),
         &[classid.into(), objid.into()],
-    )
+    )?.first().get_one::<Vec<String>>())
     .ok()
     .flatten()
     .unwrap_or_default()

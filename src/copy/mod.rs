@@ -53,13 +53,59 @@ fn record_error(t: &SyncTable, message: &str, hint: Option<&str>) {
     let _ = in_transaction(|| tables::mark_error(t.id, message, hint));
 }
 
-async fn slot_exists(info: &SourceConninfo, slot: &str) -> Result<bool, String> {
-    let client = connect::connect(info, "livesync").await.map_err(|e| e.to_string())?;
+/// The connector's permanent slot as the source has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotStatus {
+    Missing,
+    /// Invalidated by the source (`wal_status = 'lost'`, e.g. `max_slot_wal_keep_size`).
+    Invalidated,
+    Usable,
+}
+
+pub async fn slot_status(client: &tokio_postgres::Client, slot: &str) -> Result<SlotStatus, tokio_postgres::Error> {
     let r = client
-        .query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(r.is_some())
+        .query_opt("SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await?;
+    Ok(match r {
+        None => SlotStatus::Missing,
+        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some("lost") => SlotStatus::Invalidated,
+        Some(_) => SlotStatus::Usable,
+    })
+}
+
+/// When the connector's permanent slot is missing or invalidated while some of its tables are
+/// copied (their changes since can only come from that slot): mark the connector in `error`
+/// with what happened and what to do, and return true. A new slot would start at a later
+/// position and silently skip the changes in between for those tables, so none is created until
+/// no table depends on the old one (every table resynced).
+pub fn report_if_slot_lost(c: &Connector, status: &SlotStatus) -> bool {
+    if *status == SlotStatus::Usable {
+        return false;
+    }
+    let copied = match in_transaction(|| tables::count_copied(c.id)) {
+        Ok(Ok(n)) => n,
+        _ => return true,
+    };
+    if copied == 0 {
+        return false;
+    }
+    let what = match status {
+        SlotStatus::Invalidated => "was invalidated by the source (wal_status \"lost\": it retained more WAL than max_slot_wal_keep_size allows)",
+        _ => "no longer exists on the source",
+    };
+    let e = crate::error::LivesyncError::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("the replication slot \"{}\" of connector \"{}\" {what}", c.slot_name, c.name),
+    );
+    let message = format!(
+        "{} — the changes made on the source since the connector last streamed are gone for its {copied} synced table(s); \
+         copy them again: SELECT livesync.resync_table(source_table, connector => '{}') for each (a new slot is created once no table depends on the old one), or drop and re-add the connector",
+        e.message,
+        c.name.replace('\'', "''")
+    );
+    pgrx::warning!("livesync: {message}");
+    let _ = in_transaction(|| crate::catalog::report_error(c.id, &message));
+    true
 }
 
 /// How long after the last `add_table` a batch waits for more, and at most how many times.
@@ -87,13 +133,23 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
     if due.is_empty() {
         return true;
     }
-    for t in &due {
-        let _ = in_transaction(|| tables::mark_copying(t.id));
-    }
 
-    let slot_exists = match block_on_until_shutdown(rt, slot_exists(info, &c.slot_name)) {
+    let status = block_on_until_shutdown(rt, async {
+        let client = connect::connect(info, "livesync").await.map_err(|e| e.to_string())?;
+        let status = slot_status(&client, &c.slot_name).await.map_err(|e| e.to_string())?;
+        if status == SlotStatus::Invalidated && in_transaction(|| tables::count_copied(c.id)).ok().and_then(|r| r.ok()) == Some(0) {
+            // Every table is being copied again: the invalidated slot can go, a new one follows.
+            client
+                .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&c.slot_name])
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(SlotStatus::Missing);
+        }
+        Ok::<_, String>(status)
+    });
+    let status = match status {
         None => return false,
-        Some(Ok(e)) => e,
+        Some(Ok(s)) => s,
         Some(Err(e)) => {
             for t in &due {
                 record_error(t, &format!("could not reach the source: {e}"), None);
@@ -101,8 +157,18 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
             return true;
         }
     };
-    let (slot, temporary) =
-        if slot_exists { (format!("{}_copy", c.slot_name), true) } else { (c.slot_name.clone(), false) };
+    // Crash-sensitive: never create a new permanent slot while tables still depend on the old one.
+    if report_if_slot_lost(c, &status) {
+        return true;
+    }
+    for t in &due {
+        let _ = in_transaction(|| tables::mark_copying(t.id));
+    }
+    let (slot, temporary) = if status == SlotStatus::Usable {
+        (format!("{}_copy", c.slot_name), true)
+    } else {
+        (c.slot_name.clone(), false)
+    };
     let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &slot, temporary) {
         Ok(s) => s,
         Err(e) => {
@@ -116,6 +182,10 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
             return true;
         }
     };
+
+    if !temporary {
+        let _ = in_transaction(|| crate::catalog::record_slot_created(c.id, &snap.lsn));
+    }
 
     // Read every table's definition under the snapshot: the shape the copy will have.
     let app = format!("livesync copy {}", c.name);

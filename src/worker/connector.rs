@@ -184,14 +184,19 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                 return;
             }
             if !slot_ready {
-                let q = async {
-                    client
-                        .query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&connector.slot_name])
-                        .await
-                };
-                match block_on_until_shutdown(&rt, q) {
+                match block_on_until_shutdown(&rt, crate::copy::slot_status(&client, &connector.slot_name)) {
                     None => return,
-                    Some(Ok(r)) => slot_ready = r.is_some(),
+                    Some(Ok(status)) => {
+                        if crate::copy::report_if_slot_lost(&connector, &status) {
+                            // Loud and stuck until the user resyncs the tables (or drops the
+                            // connector): check again now and then.
+                            if !super::wait(MAX_RECONNECT_BACKOFF) {
+                                return;
+                            }
+                            continue;
+                        }
+                        slot_ready = status == crate::copy::SlotStatus::Usable;
+                    }
                     Some(Err(e)) => break e.to_string(),
                 }
             }

@@ -125,3 +125,122 @@ fn a_long_user_lock_delays_a_table_never_breaks_it() {
     assert!(row.text("last_error_context").contains("\"public\".\"uq\""), "{row:?}");
     db.wait_same(&Compare::same("lk", "id"), Duration::from_secs(30));
 }
+
+fn slot_count(db: &TestDb, slot: &str) -> i64 {
+    db.src(&format!("SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = {}", lit(slot)))[0].int("n")
+}
+
+fn wait_slot_lost(db: &TestDb, connector: &str, words: &str) -> Row {
+    wait_until("the connector to report its lost slot", Duration::from_secs(60), || {
+        let r = db.connector(connector).unwrap();
+        if r.get("state") == Some("error") && r.get("last_error").unwrap_or("").contains(words) {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+}
+
+/// The connector's slot dropped by hand on the source: the connector goes to `error` saying so
+/// and what to do; a later add_table does not create a new slot (which would silently skip the
+/// changes in between for the synced table); resyncing the tables recovers everything.
+#[test]
+fn a_slot_dropped_by_hand_is_loud_and_never_replaced_silently() {
+    let db = TestDb::new("slot_dropped");
+    db.src(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g;
+         CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1);",
+    );
+    let c = db.add_su_connector("c");
+    let slot = c.text("slot_name").to_string();
+    db.add_table_ok("t");
+    db.wait_ready("public.t");
+
+    // Drop the slot under the running connector (its walsender is terminated first; the worker
+    // reconnects within a second, hence the loop).
+    db.src(&format!(
+        "DO $$
+         BEGIN
+           LOOP
+             PERFORM pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = {s} AND active_pid IS NOT NULL;
+             BEGIN
+               PERFORM pg_drop_replication_slot({s});
+               EXIT;
+             EXCEPTION WHEN object_in_use THEN PERFORM pg_sleep(0.05);
+             END;
+           END LOOP;
+         END $$",
+        s = lit(&slot)
+    ));
+    db.src("INSERT INTO t VALUES (11, 'made while the slot was gone')");
+    let row = wait_slot_lost(&db, "c", "no longer exists on the source");
+    let msg = row.text("last_error");
+    assert!(msg.contains(&slot) && msg.contains("resync_table"), "{row:?}");
+
+    // add_table must not create a new permanent slot behind the synced table's back.
+    let lost_logged = || db.target.log_contents().matches("no longer exists on the source").count();
+    let before = lost_logged();
+    db.add_table_ok("u");
+    wait_until("the copy batch to refuse", Duration::from_secs(60), || {
+        if lost_logged() > before { Ok(()) } else { Err("no new report".into()) }
+    });
+    assert_eq!(slot_count(&db, &slot), 0, "a new slot was created");
+    assert_eq!(db.progress("public.u").text("state"), "pending");
+    assert_eq!(db.progress("public.t").text("state"), "ready");
+
+    // Recovery: copy t again; a new slot is created and both tables sync, the row made while
+    // the slot was gone included.
+    db.call_ok("resync_table", &["t"]);
+    db.wait_ready("public.t");
+    db.wait_ready("public.u");
+    assert_eq!(slot_count(&db, &slot), 1);
+    db.src("INSERT INTO t VALUES (12, 'after'); INSERT INTO u VALUES (2)");
+    db.wait_same(&Compare::same("t", "id"), Duration::from_secs(30));
+    db.wait_same(&Compare::same("u", "id"), Duration::from_secs(30));
+    db.wait_running("c");
+}
+
+/// The connector's slot invalidated by the source (`max_slot_wal_keep_size`) while the connector
+/// is paused: the connector says so when resumed; resyncing recovers (the invalidated slot is
+/// replaced once no table depends on it).
+#[test]
+fn a_slot_invalidated_by_max_slot_wal_keep_size_is_loud() {
+    let source = dedicated_source("slot_inval_src");
+    let db = TestDb::on(&source, shared_target(), "slot_inval");
+    db.src("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g;");
+    let c = db.add_su_connector("c");
+    let slot = c.text("slot_name").to_string();
+    db.add_table_ok("t");
+    db.wait_ready("public.t");
+    db.call_ok("pause_connector", &["c"]);
+    db.wait_state("c", "paused");
+    wait_until("the slot to be inactive", Duration::from_secs(30), || {
+        let r = db.src(&format!("SELECT active::text AS a FROM pg_replication_slots WHERE slot_name = {}", lit(&slot)));
+        if r[0].text("a") == "false" { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    {
+        let mut s = source.connect("postgres");
+        query(&mut s, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+        query(&mut s, "SELECT pg_reload_conf()");
+    }
+    wait_until("the slot to be invalidated", Duration::from_secs(60), || {
+        db.src("INSERT INTO t VALUES (1000 + (random() * 1e6)::int, 'wal') ON CONFLICT DO NOTHING; SELECT pg_switch_wal(); CHECKPOINT;");
+        let r = db.src(&format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = {}", lit(&slot)));
+        if r[0].get("wal_status") == Some("lost") { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    db.call_ok("resume_connector", &["c"]);
+    let row = wait_slot_lost(&db, "c", "invalidated by the source");
+    assert!(row.text("last_error").contains("max_slot_wal_keep_size"), "{row:?}");
+
+    {
+        let mut s = source.connect("postgres");
+        query(&mut s, "ALTER SYSTEM RESET max_slot_wal_keep_size");
+        query(&mut s, "SELECT pg_reload_conf()");
+    }
+    db.call_ok("resync_table", &["t"]);
+    db.wait_ready("public.t");
+    db.src("INSERT INTO t VALUES (11, 'after')");
+    db.wait_same(&Compare::same("t", "id"), Duration::from_secs(30));
+    let r = db.src(&format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = {}", lit(&slot)));
+    assert_ne!(r[0].get("wal_status"), Some("lost"), "{r:?}");
+}
