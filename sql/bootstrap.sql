@@ -107,6 +107,10 @@ CREATE TABLE livesync.sync_table (
     -- and retries after a back-off; the table stays synced. Cleared by the next commit.
     retry_reason     text,
     retry_since      timestamptz,
+    -- Whether the connector's worker has put the source table into the connector's publication
+    -- (or found it there). add_table never touches the source: the worker publishes what the
+    -- committed catalog says, so a rolled-back add_table leaves the source as it was.
+    published        bool NOT NULL DEFAULT false,
     -- Change stream counters for this table.
     changes_applied  int8 NOT NULL DEFAULT 0,
     changes_skipped  int8 NOT NULL DEFAULT 0,
@@ -115,6 +119,15 @@ CREATE TABLE livesync.sync_table (
 );
 
 SELECT pg_catalog.pg_extension_config_dump('livesync.sync_table', '');
+
+-- Tables remove_table took out of sync, still to be dropped from the connector's publication by
+-- its worker (after this commit; a rolled-back remove_table leaves the source as it was).
+CREATE TABLE livesync.unpublish (
+    connector_id  int4 NOT NULL REFERENCES livesync.connector (id) ON DELETE CASCADE,
+    source_schema text NOT NULL,
+    source_name   text NOT NULL,
+    PRIMARY KEY (connector_id, source_schema, source_name)
+);
 
 -- The units of a table's initial copy: page ranges (one for small tables), all to be read under
 -- the same exported snapshot. A range is marked done in the transaction that loaded it.

@@ -151,4 +151,4 @@ SELECT c.name AS connector,
  ORDER BY 1, 2;
 
 GRANT SELECT ON livesync.table_progress TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.sync_table, livesync.copy_range TO livesync_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.sync_table, livesync.copy_range, livesync.unpublish TO livesync_admin;

@@ -232,9 +232,17 @@ fn stop_worker_and_lock(c: &catalog::Connector) -> Result<()> {
 #[pg_extern]
 fn drop_connector(name: &str) {
     hide_statement_from_error_log();
+    // Like DROP SUBSCRIPTION with a slot: the source clean-up below cannot be rolled back, so
+    // no transaction block may roll back the rest after it.
+    // SAFETY: a plain check of the transaction state; ereports when in a transaction block.
+    unsafe { pg_sys::PreventInTransactionBlock(true, c"livesync.drop_connector()".as_ptr()) };
     let c = catalog::lock_connector_by_name(name).or_raise();
     let conninfo = catalog::conninfo(c.id).or_raise().unwrap_or_default();
     stop_worker_and_lock(&c).or_raise();
+
+    // Local state first: what can fail here fails before the source is touched.
+    crate::apply::origin::drop(&c.slot_name);
+    catalog::delete_connector(c.id).or_raise();
 
     // Remove what livesync created on the source. The local row goes in any case: a dead source
     // must not make a connector impossible to drop; the user is told what is left behind.
@@ -268,7 +276,5 @@ fn drop_connector(name: &str) {
         .hint(format!("When the source is reachable, run on it: {leftovers}"))
         .report(PgLogLevel::WARNING);
     }
-    crate::apply::origin::drop(&c.slot_name);
-    catalog::delete_connector(c.id).or_raise();
     wake_manager_after_commit();
 }

@@ -339,21 +339,26 @@ fn add_table(
         .report(PgLogLevel::WARNING);
     }
 
-    let publication = c.publication_name.clone();
+    // The source is not changed here: the connector's worker puts the table into its
+    // publication once this transaction commits (a rolled-back add_table leaves the source as
+    // it was). What would make that fail is checked now.
+    let source_q = def.qualified();
+    let needs_schema = def.source_hypertable.is_some();
     with_source(&c, async |client, info| {
-        publication::add_table(client, &publication, &def.schema, &def.name).await.map_err(|e| {
-            let err = LivesyncError::source_query(&info.endpoint(), &e);
-            if e.as_db_error().is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-                err.hint(format!(
-                    "Adding a table to a publication requires owning it. On the source: ALTER TABLE {} OWNER TO {}; or connect as the table's owner.",
-                    def.qualified(),
-                    crate::source::quote_ident(&info.user())
-                ))
-            } else {
-                err
-            }
-        })?;
-        if let Some(h) = &def.source_hypertable {
+        let (owner, superuser) =
+            publication::privileges(client, &source_q).await.map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))?;
+        if !owner && !superuser {
+            return Err(LivesyncError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("role \"{}\" does not own source table {source_q}", info.user()),
+            )
+            .detail("Adding a table to the connector's publication requires owning it on the source.")
+            .hint(format!(
+                "On the source: ALTER TABLE {source_q} OWNER TO {}; or connect as the table's owner.",
+                crate::source::quote_ident(&info.user())
+            )));
+        }
+        if needs_schema {
             let version: i32 = client
                 .query_one("SELECT current_setting('server_version_num')::int4", &[])
                 .await
@@ -362,7 +367,7 @@ fn add_table(
             if version < 150000 {
                 return Err(LivesyncError::new(
                     PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    format!("source table {} is a hypertable, which livesync syncs from PostgreSQL 15 or later only", def.qualified()),
+                    format!("source table {source_q} is a hypertable, which livesync syncs from PostgreSQL 15 or later only"),
                 )
                 .detail(format!(
                     "The source runs PostgreSQL {}.{}; its hypertable's rows are in chunks, and only PostgreSQL 15 can publish every chunk, including new ones, from their first row (ALTER PUBLICATION … ADD TABLES IN SCHEMA).",
@@ -371,12 +376,17 @@ fn add_table(
                 ))
                 .hint("Upgrade the source to PostgreSQL 15 or later."));
             }
-            publication::add_schema(client, &publication, &h.chunk_schema).await.map_err(|e| {
-                LivesyncError::source_query(&info.endpoint(), &e).hint(format!(
-                    "Publishing the hypertable's chunks (ALTER PUBLICATION … ADD TABLES IN SCHEMA {}) requires a superuser on the source; run it there as one, or connect as one.",
-                    crate::source::quote_ident(&h.chunk_schema)
-                ))
-            })?;
+            if !superuser {
+                let schema = def.source_hypertable.as_ref().map(|h| h.chunk_schema.clone()).unwrap_or_default();
+                return Err(LivesyncError::new(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    format!("source table {source_q} is a hypertable, whose chunks only a superuser can publish"),
+                )
+                .hint(format!(
+                    "Publishing the hypertable's chunks (ALTER PUBLICATION … ADD TABLES IN SCHEMA {}) requires a superuser on the source; connect as one.",
+                    crate::source::quote_ident(&schema)
+                )));
+            }
         }
         Ok(())
     })
@@ -407,6 +417,7 @@ fn add_table(
         est_bytes: def.size_bytes,
         hypertable: spec,
         source_hypertable: def.source_hypertable.clone(),
+        published: false,
     })
     .or_raise();
     wake_worker_after_commit(&c);
@@ -425,25 +436,9 @@ fn remove_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
         .hint("SELECT source_table FROM livesync.table_progress lists the synced tables.")
         .raise();
     };
-    let publication = c.publication_name.clone();
-    let removed = with_source(&c, async |client, info| {
-        publication::drop_table(client, &publication, &t.source_schema, &t.source_name)
-            .await
-            .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))
-    });
-    if let Err(e) = removed {
-        LivesyncError::new(
-            PgSqlErrorCode::ERRCODE_WARNING,
-            format!("table {} stays in publication \"{}\" on the source", qualified(&schema, &name), publication),
-        )
-        .detail(format!("Could not reach the source: {}.", e.message))
-        .hint(format!(
-            "When the source is reachable, run on it: ALTER PUBLICATION {} DROP TABLE {};",
-            spi::quote_identifier(&publication),
-            qualified(&t.source_schema, &t.source_name)
-        ))
-        .report(PgLogLevel::WARNING);
-    }
+    // The worker drops it from the publication once this commits (see `copy::reconcile`).
+    tables::add_unpublish(c.id, &t.source_schema, &t.source_name).or_raise();
+    wake_worker_after_commit(&c);
     tables::delete(t.id).or_raise();
 }
 

@@ -51,6 +51,8 @@ pub struct SyncTable {
     pub hypertable: Option<HypertableSpec>,
     /// Set when the source table is a hypertable (its changes arrive as its chunks').
     pub source_hypertable: Option<SourceHypertable>,
+    /// The worker has put the source table into the connector's publication.
+    pub published: bool,
 }
 
 impl SyncTable {
@@ -75,12 +77,14 @@ pub struct NewSyncTable<'a> {
     pub est_bytes: i64,
     pub hypertable: Option<HypertableSpec>,
     pub source_hypertable: Option<SourceHypertable>,
+    /// Already in the connector's publication (found there by the worker).
+    pub published: bool,
 }
 
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
                        build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
                        hypertable_time_column, hypertable_chunk_interval, hypertable_integer, \
-                       source_chunk_schema, source_chunk_prefix, build_indexes";
+                       source_chunk_schema, source_chunk_prefix, build_indexes, published";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -106,6 +110,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
             _ => None,
         },
         build_indexes: row.get::<Vec<String>>(15)?,
+        published: row.get::<bool>(16)?.unwrap_or(false),
     })
 }
 
@@ -140,8 +145,8 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
              (connector_id, source_schema, source_name, target_schema, target_name,
               build_key, build_key_primary, est_rows, est_bytes,
               hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
-              source_chunk_schema, source_chunk_prefix, build_indexes, added_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, clock_timestamp())
+              source_chunk_schema, source_chunk_prefix, build_indexes, published, added_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, $16, clock_timestamp())
          RETURNING id",
         &[
             n.connector_id.into(),
@@ -159,9 +164,46 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
             n.source_hypertable.as_ref().map(|h| h.chunk_schema.clone()).into(),
             n.source_hypertable.as_ref().map(|h| h.chunk_prefix.clone()).into(),
             n.build_indexes.clone().into(),
+            n.published.into(),
         ],
     )?
     .expect("INSERT RETURNING gave no row"))
+}
+
+/// The worker put the table into the connector's publication (or found it there).
+pub fn mark_published(id: i32) -> Result<()> {
+    Spi::run_with_args("UPDATE livesync.sync_table SET published = true WHERE id = $1", &[id.into()]).map_err(spi_err)
+}
+
+/// `remove_table`: drop the table from the connector's publication once this commits.
+pub fn add_unpublish(connector_id: i32, schema: &str, name: &str) -> Result<()> {
+    Spi::run_with_args(
+        "INSERT INTO livesync.unpublish VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        &[connector_id.into(), schema.into(), name.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Tables to drop from the connector's publication.
+pub fn unpublish_list(connector_id: i32) -> Result<Vec<(String, String)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT source_schema, source_name FROM livesync.unpublish WHERE connector_id = $1 ORDER BY 1, 2",
+            None,
+            &[connector_id.into()],
+        )?;
+        t.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
+pub fn delete_unpublish(connector_id: i32, schema: &str, name: &str) -> Result<()> {
+    Spi::run_with_args(
+        "DELETE FROM livesync.unpublish WHERE connector_id = $1 AND source_schema = $2 AND source_name = $3",
+        &[connector_id.into(), schema.into(), name.into()],
+    )
+    .map_err(spi_err)
 }
 
 pub fn delete(id: i32) -> Result<()> {

@@ -38,7 +38,7 @@ use crate::catalog::tables::{self, SyncTable};
 use crate::catalog::{ranges, Connector};
 use crate::runtime::block_on_until_shutdown;
 use crate::source::conninfo::SourceConninfo;
-use crate::source::{connect, quote_ident, quote_literal};
+use crate::source::{connect, publication, quote_ident, quote_literal};
 use crate::worker::in_transaction;
 
 /// A copy worker that fails is relaunched at most this many times per batch.
@@ -133,9 +133,31 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
     if due.is_empty() {
         return true;
     }
+    let client = match block_on_until_shutdown(rt, connect::connect(info, &format!("livesync copy {}", c.name))) {
+        None => return false,
+        Some(Ok(client)) => client,
+        Some(Err(e)) => {
+            for t in &due {
+                record_error(t, &format!("could not reach the source: {e}"), None);
+            }
+            return true;
+        }
+    };
+    // Crash-sensitive: a table must be in the publication before the snapshot it is copied from
+    // is taken, or its changes between the two would be in neither. add_table leaves that to us.
+    if due.iter().any(|t| !t.published) {
+        reconcile(c, &client, rt);
+    }
+    let due: Vec<SyncTable> = match in_transaction(|| tables::due_for_copy(c.id)) {
+        Ok(Ok(d)) => d.into_iter().filter(|t| t.published).collect(),
+        _ => return true,
+    };
+    if due.is_empty() {
+        return true;
+    }
 
     let status = block_on_until_shutdown(rt, async {
-        let client = connect::connect(info, "livesync").await.map_err(|e| e.to_string())?;
+        let client = &client;
         let status = slot_status(&client, &c.slot_name).await.map_err(|e| e.to_string())?;
         if status == SlotStatus::Invalidated && in_transaction(|| tables::count_copied(c.id)).ok().and_then(|r| r.ok()) == Some(0) {
             // Every table is being copied again: the invalidated slot can go, a new one follows.
@@ -356,66 +378,87 @@ fn fail_unfinished(c: &Connector, why: &str) {
     });
 }
 
-pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> bool {
-    let published = match block_on_until_shutdown(rt, async {
-        // A missing publication (dropped on the source) means nothing about its tables: leave
-        // them alone rather than stop syncing every one (the worker recreates it on reconnect).
-        if client
-            .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&c.publication_name])
-            .await?
-            .is_none()
-        {
-            return Ok(None);
-        }
-        client
-            .query(
-                "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
-                &[&c.publication_name],
-            )
-            .await
-            .map(Some)
-    }) {
-        Some(Ok(Some(rows))) => rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>(),
-        _ => return false,
-    };
+/// Bring the connector's publication on the source in line with the committed catalog, and
+/// the catalog in line with what the user did to the publication. livesync's SQL functions never
+/// change the source's publication themselves — so a rolled-back `add_table` or `remove_table`
+/// leaves the source as it was — and this runs in the worker, after they commit:
+///
+/// - a table `remove_table` took out (`livesync.unpublish`) is dropped from the publication,
+///   unless it was added again since;
+/// - a synced table not yet published (`published` false: `add_table`) is added to it, with its
+///   chunk schema for a source hypertable; a failure puts that table in `error` (retried);
+/// - a table the user added to the publication (`ALTER PUBLICATION … ADD TABLE`) is synced like
+///   `add_table` would (same name on the target);
+/// - a published table the user dropped from the publication stops syncing.
+///
+/// Every step is idempotent, so a crash between a source change and the catalog's commit is
+/// repaired by the next run. Runs under the connector's table-set lock (add_table/remove_table
+/// in progress: try again later). Returns whether the set of synced tables changed.
+pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> bool {
     let changed = in_transaction(|| -> crate::error::Result<bool> {
         if !crate::worker::try_xact_lock(crate::worker::LOCK_CLASS_TABLES, c.id) {
-            return Ok(false); // add_table/remove_table in progress: look again next time
+            return Ok(false);
         }
         let synced = tables::stream_tables(c.id)?;
+        let unpublish = tables::unpublish_list(c.id)?;
+        let source_err = |e: tokio_postgres::Error| {
+            crate::error::LivesyncError::new(
+                PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+                format!("could not update publication \"{}\" on the source: {}", c.publication_name, source_message(&e)),
+            )
+        };
+        let pubname = c.publication_name.as_str();
+        let Some(outcome) = block_on_until_shutdown(rt, async {
+            // A missing publication (dropped on the source) means nothing about its tables: leave
+            // them alone rather than stop syncing every one (the worker recreates it on reconnect).
+            let Some(mut published) = publication::tables(client, pubname).await? else { return Ok(None) };
+            for (schema, name) in &unpublish {
+                if !synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name) {
+                    publication::drop_table(client, pubname, schema, name).await?;
+                    published.retain(|(s, n)| !(s == schema && n == name));
+                }
+            }
+            let mut failures = Vec::new();
+            for t in synced.iter().filter(|t| !t.published) {
+                let r = async {
+                    publication::add_table(client, pubname, &t.source_schema, &t.source_name).await?;
+                    if let Some(h) = &t.source_hypertable {
+                        publication::add_schema(client, pubname, &h.chunk_schema).await?;
+                    }
+                    Ok::<_, tokio_postgres::Error>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => published.push((t.source_schema.clone(), t.source_name.clone())),
+                    Err(e) => failures.push((t.id, source_message(&e))),
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(Some((published, failures)))
+        }) else {
+            return Ok(false);
+        };
+        let Some((published, failures)) = outcome.map_err(source_err)? else { return Ok(false) };
+        for (schema, name) in &unpublish {
+            tables::delete_unpublish(c.id, schema, name)?;
+        }
+        for (id, message) in &failures {
+            tables::mark_error(
+                *id,
+                &format!("could not add the table to publication \"{}\" on the source: {message}", c.publication_name),
+                Some("Check that the connector's source role owns the table (and is a superuser for a source hypertable); it is retried automatically."),
+            )?;
+        }
+
         let mut changed = false;
         // Chunks of synced source hypertables are published through their whole schema; they
         // are part of their hypertable, not tables of their own.
         let chunk_schemas: Vec<&str> =
             synced.iter().filter_map(|t| t.source_hypertable.as_ref().map(|h| h.chunk_schema.as_str())).collect();
-        for (schema, name) in &published {
-            if chunk_schemas.contains(&schema.as_str()) {
-                continue;
-            }
-            if !synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name) {
-                if tables::find_by_target(schema, name)?.is_some() {
-                    continue; // that target already receives another table; add_table reports this
-                }
-                pgrx::log!("livesync: {} joined publication \"{}\"; syncing it", qualified(schema, name), c.publication_name);
-                tables::insert(&tables::NewSyncTable {
-                    connector_id: c.id,
-                    source_schema: schema,
-                    source_name: name,
-                    target_schema: schema,
-                    target_name: name,
-                    build_key: None,
-                    build_key_primary: true,
-                    build_indexes: None,
-                    est_rows: 0,
-                    est_bytes: 0,
-                    hypertable: None,
-                    source_hypertable: None,
-                })?;
-                changed = true;
-            }
-        }
         for t in &synced {
-            if !published.iter().any(|(s, n)| s == &t.source_schema && n == &t.source_name) {
+            let in_pub = published.iter().any(|(s, n)| s == &t.source_schema && n == &t.source_name);
+            if in_pub && !t.published {
+                tables::mark_published(t.id)?;
+            } else if !in_pub && t.published {
                 pgrx::log!(
                     "livesync: {} left publication \"{}\"; no longer syncing it",
                     qualified(&t.source_schema, &t.source_name),
@@ -425,7 +468,48 @@ pub fn discover(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runt
                 changed = true;
             }
         }
+        for (schema, name) in &published {
+            if chunk_schemas.contains(&schema.as_str())
+                || synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name)
+            {
+                continue;
+            }
+            if tables::find_by_target(schema, name)?.is_some() {
+                continue; // that target already receives another table; add_table reports this
+            }
+            pgrx::log!("livesync: {} joined publication \"{}\"; syncing it", qualified(schema, name), c.publication_name);
+            tables::insert(&tables::NewSyncTable {
+                connector_id: c.id,
+                source_schema: schema,
+                source_name: name,
+                target_schema: schema,
+                target_name: name,
+                build_key: None,
+                build_key_primary: true,
+                build_indexes: None,
+                est_rows: 0,
+                est_bytes: 0,
+                hypertable: None,
+                source_hypertable: None,
+                published: true,
+            })?;
+            changed = true;
+        }
         Ok(changed)
     });
-    matches!(changed, Ok(Ok(true)))
+    match changed {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            pgrx::log!("livesync connector \"{}\": {}", c.name, e.message);
+            false
+        }
+        Err(e) => {
+            pgrx::log!("livesync connector \"{}\": could not reconcile its publication: {e}", c.name);
+            false
+        }
+    }
+}
+
+fn source_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
 }

@@ -24,6 +24,22 @@ pub async fn ensure(client: &Client, publication: &str) -> Result<bool, tokio_po
     Ok(false)
 }
 
+/// What the connecting role may do with table `qualified` (as `regclass` spells it): whether it
+/// owns it (adding a table to a publication requires that) and whether it is a superuser
+/// (`ADD TABLES IN SCHEMA` requires that). Read-only: `add_table` checks these at once, and the
+/// connector's worker makes the change after the catalog commits.
+pub async fn privileges(client: &Client, qualified: &str) -> Result<(bool, bool), tokio_postgres::Error> {
+    let r = client
+        .query_one(
+            "SELECT coalesce((SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c
+                               WHERE c.oid = pg_catalog.to_regclass($1)), false),
+                    coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false)",
+            &[&qualified],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
 /// Whether `schema.name` is in the publication.
 pub async fn contains(client: &Client, publication: &str, schema: &str, name: &str) -> Result<bool, tokio_postgres::Error> {
     Ok(client
@@ -80,6 +96,21 @@ pub async fn add_table(client: &Client, publication: &str, schema: &str, name: &
             .await?;
     }
     Ok(())
+}
+
+/// Every table in the publication, chunk schemas' tables included (`pg_publication_tables`);
+/// None when the publication does not exist.
+pub async fn tables(client: &Client, publication: &str) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
+    if client.query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication]).await?.is_none() {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
 }
 
 pub async fn drop_table(client: &Client, publication: &str, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {

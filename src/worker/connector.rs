@@ -223,7 +223,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
             }
             if last_ping.elapsed() >= PING_INTERVAL {
                 last_ping = Instant::now();
-                crate::copy::discover(&connector, &client, &rt);
+                crate::copy::reconcile(&connector, &client, &rt);
                 let ping = async { tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await };
                 match block_on_until_shutdown(&rt, ping) {
                     None => return,

@@ -399,7 +399,7 @@ pub fn run(
                     });
                     if last_source_check.elapsed() >= SOURCE_CHECK_INTERVAL {
                         last_source_check = Instant::now();
-                        crate::copy::discover(c, client, rt);
+                        crate::copy::reconcile(c, client, rt);
                         check_slot(c, client, rt);
                     }
                     if let Some(o) = housekeeping(c) {
@@ -418,8 +418,10 @@ pub fn run(
                     return abort(&mut applier, Outcome::Stop);
                 }
                 if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-                    // Woken by add_table/resync_table (or a reload): look at the catalog now.
+                    // Woken by add_table/remove_table/resync_table (or a reload): look at the
+                    // catalog, and bring the publication in line with it, now.
                     last_housekeeping = Instant::now() - HOUSEKEEPING_INTERVAL;
+                    last_source_check = Instant::now() - SOURCE_CHECK_INTERVAL;
                 }
             }
             Received::End => return abort(&mut applier, Outcome::Failed("the source ended the replication stream".into())),

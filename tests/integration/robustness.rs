@@ -244,3 +244,53 @@ fn a_slot_invalidated_by_max_slot_wal_keep_size_is_loud() {
     let r = db.src(&format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = {}", lit(&slot)));
     assert_ne!(r[0].get("wal_status"), Some("lost"), "{r:?}");
 }
+
+/// Rolled-back add_table, remove_table and drop_connector leave the source and the catalog as
+/// they were: the publication is untouched, nothing is synced into the rolled-back target, the
+/// connector keeps streaming.
+#[test]
+fn rolled_back_calls_leave_the_source_as_it_was() {
+    let db = TestDb::new("rollbacks");
+    db.src(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');
+         CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k VALUES (1, 'k');",
+    );
+    let c = db.add_su_connector("c");
+    let publication = c.text("publication_name").to_string();
+    db.add_table_ok("k");
+    db.wait_ready("public.k");
+    db.tgt("CREATE SCHEMA staging");
+
+    // add_table rolled back: nothing in the publication, no table anywhere on the target.
+    db.target_sql("BEGIN; SELECT livesync.add_table('t', target => 'staging.t'); ROLLBACK;").ok("rolled-back add_table");
+    assert_eq!(db.publication_rels(&publication), vec!["k".to_string()]);
+    // The worker looks at its publication (woken by the next add_table below), and still does
+    // not pick t up.
+    db.src("CREATE TABLE barrier (id int PRIMARY KEY)");
+    db.add_table_ok("barrier");
+    db.wait_ready("public.barrier");
+    assert_eq!(db.publication_rels(&publication), vec!["barrier".to_string(), "k".to_string()]);
+    assert!(db.try_progress("public.t").is_err(), "{:?}", db.table_progress_all());
+    assert!(db.tgt("SELECT 1 FROM pg_class WHERE relname = 't'").is_empty(), "a target table t exists");
+
+    // remove_table rolled back: k stays published and synced.
+    db.target_sql("BEGIN; SELECT livesync.remove_table('k'); ROLLBACK;").ok("rolled-back remove_table");
+    assert_eq!(db.publication_rels(&publication), vec!["barrier".to_string(), "k".to_string()]);
+    db.src("INSERT INTO k VALUES (2, 'after the rollback')");
+    db.wait_same(&Compare::same("k", "id"), Duration::from_secs(30));
+    assert_eq!(db.progress("public.k").text("state"), "ready");
+    assert_eq!(db.publication_rels(&publication), vec!["barrier".to_string(), "k".to_string()]);
+
+    // drop_connector cannot run in a transaction block (its source clean-up cannot be undone).
+    let e = db.target_sql("BEGIN; SELECT livesync.drop_connector('c'); ROLLBACK;").err("drop_connector in a transaction block");
+    assert_sqlstate(&e, "25001");
+    let slot = c.text("slot_name").to_string();
+    assert_eq!(
+        db.src(&format!("SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = {}", lit(&slot)))[0].int("n"),
+        1
+    );
+    assert_eq!(db.publication_rels(&publication), vec!["barrier".to_string(), "k".to_string()]);
+    db.src("INSERT INTO k VALUES (3, 'still streaming')");
+    db.wait_same(&Compare::same("k", "id"), Duration::from_secs(30));
+    db.wait_running("c");
+}

@@ -349,10 +349,12 @@ fn remove_table() {
     );
 
     db.call_ok("remove_table", &["r1", "c"]);
-    assert_eq!(
-        db.publication_rels(&publication),
-        vec!["r2".to_string()],
-        "r1 must leave the source publication"
+    // The worker drops it from the publication once remove_table has committed.
+    wait_for(
+        "r1 to leave the source publication",
+        WAIT,
+        || db.publication_rels(&publication),
+        |rels| rels == &vec!["r2".to_string()],
     );
     assert!(
         db.try_progress("public.r1").is_err(),
