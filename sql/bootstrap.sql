@@ -111,6 +111,10 @@ CREATE TABLE livesync.sync_table (
     -- (or found it there). add_table never touches the source: the worker publishes what the
     -- committed catalog says, so a rolled-back add_table leaves the source as it was.
     published        bool NOT NULL DEFAULT false,
+    -- add_table(append_only => true): only INSERT and TRUNCATE are replicated; the table is in
+    -- the connector's second publication (publish = 'insert, truncate'), so the source keeps
+    -- accepting its own UPDATEs and DELETEs of a table without replica identity.
+    append_only      bool NOT NULL DEFAULT false,
     -- Change stream counters for this table.
     changes_applied  int8 NOT NULL DEFAULT 0,
     changes_skipped  int8 NOT NULL DEFAULT 0,

@@ -96,18 +96,24 @@ impl ReplicationConn {
     }
 
     /// `START_REPLICATION SLOT slot LOGICAL start (proto_version …, publication_names …)`.
-    pub fn start_logical(&mut self, slot: &str, start: u64, proto_version: u32, streaming: bool, publication: &str) -> Result<(), String> {
+    pub fn start_logical(&mut self, slot: &str, start: u64, proto_version: u32, streaming: bool, publications: &[String]) -> Result<(), String> {
         let f = functions();
         let slot = CString::new(slot).unwrap();
-        let publication = CString::new(publication).unwrap();
+        let publications: Vec<CString> = publications.iter().map(|p| CString::new(p.as_str()).unwrap()).collect();
+        // SAFETY: the options struct is plain data, zeroed then filled; the strings it points to
+        // (slot, the pstrdup'ed names) outlive the call; the List is built in the current memory
+        // context; the call is guarded (an ERROR becomes Err through `catch`).
         unsafe {
             let mut opts: pg_sys::WalRcvStreamOptions = std::mem::zeroed();
             opts.logical = true;
             opts.slotname = slot.as_ptr() as *mut _;
             opts.startpoint = start;
             opts.proto.logical.proto_version = proto_version;
-            opts.proto.logical.publication_names =
-                pg_sys::lappend(std::ptr::null_mut(), pg_sys::makeString(pg_sys::pstrdup(publication.as_ptr())).cast());
+            let mut names: *mut pg_sys::List = std::ptr::null_mut();
+            for p in &publications {
+                names = pg_sys::lappend(names, pg_sys::makeString(pg_sys::pstrdup(p.as_ptr())).cast());
+            }
+            opts.proto.logical.publication_names = names;
             opts.proto.logical.binary = false;
             opts.proto.logical.streaming = streaming;
             opts.proto.logical.twophase = false;

@@ -247,9 +247,10 @@ fn drop_connector(name: &str) {
     // Remove what livesync created on the source. The local row goes in any case: a dead source
     // must not make a connector impossible to drop; the user is told what is left behind.
     let leftovers = format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE {}; DROP PUBLICATION IF EXISTS {};",
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE {}; DROP PUBLICATION IF EXISTS {}, {};",
         quote_literal(&format!("{}%", c.slot_name)),
-        quote_ident(&c.publication_name)
+        quote_ident(&c.publication_name),
+        quote_ident(&c.append_publication_name())
     );
     let cleanup = match SourceConninfo::parse(&conninfo) {
         Err(e) => Err(format!("invalid connection string: {}", e.0)),

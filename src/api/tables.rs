@@ -189,6 +189,7 @@ fn add_table(
     time_column: default!(Option<&str>, "NULL"),
     chunk_interval: default!(Option<&str>, "NULL"),
     indexes: default!(&str, "'key'"),
+    append_only: default!(bool, "false"),
 ) {
     if !matches!(indexes, "key" | "all" | "none") {
         LivesyncError::invalid_parameter(format!("invalid value for indexes: \"{indexes}\""))
@@ -255,6 +256,28 @@ fn add_table(
             qualified(&existing.target_schema, &existing.target_name)
         );
         return;
+    }
+
+    // A table without replica identity in a publication that publishes UPDATE and DELETE makes
+    // the *source* reject its application's own UPDATEs and DELETEs of it: refuse, unless the
+    // user asks for an append-only table (a publication of inserts and truncates only).
+    if append_only {
+        pgrx::notice!(
+            "source table {} is synced append-only: its INSERTs and TRUNCATEs are replicated, its UPDATEs and DELETEs are not",
+            def.qualified()
+        );
+    } else if !def.has_replica_identity() {
+        let q = def.qualified().replace('\'', "''");
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("source table {} has no primary key or replica identity", def.qualified()),
+        )
+        .detail("In the connector's publication, which publishes UPDATE and DELETE, the source would reject every UPDATE and DELETE of it by its own applications.")
+        .hint(format!(
+            "On the source: ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key), then add the table again; or, for a table that only ever receives inserts: SELECT livesync.add_table('{q}', append_only => true);",
+            def.qualified()
+        ))
+        .raise();
     }
 
     let (tschema, tname) = match target {
@@ -327,16 +350,6 @@ fn add_table(
             ))
             .report(PgLogLevel::NOTICE);
         }
-    }
-
-    if !def.has_replica_identity() {
-        LivesyncError::new(
-            PgSqlErrorCode::ERRCODE_WARNING,
-            format!("source table {} has no primary key or replica identity", def.qualified()),
-        )
-        .detail("The initial copy works, but UPDATE and DELETE on it cannot be replicated.")
-        .hint(format!("On the source: ALTER TABLE {} REPLICA IDENTITY FULL; or add a primary key.", def.qualified()))
-        .report(PgLogLevel::WARNING);
     }
 
     // The source is not changed here: the connector's worker puts the table into its
@@ -418,6 +431,7 @@ fn add_table(
         hypertable: spec,
         source_hypertable: def.source_hypertable.clone(),
         published: false,
+        append_only,
     })
     .or_raise();
     wake_worker_after_commit(&c);

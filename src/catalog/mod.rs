@@ -33,6 +33,13 @@ pub struct Connector {
     pub auto_add_columns: bool,
 }
 
+impl Connector {
+    /// The publication of the connector's `append_only` tables (inserts and truncates only).
+    pub fn append_publication_name(&self) -> String {
+        crate::source::names::append_publication_name(&self.publication_name)
+    }
+}
+
 /// What the manager needs per connector to reconcile workers.
 #[derive(Debug, Clone)]
 pub struct ConnectorWorkerState {

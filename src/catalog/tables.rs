@@ -53,6 +53,9 @@ pub struct SyncTable {
     pub source_hypertable: Option<SourceHypertable>,
     /// The worker has put the source table into the connector's publication.
     pub published: bool,
+    /// `add_table(append_only => true)`: only INSERT and TRUNCATE are replicated (the table is
+    /// in the connector's append-only publication).
+    pub append_only: bool,
 }
 
 impl SyncTable {
@@ -79,12 +82,13 @@ pub struct NewSyncTable<'a> {
     pub source_hypertable: Option<SourceHypertable>,
     /// Already in the connector's publication (found there by the worker).
     pub published: bool,
+    pub append_only: bool,
 }
 
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
                        build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
                        hypertable_time_column, hypertable_chunk_interval, hypertable_integer, \
-                       source_chunk_schema, source_chunk_prefix, build_indexes, published";
+                       source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -111,6 +115,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
         },
         build_indexes: row.get::<Vec<String>>(15)?,
         published: row.get::<bool>(16)?.unwrap_or(false),
+        append_only: row.get::<bool>(17)?.unwrap_or(false),
     })
 }
 
@@ -145,8 +150,8 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
              (connector_id, source_schema, source_name, target_schema, target_name,
               build_key, build_key_primary, est_rows, est_bytes,
               hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
-              source_chunk_schema, source_chunk_prefix, build_indexes, published, added_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, $16, clock_timestamp())
+              source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, added_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, $16, $17, clock_timestamp())
          RETURNING id",
         &[
             n.connector_id.into(),
@@ -165,9 +170,21 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
             n.source_hypertable.as_ref().map(|h| h.chunk_prefix.clone()).into(),
             n.build_indexes.clone().into(),
             n.published.into(),
+            n.append_only.into(),
         ],
     )?
     .expect("INSERT RETURNING gave no row"))
+}
+
+/// The connector's publication (`main`) or append-only publication (`append`) was created anew:
+/// its tables are to be published again.
+pub fn mark_unpublished(connector_id: i32, main: bool, append: bool) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table SET published = false
+          WHERE connector_id = $1 AND ((append_only AND $3) OR (NOT append_only AND $2))",
+        &[connector_id.into(), main.into(), append.into()],
+    )
+    .map_err(spi_err)
 }
 
 /// The worker put the table into the connector's publication (or found it there).

@@ -408,36 +408,41 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
             )
         };
         let pubname = c.publication_name.as_str();
+        let apubname = c.append_publication_name();
         let Some(outcome) = block_on_until_shutdown(rt, async {
             // A missing publication (dropped on the source) means nothing about its tables: leave
             // them alone rather than stop syncing every one (the worker recreates it on reconnect).
-            let Some(mut published) = publication::tables(client, pubname).await? else { return Ok(None) };
+            let Some(mut main) = publication::tables(client, pubname).await? else { return Ok(None) };
+            let Some(mut append) = publication::tables(client, &apubname).await? else { return Ok(None) };
             for (schema, name) in &unpublish {
                 if !synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name) {
                     publication::drop_table(client, pubname, schema, name).await?;
-                    published.retain(|(s, n)| !(s == schema && n == name));
+                    publication::drop_table(client, &apubname, schema, name).await?;
+                    main.retain(|(s, n)| !(s == schema && n == name));
+                    append.retain(|(s, n)| !(s == schema && n == name));
                 }
             }
             let mut failures = Vec::new();
             for t in synced.iter().filter(|t| !t.published) {
+                let (p, list) = if t.append_only { (apubname.as_str(), &mut append) } else { (pubname, &mut main) };
                 let r = async {
-                    publication::add_table(client, pubname, &t.source_schema, &t.source_name).await?;
+                    publication::add_table(client, p, t.append_only, &t.source_schema, &t.source_name).await?;
                     if let Some(h) = &t.source_hypertable {
-                        publication::add_schema(client, pubname, &h.chunk_schema).await?;
+                        publication::add_schema(client, p, t.append_only, &h.chunk_schema).await?;
                     }
                     Ok::<_, tokio_postgres::Error>(())
                 }
                 .await;
                 match r {
-                    Ok(()) => published.push((t.source_schema.clone(), t.source_name.clone())),
+                    Ok(()) => list.push((t.source_schema.clone(), t.source_name.clone())),
                     Err(e) => failures.push((t.id, source_message(&e))),
                 }
             }
-            Ok::<_, tokio_postgres::Error>(Some((published, failures)))
+            Ok::<_, tokio_postgres::Error>(Some((main, append, failures)))
         }) else {
             return Ok(false);
         };
-        let Some((published, failures)) = outcome.map_err(source_err)? else { return Ok(false) };
+        let Some((main, append, failures)) = outcome.map_err(source_err)? else { return Ok(false) };
         for (schema, name) in &unpublish {
             tables::delete_unpublish(c.id, schema, name)?;
         }
@@ -455,7 +460,8 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
         let chunk_schemas: Vec<&str> =
             synced.iter().filter_map(|t| t.source_hypertable.as_ref().map(|h| h.chunk_schema.as_str())).collect();
         for t in &synced {
-            let in_pub = published.iter().any(|(s, n)| s == &t.source_schema && n == &t.source_name);
+            let list = if t.append_only { &append } else { &main };
+            let in_pub = list.iter().any(|(s, n)| s == &t.source_schema && n == &t.source_name);
             if in_pub && !t.published {
                 tables::mark_published(t.id)?;
             } else if !in_pub && t.published {
@@ -468,7 +474,8 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
                 changed = true;
             }
         }
-        for (schema, name) in &published {
+        let published = main.iter().map(|t| (t, false)).chain(append.iter().map(|t| (t, true)));
+        for ((schema, name), append_only) in published {
             if chunk_schemas.contains(&schema.as_str())
                 || synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name)
             {
@@ -492,6 +499,7 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
                 hypertable: None,
                 source_hypertable: None,
                 published: true,
+                append_only,
             })?;
             changed = true;
         }

@@ -8,6 +8,13 @@
 /// Maximum length of a PostgreSQL identifier (NAMEDATALEN - 1).
 pub const MAX_IDENTIFIER_LEN: usize = 63;
 
+/// The connector's second publication, `publish = 'insert, truncate'`, for tables synced with
+/// `append_only => true`: a table without a replica identity may be in it without the source
+/// rejecting its own UPDATEs and DELETEs of that table.
+pub fn append_publication_name(publication: &str) -> String {
+    format!("{publication}_append")
+}
+
 /// The random part of a connector's source-side names: exactly 16 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectorToken(String);
@@ -54,6 +61,9 @@ mod tests {
             assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         }
         assert_eq!(t.slot_name(), "livesync_0123456789abcdef");
+        let a = append_publication_name(&t.publication_name());
+        assert!(a.len() <= MAX_IDENTIFIER_LEN);
+        assert_eq!(a, "livesync_0123456789abcdef_append");
     }
 
     #[test]

@@ -7,15 +7,18 @@ use tokio_postgres::Client;
 
 use super::quote_ident;
 
-/// Create the publication if it does not exist yet; true if it had to be created.
-pub async fn ensure(client: &Client, publication: &str) -> Result<bool, tokio_postgres::Error> {
+/// Create the publication if it does not exist yet; true if it had to be created. The
+/// connector's append-only publication (named by `names::append_publication_name`) publishes
+/// inserts and truncates only.
+pub async fn ensure(client: &Client, publication: &str, append_only: bool) -> Result<bool, tokio_postgres::Error> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
         .await?;
     if exists.is_none() {
+        let publish = if append_only { ", publish = 'insert, truncate'" } else { "" };
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+                "CREATE PUBLICATION {} WITH (publish_via_partition_root = true{publish})",
                 quote_ident(publication)
             ))
             .await?;
@@ -60,8 +63,8 @@ pub async fn contains(client: &Client, publication: &str, schema: &str, name: &s
 /// inheritance children, which `publish_via_partition_root` does not cover, and adding each new
 /// chunk by name after it appeared would miss the rows written in the transaction creating it.
 /// Changes of chunks no synced table owns are ignored by the apply.
-pub async fn add_schema(client: &Client, publication: &str, schema: &str) -> Result<(), tokio_postgres::Error> {
-    ensure(client, publication).await?;
+pub async fn add_schema(client: &Client, publication: &str, append_only: bool, schema: &str) -> Result<(), tokio_postgres::Error> {
+    ensure(client, publication, append_only).await?;
     let present = client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_publication p
@@ -83,8 +86,8 @@ pub async fn add_schema(client: &Client, publication: &str, schema: &str) -> Res
     Ok(())
 }
 
-pub async fn add_table(client: &Client, publication: &str, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {
-    ensure(client, publication).await?;
+pub async fn add_table(client: &Client, publication: &str, append_only: bool, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {
+    ensure(client, publication, append_only).await?;
     if !contains(client, publication, schema, name).await? {
         client
             .batch_execute(&format!(

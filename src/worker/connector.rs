@@ -91,7 +91,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
     // commits past what failed).
     let mut retry = Backoff::new(MAX_RECONNECT_BACKOFF);
     loop {
-        let Verdict::Run { name, conninfo, publication, .. } = read_verdict(id) else { break };
+        let Verdict::Run { name, conninfo, publication, connector } = read_verdict(id) else { break };
         let app = application_name(&name);
         super::set_application_name(&app);
 
@@ -120,34 +120,20 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
 
         // The connector's publication: created here rather than in add_connector, so that a
         // rolled-back add_connector leaves nothing behind on the source.
-        let ensure = crate::source::publication::ensure(&client, &publication);
+        let append_publication = crate::source::names::append_publication_name(&publication);
+        let ensure = async {
+            let main = crate::source::publication::ensure(&client, &publication, false).await?;
+            let append = crate::source::publication::ensure(&client, &append_publication, true).await?;
+            Ok::<_, tokio_postgres::Error>((main, append))
+        };
         match block_on_until_shutdown(&rt, ensure) {
             None => break,
-            Some(Ok(false)) => {}
-            Some(Ok(true)) => {
-                // The publication was gone (dropped on the source): put the synced tables back,
-                // or the discovery of publication changes would read that as "stop syncing".
-                let synced = super::in_transaction(|| crate::catalog::tables::stream_tables(id)).ok().and_then(|r| r.ok());
-                for t in synced.unwrap_or_default() {
-                    let add = crate::source::publication::add_table(&client, &publication, &t.source_schema, &t.source_name);
-                    if let Some(Err(e)) = block_on_until_shutdown(&rt, add) {
-                        pgrx::warning!(
-                            "livesync connector \"{name}\": could not add {}.{} back to publication \"{publication}\": {e}",
-                            t.source_schema,
-                            t.source_name
-                        );
-                    }
-                    if let Some(h) = &t.source_hypertable {
-                        let add = crate::source::publication::add_schema(&client, &publication, &h.chunk_schema);
-                        if let Some(Err(e)) = block_on_until_shutdown(&rt, add) {
-                            pgrx::warning!(
-                                "livesync connector \"{name}\": could not publish schema \"{}\" (chunks of {}.{}) again: {e}",
-                                h.chunk_schema,
-                                t.source_schema,
-                                t.source_name
-                            );
-                        }
-                    }
+            Some(Ok((main, append))) => {
+                if main || append {
+                    // A publication was gone (dropped on the source): its synced tables go back
+                    // into it (reconcile), or that would read as "the user stopped syncing them".
+                    let _ = super::in_transaction(|| crate::catalog::tables::mark_unpublished(id, main, append));
+                    crate::copy::reconcile(&connector, &client, &rt);
                 }
             }
             Some(Err(e)) => {

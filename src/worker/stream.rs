@@ -229,7 +229,8 @@ pub fn run(
         Ok(s) => s,
         Err(e) => return Outcome::Failed(format!("could not prepare the spool for streamed transactions: {e}")),
     };
-    if let Err(e) = conn.start_logical(&c.slot_name, start, if streaming { 2 } else { 1 }, streaming, &c.publication_name) {
+    let publications = [c.publication_name.clone(), c.append_publication_name()];
+    if let Err(e) = conn.start_logical(&c.slot_name, start, if streaming { 2 } else { 1 }, streaming, &publications) {
         return Outcome::Failed(e);
     }
     let _ = super::in_transaction(|| catalog::report_running(c.id));

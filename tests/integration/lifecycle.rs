@@ -76,7 +76,8 @@ fn add_connector_runs_worker_and_connects_to_source() {
         is_livesync_publication_name(&publication),
         "publication_name {publication:?}"
     );
-    assert_eq!(db.source_publications(), vec![publication.clone()]);
+    // Its publication and the append-only one (add_table(append_only => true)).
+    assert_eq!(db.source_publications(), vec![publication.clone(), format!("{publication}_append")]);
 
     // The worker is a `livesync connector` background worker of this database.
     let pid = row.text("worker_pid");
@@ -154,10 +155,8 @@ fn pause_and_resume() {
     );
     db.wait_source_sessions(0);
     // The publication stays while paused.
-    assert_eq!(
-        db.source_publications(),
-        vec![row.text("publication_name").to_string()]
-    );
+    let publication = row.text("publication_name").to_string();
+    assert_eq!(db.source_publications(), vec![publication.clone(), format!("{publication}_append")]);
 
     db.call_ok("resume_connector", &["c"]);
     let row = db.wait_running("c");

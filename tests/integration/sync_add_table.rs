@@ -267,27 +267,48 @@ fn assert_message_starts_hint(e: &SqlError, prefix: &str) {
     );
 }
 
+/// A table without primary key or replica identity is refused by default: in the connector's
+/// publication, which publishes UPDATE and DELETE, the source would reject its own
+/// application's UPDATEs and DELETEs of it. `append_only => true` syncs it through the
+/// connector's insert-only publication, and the source's application keeps working.
 #[test]
-fn add_table_without_key_warns_and_copies() {
+fn add_table_without_key_is_refused_unless_append_only() {
     let db = TestDb::new("addt_nokey");
     db.src(
         "CREATE TABLE nokey (id int, v text);
          INSERT INTO nokey SELECT g % 50, 'v' || g FROM generate_series(1, 200) g;",
     );
-    db.add_su_connector("c");
-    let out = db.add_table_ok("nokey");
-    let warnings = out.warnings();
-    assert_eq!(warnings.len(), 1, "{:?}", out.notices);
-    assert_eq!(
-        warnings[0].message,
-        "source table \"public\".\"nokey\" has no primary key or replica identity"
-    );
+    let c = db.add_su_connector("c");
+    let publication = c.text("publication_name").to_string();
+    let e = db.add_table("nokey", None, None).err("add_table of a table without replica identity");
+    assert_sqlstate(&e, "55000");
+    assert_message_eq(&e, "source table \"public\".\"nokey\" has no primary key or replica identity");
+    assert!(e.detail().contains("reject every UPDATE and DELETE"), "{e}");
+    assert!(e.hint().contains("REPLICA IDENTITY FULL") && e.hint().contains("append_only => true"), "{e}");
+    assert_nothing_added(&db, &publication, Some("nokey"));
+    // The source's application is unaffected.
+    db.src("UPDATE nokey SET v = 'updated' WHERE id = 1; DELETE FROM nokey WHERE id = 2;");
+
+    let out = db.target_sql("SELECT livesync.add_table('nokey', append_only => true)");
+    let notices: Vec<String> = out.notices.iter().map(|n| n.message.clone()).collect();
+    out.ok("add_table(append_only => true)");
+    assert!(notices.iter().any(|n| n.contains("append-only")), "{notices:?}");
     db.wait_ready("public.nokey");
     let cmp = Compare::by_row("nokey");
-    assert_eq!(db.assert_same(&cmp), 200);
-    // Inserts still stream.
-    db.src("INSERT INTO nokey VALUES (1000, 'streamed')");
-    db.wait_same(&cmp, Duration::from_secs(30));
+    let n = db.assert_same(&cmp);
+    assert_eq!(db.progress("public.nokey").text("append_only"), "t");
+    assert_eq!(db.publication_rels(&format!("{publication}_append")), vec!["nokey".to_string()]);
+    assert!(db.publication_rels(&publication).is_empty());
+
+    // The source's application keeps working: UPDATE and DELETE succeed there; inserts stream.
+    db.src("INSERT INTO nokey VALUES (1000, 'streamed'); UPDATE nokey SET v = 'again' WHERE id = 3; DELETE FROM nokey WHERE id = 4;");
+    wait_until("the insert to arrive", Duration::from_secs(30), || {
+        let r = db.tgt("SELECT count(*) AS n FROM nokey WHERE id = 1000");
+        if r[0].int("n") == 1 { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    db.wait_caught_up("c");
+    assert_eq!(db.tgt("SELECT count(*) AS n FROM nokey")[0].int("n"), n + 1, "append-only: deletes are not replicated");
+    assert_eq!(db.progress("public.nokey").text("state"), "ready");
 
     // Adding it again: a NOTICE, no error, nothing changes.
     let out = db.add_table_ok("nokey");
