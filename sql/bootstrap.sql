@@ -118,6 +118,8 @@ CREATE TABLE livesync.sync_table (
     -- Change stream counters for this table.
     changes_applied  int8 NOT NULL DEFAULT 0,
     changes_skipped  int8 NOT NULL DEFAULT 0,
+    -- UPDATEs and DELETEs that found no row on the target: it diverged from the source.
+    changes_missing  int8 NOT NULL DEFAULT 0,
     UNIQUE (connector_id, source_schema, source_name),
     UNIQUE (target_schema, target_name)
 );

@@ -105,6 +105,10 @@ struct MappedRelation {
     route: Route,
     /// The target hypertable's time column (UPDATEs that change it move the row).
     time_column: Option<String>,
+    /// The target has a unique index other than one on the key's columns: UPDATEs are then
+    /// applied one by one, in order. Coalescing them by key (or applying several in one
+    /// statement) could make rows that swap values of that unique column conflict midway.
+    other_unique: bool,
 }
 
 /// Changes of one table waiting to be applied together. Changes to *different* tables commute
@@ -152,6 +156,9 @@ const INSERT_BATCH_BYTES: usize = 1 << 20;
 struct Counts {
     applied: i64,
     skipped: i64,
+    /// UPDATEs and DELETEs that found no row on the target: the target diverged (rows changed
+    /// behind livesync's back), shown in `table_progress.changes_missing`.
+    missing: i64,
 }
 
 pub struct Applier {
@@ -257,6 +264,7 @@ impl Applier {
             let total = self.committed_counts.entry(id).or_default();
             total.applied += c.applied;
             total.skipped += c.skipped;
+            total.missing += c.missing;
         }
         let pending = self.pending_end.take();
         if let Some((end, ts)) = pending {
@@ -276,7 +284,7 @@ impl Applier {
     /// caller's transaction, outside any apply transaction).
     pub fn save_counts(&mut self) -> crate::error::Result<()> {
         for (id, c) in self.committed_counts.drain() {
-            tables::add_change_counts(id, c.applied, c.skipped)?;
+            tables::add_change_counts(id, c.applied, c.skipped, c.missing)?;
         }
         Ok(())
     }
@@ -394,7 +402,8 @@ impl Applier {
                     let n = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
                     let Some(sql) = shape.update_sql(&target, &remote, &m, n) else { break };
                     let values = rest[..n].iter().flat_map(|(k, v)| k.iter().chain(v).cloned()).collect();
-                    self.exec(&sql, values);
+                    let found = self.exec(&sql, values);
+                    self.count_missing(b.table_id, n.saturating_sub(found));
                     rest = &rest[n..];
                 }
             }
@@ -405,7 +414,8 @@ impl Applier {
                     let n = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
                     let sql = shape.delete_sql(&target, &remote, &m, n);
                     let values = rest[..n].iter().flatten().cloned().collect();
-                    self.exec(&sql, values);
+                    let found = self.exec(&sql, values);
+                    self.count_missing(b.table_id, n.saturating_sub(found));
                     rest = &rest[n..];
                 }
             }
@@ -481,6 +491,8 @@ impl Applier {
                 .ok()
                 .flatten();
             mr.time_column = mr.target_oid.and_then(crate::timescale::time_column);
+            let key: Vec<&str> = mr.remote.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
+            mr.other_unique = mr.target_oid.is_some_and(|oid| has_other_unique_index(oid, &key));
             mr.route = if t.source_hypertable.is_some() {
                 // TimescaleDB on the source decompresses data a change touches by re-inserting
                 // its rows into the chunk (the compressed batch's deletion is not published:
@@ -515,6 +527,13 @@ impl Applier {
             .flatten()
             .unwrap_or(false);
         exists.then_some(spelled)
+    }
+
+    /// `n` UPDATEs or DELETEs of table `id` found no row on the target.
+    fn count_missing(&mut self, id: i32, n: usize) {
+        if n > 0 {
+            self.counts.entry(id).or_default().missing += n as i64;
+        }
     }
 
     fn count(&mut self, id: i32, applied: bool) {
@@ -589,7 +608,14 @@ impl Applier {
                 self.flush();
                 self.relations.insert(
                     r.rel_id,
-                    MappedRelation { remote, target: None, target_oid: None, route: Route::CopyFrom, time_column: None },
+                    MappedRelation {
+                        remote,
+                        target: None,
+                        target_oid: None,
+                        route: Route::CopyFrom,
+                        time_column: None,
+                        other_unique: false,
+                    },
                 );
                 // Prepared statements may refer to the old shape.
                 self.statements.clear();
@@ -632,7 +658,7 @@ impl Applier {
                 let batchable = {
                     let mr = &self.relations[&up.rel_id];
                     let (_, m) = mr.target.as_ref().unwrap();
-                    (up.old.is_none() && mr.time_column.is_none())
+                    (up.old.is_none() && mr.time_column.is_none() && !mr.other_unique)
                         .then(|| BatchShape::for_update(&mr.remote, m, &new_present))
                         .flatten()
                 };
@@ -675,8 +701,8 @@ impl Applier {
                         Some(stay) => self.exec(&stay, values.clone()) > 0,
                         None => false,
                     };
-                    if !stayed {
-                        self.exec(&moved, values);
+                    if !stayed && self.exec(&moved, values) == 0 {
+                        self.count_missing(t.id, 1);
                     }
                     self.count(t.id, true);
                     self.changes_in_txn += 1;
@@ -688,7 +714,9 @@ impl Applier {
                 };
                 let mut values = values_of(&up.new, &set_idx, t.id)?;
                 values.extend(values_of(&old, &where_idx, t.id)?);
-                self.exec(&sql, values);
+                if self.exec(&sql, values) == 0 {
+                    self.count_missing(t.id, 1);
+                }
                 self.count(t.id, true);
                 self.changes_in_txn += 1;
             }
@@ -723,7 +751,9 @@ impl Applier {
                     return Err(no_identity(&t, &mr.remote, "DELETE"));
                 };
                 let values = values_of(&old, &idx, t.id)?;
-                self.exec(&sql, values);
+                if self.exec(&sql, values) == 0 {
+                    self.count_missing(t.id, 1);
+                }
                 self.count(t.id, true);
                 self.changes_in_txn += 1;
             }
@@ -766,6 +796,28 @@ impl Applier {
 #[derive(Debug, Clone, Copy)]
 struct TableRef {
     id: i32,
+}
+
+/// Whether target table `oid` has a unique index whose columns are not exactly `key` (an
+/// expression or partial unique index counts: it could conflict too).
+fn has_other_unique_index(oid: pg_sys::Oid, key: &[&str]) -> bool {
+    let mut key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+    key.sort();
+    let indexes = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT coalesce(array_agg(cols), '{}') FROM (
+           SELECT coalesce(string_agg(a.attname::text, ',' ORDER BY a.attname::text), '')
+                  || CASE WHEN i.indexprs IS NOT NULL OR i.indpred IS NOT NULL THEN ',(expr)' ELSE '' END AS cols
+             FROM pg_catalog.pg_index i
+             LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) AND a.attnum > 0
+            WHERE i.indrelid = $1 AND i.indisunique
+            GROUP BY i.indexrelid, i.indexprs, i.indpred) s",
+        &[oid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let key = key.join(",");
+    indexes.iter().any(|cols| cols != &key)
 }
 
 fn no_identity(t: &TableRef, r: &RemoteRelation, what: &str) -> ApplyError {

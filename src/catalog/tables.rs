@@ -324,12 +324,13 @@ pub fn stream_tables(connector_id: i32) -> Result<Vec<SyncTable>> {
 }
 
 /// Add to a table's change counters (in the apply transaction).
-pub fn add_change_counts(id: i32, applied: i64, skipped: i64) -> Result<()> {
+pub fn add_change_counts(id: i32, applied: i64, skipped: i64, missing: i64) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.sync_table
-            SET changes_applied = changes_applied + $2, changes_skipped = changes_skipped + $3
+            SET changes_applied = changes_applied + $2, changes_skipped = changes_skipped + $3,
+                changes_missing = changes_missing + $4
           WHERE id = $1",
-        &[id.into(), applied.into(), skipped.into()],
+        &[id.into(), applied.into(), skipped.into(), missing.into()],
     )
     .map_err(spi_err)
 }

@@ -291,7 +291,7 @@ fn add_connector_duplicate_name() {
     assert_eq!(db.add_ok(&db.sync_conninfo(), Some("dup")), "dup");
     db.wait_running("dup");
     let before = db.snapshot();
-    assert_eq!(before.publications.len(), 1, "{before:?}");
+    assert_eq!(before.publications.len(), 2, "its publication and the append-only one: {before:?}");
 
     let e = db.add_err(&db.sync_conninfo(), Some("dup"));
     assert_sqlstate(&e, "42710");
