@@ -56,6 +56,12 @@ fn probe(info: &SourceConninfo, app: &str) -> Result<SourceFacts> {
     })
 }
 
+/// The target database's encoding.
+fn target_encoding() -> String {
+    // SAFETY: GetDatabaseEncodingName returns a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned()
+}
+
 /// Wake this database's manager once the current transaction commits (or start it if none runs),
 /// so workers follow a catalog change at once rather than at the next poll.
 fn wake_manager_after_commit() {
@@ -105,7 +111,7 @@ fn add_connector(conninfo: &str, name: default!(Option<&str>, "NULL")) -> String
     }
 
     let facts = probe(&info, "livesync add_connector").or_raise();
-    let checks = checks::evaluate(&facts);
+    let checks = checks::evaluate(&facts, &target_encoding());
     if let Some((detail, hint)) = checks::summarize_failures(&checks) {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -150,7 +156,7 @@ fn check_source(
                 ),
                 None,
             )];
-            rows.extend(checks::evaluate(&facts).into_iter().map(|c| (c.name.to_string(), c.ok, c.detail, c.hint)));
+            rows.extend(checks::evaluate(&facts, &target_encoding()).into_iter().map(|c| (c.name.to_string(), c.ok, c.detail, c.hint)));
             rows
         }
     };

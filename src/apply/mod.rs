@@ -123,9 +123,9 @@ enum Pending {
     /// UPDATEs of rows whose key did not change, coalesced by key — within one target
     /// transaction only the last version of a row is ever visible — and applied as
     /// `UPDATE … FROM (VALUES …)` statements of up to 64 rows.
-    Update { present: Vec<bool>, shape: BatchShape, rows: Vec<(Vec<Option<String>>, Vec<Option<String>>)>, index: HashMap<Vec<Option<String>>, usize> },
+    Update { present: Vec<bool>, shape: BatchShape, rows: Vec<(Vec<Value>, Vec<Value>)>, index: HashMap<Vec<Value>, usize> },
     /// DELETEs by key, as `DELETE … USING (VALUES …)`.
-    Delete { shape: BatchShape, keys: Vec<Vec<Option<String>>>, seen: HashSet<Vec<Option<String>>> },
+    Delete { shape: BatchShape, keys: Vec<Vec<Value>>, seen: HashSet<Vec<Value>> },
 }
 
 struct TableBatch {
@@ -142,7 +142,12 @@ const ROWS_PER_STATEMENT: [usize; 3] = [64, 8, 1];
 /// Bound on what all pending batches hold.
 const MAX_PENDING_BYTES: usize = 32 << 20;
 
-fn approx_bytes(values: &[Option<String>]) -> usize {
+/// A column value from the stream: its text form in the target database's encoding (the
+/// replication connection asks the source for that encoding), or NULL. Kept as bytes — a
+/// LATIN1 target's text is not UTF-8 — and handed to statements as `text` datums as they are.
+type Value = Option<Vec<u8>>;
+
+fn approx_bytes(values: &[Value]) -> usize {
     values.iter().map(|v| v.as_ref().map_or(1, |s| s.len() + 1)).sum::<usize>() + 16
 }
 
@@ -562,7 +567,7 @@ impl Applier {
         self.resolve(rel_id)
     }
 
-    fn exec(&mut self, sql: &str, values: Vec<Option<String>>) -> usize {
+    fn exec(&mut self, sql: &str, values: Vec<Value>) -> usize {
         let n = values.len();
         Spi::connect_mut(|client| {
             if !self.statements.contains_key(sql) {
@@ -571,7 +576,17 @@ impl Applier {
                 self.statements.insert(sql.to_string(), stmt);
             }
             let stmt = &self.statements[sql];
-            let args: Vec<pgrx::datum::DatumWithOid> = values.into_iter().map(|v| v.into()).collect();
+            let text = pg_sys::BuiltinOid::TEXTOID.value();
+            let args: Vec<pgrx::datum::DatumWithOid> = values
+                .into_iter()
+                .map(|v| match v {
+                    // SAFETY: a `bytea` datum of these bytes is laid out exactly as a `text`
+                    // datum (a varlena of the bytes); they are text in the database's encoding,
+                    // as the source converted them for this connection.
+                    Some(bytes) => unsafe { pgrx::datum::DatumWithOid::new(bytes, text) },
+                    None => pgrx::datum::DatumWithOid::null_oid(text),
+                })
+                .collect();
             client.update(stmt, None, &args).map(|t| t.len()).expect("statement failed")
         })
     }
@@ -843,17 +858,11 @@ fn identity_present(old: &TupleData, full: bool, r: &RemoteRelation) -> Vec<bool
         .collect()
 }
 
-fn values_of(t: &TupleData, idx: &[usize], table_id: i32) -> Result<Vec<Option<String>>, ApplyError> {
+fn values_of(t: &TupleData, idx: &[usize], table_id: i32) -> Result<Vec<Value>, ApplyError> {
     idx.iter()
         .map(|&i| match t.0.get(i) {
             Some(ColumnValue::Null) | None => Ok(None),
-            Some(ColumnValue::Text(b)) => String::from_utf8(b.clone()).map(Some).map_err(|_| ApplyError {
-                table_id,
-                sqlstate: "22021".into(),
-                message: "the source sent a value that is not valid UTF-8".into(),
-                hint: Some("Source and target databases should both use the UTF8 encoding.".into()),
-                detail: None,
-            }),
+            Some(ColumnValue::Text(b)) => Ok(Some(b.to_vec())),
             Some(other) => Err(ApplyError {
                 table_id,
                 sqlstate: "08P01".into(),

@@ -29,7 +29,8 @@ SELECT current_setting('server_version_num')::int4,
        EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
                 WHERE g.rolname = ANY ($1::text[])
                   AND pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER')),
-       pg_catalog.has_database_privilege(current_database(), 'CREATE')
+       pg_catalog.has_database_privilege(current_database(), 'CREATE'),
+       current_setting('server_encoding')
   FROM pg_catalog.pg_roles r
  WHERE r.rolname = current_user";
 
@@ -48,6 +49,8 @@ pub struct SourceFacts {
     pub has_replication_attr: bool,
     pub in_managed_replication_role: bool,
     pub can_create_in_database: bool,
+    /// The source database's encoding (`server_encoding`).
+    pub encoding: String,
 }
 
 impl SourceFacts {
@@ -68,6 +71,7 @@ impl SourceFacts {
             has_replication_attr: r.get(10),
             in_managed_replication_role: r.get(11),
             can_create_in_database: r.get(12),
+            encoding: r.get(13),
         })
     }
 }
@@ -84,7 +88,8 @@ pub struct Check {
 /// Name of the pseudo-check reported when the source cannot be reached at all.
 pub const CONNECTION_CHECK: &str = "connection";
 
-pub fn evaluate(f: &SourceFacts) -> Vec<Check> {
+/// Judge the source's facts; `target_encoding` is the target database's encoding.
+pub fn evaluate(f: &SourceFacts, target_encoding: &str) -> Vec<Check> {
     let mut out = Vec::new();
     let role = quote_ident(&f.user);
 
@@ -175,6 +180,23 @@ pub fn evaluate(f: &SourceFacts) -> Vec<Check> {
         hint: (!ok).then(|| format!("On the source run GRANT CREATE ON DATABASE {db} TO {role};")),
     });
 
+    // Values travel as UTF8 (livesync's SQL connections) or in the target's encoding (the
+    // stream): the source converts them, which it cannot do from SQL_ASCII, whose bytes have no
+    // known encoding. A character the target's encoding lacks stops its table with an error.
+    let ok = f.encoding != "SQL_ASCII" || target_encoding == "SQL_ASCII";
+    out.push(Check {
+        name: "encoding",
+        ok,
+        detail: if ok {
+            format!("source database encoding {}, target database encoding {target_encoding}", f.encoding)
+        } else {
+            format!("source database {db} uses SQL_ASCII, whose bytes cannot be converted to the target's {target_encoding}")
+        },
+        hint: (!ok).then(|| {
+            "Sync into a target database created with ENCODING 'SQL_ASCII', or convert the source database to a real encoding (dump and restore).".to_string()
+        }),
+    });
+
     out
 }
 
@@ -208,12 +230,13 @@ mod tests {
             has_replication_attr: true,
             in_managed_replication_role: false,
             can_create_in_database: true,
+            encoding: "UTF8".into(),
         }
     }
 
     #[test]
     fn a_good_source_passes_everything() {
-        let checks = evaluate(&good());
+        let checks = evaluate(&good(), "UTF8");
         assert!(checks.iter().all(|c| c.ok), "{checks:?}");
         assert_eq!(summarize_failures(&checks), None);
     }
@@ -232,7 +255,7 @@ mod tests {
             can_create_in_database: false,
             ..good()
         };
-        let checks = evaluate(&f);
+        let checks = evaluate(&f, "UTF8");
         assert!(checks.iter().all(|c| !c.ok), "{checks:?}");
         let (detail, hint) = summarize_failures(&checks).unwrap();
         assert_eq!(detail.lines().count(), 6, "{detail}");
@@ -243,10 +266,19 @@ mod tests {
     }
 
     #[test]
+    fn sql_ascii_sources_only_into_sql_ascii_targets() {
+        let f = SourceFacts { encoding: "SQL_ASCII".into(), ..good() };
+        let c = evaluate(&f, "UTF8");
+        assert!(c.iter().any(|c| c.name == "encoding" && !c.ok), "{c:?}");
+        assert!(evaluate(&f, "SQL_ASCII").iter().all(|c| c.ok));
+        assert!(evaluate(&good(), "LATIN1").iter().all(|c| c.ok));
+    }
+
+    #[test]
     fn managed_role_or_superuser_counts_as_replication_privilege() {
         let f = SourceFacts { has_replication_attr: false, in_managed_replication_role: true, ..good() };
-        assert!(evaluate(&f).iter().all(|c| c.ok));
+        assert!(evaluate(&f, "UTF8").iter().all(|c| c.ok));
         let f = SourceFacts { has_replication_attr: false, can_create_in_database: false, is_superuser: true, ..good() };
-        assert!(evaluate(&f).iter().all(|c| c.ok));
+        assert!(evaluate(&f, "UTF8").iter().all(|c| c.ok));
     }
 }

@@ -34,6 +34,8 @@ pub enum SslMode {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
+    /// `passfile`: libpq's password file, when the conninfo names one.
+    pub passfile: Option<String>,
     pub mode: SslMode,
     /// `sslrootcert`: CA certificates to verify the server with (verify-ca / verify-full).
     pub root_cert: Option<String>,
@@ -44,11 +46,18 @@ pub struct TlsSettings {
 
 impl Default for TlsSettings {
     fn default() -> Self {
-        TlsSettings { mode: SslMode::Prefer, root_cert: None, cert: None, key: None }
+        TlsSettings { mode: SslMode::Prefer, root_cert: None, cert: None, key: None, passfile: None }
     }
 }
 
-const TLS_KEYWORDS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
+/// libpq keywords livesync reads itself (tokio-postgres knows none of them).
+const TLS_KEYWORDS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey", "passfile"];
+
+/// Output settings every SQL session on the source starts with, whatever the source database
+/// or role sets (`ALTER DATABASE … SET DateStyle = 'SQL, DMY'`): the text values of the copy
+/// must mean the same on the target, and round-trip exactly. The same settings PostgreSQL's own
+/// walreceiver gives its logical replication connections (which carry the change stream).
+pub const PINNED_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
 
 /// Split libpq `key=value` conninfo into pairs (values may be single-quoted, with backslash
 /// escapes).
@@ -114,6 +123,56 @@ fn split_pairs(raw: &str) -> Result<Vec<(String, String)>, ConninfoError> {
     }
 }
 
+/// The password for `host:port:dbname:user` in libpq password file `path`, as libpq finds it:
+/// the first line whose four fields match (`*` matches anything; `\:` and `\\` escape), the
+/// file ignored when missing, not a regular file, or readable by group or others.
+pub fn password_from_file(path: &std::path::Path, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return None;
+        }
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    password_from_text(&text, host, port, dbname, user)
+}
+
+fn password_from_text(text: &str, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        cur.push(n);
+                    }
+                }
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() != 5 {
+            continue;
+        }
+        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+        if matches(&fields[0], host) && matches(&fields[1], port) && matches(&fields[2], dbname) && matches(&fields[3], user) {
+            return Some(fields.swap_remove(4));
+        }
+    }
+    None
+}
+
 fn quote_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
@@ -140,6 +199,7 @@ fn extract_tls(raw: &str) -> Result<(String, TlsSettings), ConninfoError> {
             "sslrootcert" => tls.root_cert = Some(v),
             "sslcert" => tls.cert = Some(v),
             "sslkey" => tls.key = Some(v),
+            "passfile" => tls.passfile = Some(v),
             _ => {}
         }
         Ok(())
@@ -232,6 +292,25 @@ impl SourceConninfo {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
+        if config.get_password().is_none() {
+            // libpq reads the password file for every connection without a password; the
+            // replication connections (libpq) do, so must livesync's SQL connections.
+            let file = tls.passfile.clone().or_else(|| std::env::var("PGPASSFILE").ok()).or_else(|| {
+                std::env::var("HOME").ok().map(|h| format!("{h}/.pgpass"))
+            });
+            if let Some(file) = file {
+                let host = match config.get_hosts().first() {
+                    Some(Host::Tcp(h)) => h.clone(),
+                    _ => "localhost".into(),
+                };
+                let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+                let user = config.get_user().unwrap_or_default().to_string();
+                let dbname = config.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
+                if let Some(pw) = password_from_file(std::path::Path::new(&file), &host, &port, &dbname, &user) {
+                    config.password(pw);
+                }
+            }
+        }
         config.ssl_mode(match tls.mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -247,6 +326,12 @@ impl SourceConninfo {
         if c.get_application_name().is_none() {
             c.application_name(app);
         }
+        // Ours last: a later -c of the same setting wins.
+        let options = match c.get_options() {
+            Some(user) if !user.trim().is_empty() => format!("{user} {PINNED_OPTIONS}"),
+            _ => PINNED_OPTIONS.to_string(),
+        };
+        c.options(&options);
         c
     }
 
@@ -340,6 +425,39 @@ mod tests {
         assert_eq!(c.connect_timeout(), Duration::from_secs(2));
         assert_eq!(SourceConninfo::parse("host=h user=u").unwrap().tls().mode, SslMode::Prefer);
         assert!(SourceConninfo::parse("host=h user=u sslmode=bogus").is_err());
+    }
+
+    #[test]
+    fn password_files_match_like_libpq() {
+        let text = "# comment\nother:5432:*:sync:nope\nsrc:*:app:sync:s3\\:cr\\\\et\n*:*:*:*:fallback\n";
+        assert_eq!(password_from_text(text, "src", "6543", "app", "sync").as_deref(), Some("s3:cr\\et"));
+        assert_eq!(password_from_text(text, "other", "5432", "x", "sync").as_deref(), Some("nope"));
+        assert_eq!(password_from_text(text, "h", "1", "d", "u").as_deref(), Some("fallback"));
+        assert_eq!(password_from_text("a:b:c\n", "a", "b", "c", "d"), None);
+
+        let dir = std::env::temp_dir().join(format!("livesync-pgpass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pgpass");
+        std::fs::write(&file, "h:5432:db:u:from-file\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = SourceConninfo::parse(&format!("host=h dbname=db user=u passfile='{}'", file.display())).unwrap();
+        assert_eq!(c.config_for("x").get_password(), Some(&b"from-file"[..]));
+        // A password in the conninfo wins; a group-readable file is ignored, as libpq does.
+        let c = SourceConninfo::parse(&format!("host=h dbname=db user=u password=given passfile='{}'", file.display())).unwrap();
+        assert_eq!(c.config_for("x").get_password(), Some(&b"given"[..]));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let c = SourceConninfo::parse(&format!("host=h dbname=db user=u passfile='{}'", file.display())).unwrap();
+        assert_eq!(c.config_for("x").get_password(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn output_settings_are_pinned_after_the_users_options() {
+        let c = SourceConninfo::parse("host=h user=u").unwrap();
+        assert_eq!(c.config_for("x").get_options(), Some(PINNED_OPTIONS));
+        let c = SourceConninfo::parse("host=h user=u options='-c work_mem=64MB'").unwrap();
+        assert_eq!(c.config_for("x").get_options(), Some(format!("-c work_mem=64MB {PINNED_OPTIONS}").as_str()));
     }
 
     #[test]

@@ -116,7 +116,10 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
 
         let result = super::in_transaction(|| -> Result<(), String> {
             // Crash-sensitive: the range's rows and its "done" mark commit together.
-            Spi::run("SET LOCAL session_replication_role = replica").map_err(|e| e.to_string())?;
+            // The source sends text as UTF8 (this worker's SQL connection asks it to): COPY FROM
+            // converts it to the database's encoding — text fields through the COPY's encoding,
+            // binary ones through the client encoding — and refuses a character it lacks.
+            Spi::run("SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = 'UTF8'").map_err(|e| e.to_string())?;
             let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("target table {target_q} does not exist"))?;

@@ -13,6 +13,7 @@ const CHECKS: &[&str] = &[
     "wal_senders",
     "replication_privilege",
     "create_publication",
+    "encoding",
 ];
 
 fn check_source(db: &TestDb, conninfo: &str) -> BTreeMap<String, Row> {

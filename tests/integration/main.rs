@@ -24,6 +24,7 @@ mod restarts;
 mod robustness;
 mod secrets;
 mod smoke;
+mod source_settings;
 mod source_versions;
 mod sync_add_table;
 mod sync_copy;
