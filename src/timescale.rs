@@ -119,7 +119,7 @@ pub fn create_hypertable(target_q: &str, spec: &HypertableSpec) -> Result<()> {
         })?;
         format!("{n}::int8")
     } else {
-        let valid = crate::error::catch(|| {
+        let valid = crate::error::in_subtransaction(|| {
             Spi::get_one_with_args::<bool>("SELECT $1::interval > '0'::interval", &[spec.chunk_interval.as_str().into()])
         });
         if !matches!(valid, Ok(Ok(Some(true)))) {
@@ -133,7 +133,7 @@ pub fn create_hypertable(target_q: &str, spec: &HypertableSpec) -> Result<()> {
         spi::quote_literal(target_q),
         spi::quote_literal(&spec.time_column),
     );
-    crate::error::catch(|| Spi::run(&sql)).map_err(|m| {
+    crate::error::in_subtransaction(|| Spi::run(&sql)).map_err(|m| {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("could not make {target_q} a hypertable: {m}"),

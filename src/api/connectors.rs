@@ -65,15 +65,11 @@ fn target_encoding() -> String {
 /// Wake this database's manager once the current transaction commits (or start it if none runs),
 /// so workers follow a catalog change at once rather than at the next poll.
 fn wake_manager_after_commit() {
-    let pid = catalog::manager_pid().ok().flatten();
-    let dboid = unsafe { pg_sys::MyDatabaseId };
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || match pid {
-        Some(pid) => unsafe {
-            // SIGUSR1 sets a background worker's latch (procsignal handler).
-            libc::kill(pid, libc::SIGUSR1);
-        },
-        None => {
-            worker::launcher::start_manager(dboid);
+    // No manager runs (the extension was just created, or it exited): the launcher starts it.
+    let pid = catalog::manager_pid().ok().flatten().or_else(|| catalog::launcher_pid().ok().flatten());
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        if let Some(pid) = pid {
+            worker::wake(pid);
         }
     });
 }
@@ -187,8 +183,8 @@ fn alter_connector(name: &str, auto_add_columns: default!(Option<bool>, "NULL"))
     }
     // The worker reads options when its stream (re)starts: restart it.
     if let Some(pid) = catalog::live_worker_pid(c.id).or_raise() {
-        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || unsafe {
-            libc::kill(pid, libc::SIGTERM);
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+            worker::terminate(pid);
         });
     }
 }
@@ -207,9 +203,7 @@ fn rename_connector(name: &str, new_name: &str) {
 /// this transaction ends (the worker's advisory lock, taken here at transaction level).
 fn stop_worker_and_lock(c: &catalog::Connector) -> Result<()> {
     if let Some(pid) = catalog::live_worker_pid(c.id)? {
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+        worker::terminate(pid);
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
@@ -226,9 +220,7 @@ fn stop_worker_and_lock(c: &catalog::Connector) -> Result<()> {
         }
         // A worker restarted by the manager in the meantime is told to stop too.
         if let Some(pid) = catalog::live_worker_pid(c.id)? {
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+            worker::terminate(pid);
         }
         std::thread::sleep(Duration::from_millis(50));
         pg_sys::check_for_interrupts!();

@@ -67,9 +67,8 @@ fn parse_qualified(spelled: &str, default_schema: &str) -> Result<(String, Strin
 /// of at its next look at the catalog (within a second).
 fn wake_worker_after_commit(c: &catalog::Connector) {
     if let Ok(Some(pid)) = catalog::live_worker_pid(c.id) {
-        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || unsafe {
-            // SIGUSR1 sets a background worker's latch (procsignal handler).
-            libc::kill(pid, libc::SIGUSR1);
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+            crate::worker::wake(pid);
         });
     }
 }

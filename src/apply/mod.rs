@@ -873,17 +873,37 @@ fn values_of(t: &TupleData, idx: &[usize], table_id: i32) -> Result<Vec<Value>, 
         .collect()
 }
 
+/// Whether type `typid` has a default equality operator — what `IS NOT DISTINCT FROM` needs.
+/// The type cache answers for arrays (their element type's), domains (their base type's) and
+/// composites (every field's) too, which a list of type names cannot.
+fn has_equality(typid: pg_sys::Oid) -> bool {
+    if typid == pg_sys::InvalidOid {
+        return false;
+    }
+    // SAFETY: lookup_type_cache returns a pointer into the backend's type cache, valid for this
+    // call; it ereports (a Rust panic here, caught by the caller's guard) for an unknown type.
+    unsafe {
+        let tc = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_EQ_OPR as i32);
+        !tc.is_null() && (*tc).eq_opr != pg_sys::InvalidOid
+    }
+}
+
 fn target_columns(target: &str) -> Result<Vec<TargetColumn>, String> {
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod)
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), atttypid
                FROM pg_catalog.pg_attribute
               WHERE attrelid = pg_catalog.to_regclass($1) AND attnum > 0 AND NOT attisdropped",
             None,
             &[target.into()],
         )?;
         t.map(|r| {
-            Ok(TargetColumn { name: r.get::<String>(1)?.unwrap_or_default(), type_name: r.get::<String>(2)?.unwrap_or_default() })
+            let typid = r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid);
+            Ok(TargetColumn {
+                name: r.get::<String>(1)?.unwrap_or_default(),
+                type_name: r.get::<String>(2)?.unwrap_or_default(),
+                comparable: has_equality(typid),
+            })
         })
         .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })

@@ -28,10 +28,10 @@ pub struct RemoteRelation {
 pub struct TargetColumn {
     pub name: String,
     pub type_name: String,
+    /// Its type has an equality operator (the target's type cache says so, for arrays, domains
+    /// and composites too): REPLICA IDENTITY FULL can match rows on it.
+    pub comparable: bool,
 }
-
-/// Types without an equality operator: REPLICA IDENTITY FULL cannot match rows on them.
-const NO_EQUALITY: &[&str] = &["json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"];
 
 /// A statement column: its position in the change's tuple, and how to write it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Bound {
 pub struct Mapping {
     /// For each remote column (in remote order): the target column's type, if the target has it.
     pub target_types: Vec<Option<String>>,
+    /// For each remote column: whether rows can be matched on it (see [`TargetColumn`]).
+    pub comparable: Vec<bool>,
 }
 
 impl Mapping {
@@ -54,7 +56,9 @@ impl Mapping {
             .iter()
             .map(|c| target.iter().find(|t| t.name == c.name).map(|t| t.type_name.clone()))
             .collect();
-        Mapping { target_types }
+        let comparable =
+            remote.columns.iter().map(|c| target.iter().find(|t| t.name == c.name).is_some_and(|t| t.comparable)).collect();
+        Mapping { target_types, comparable }
     }
 
     /// The first remote column missing on the target, if any.
@@ -100,7 +104,7 @@ pub fn where_sql(remote: &RemoteRelation, m: &Mapping, old_present: &[bool], fir
             continue;
         }
         let ty = m.target_types[i].as_deref().unwrap_or("text");
-        if full && NO_EQUALITY.contains(&ty) {
+        if full && !m.comparable[i] {
             continue;
         }
         idx.push(i);
@@ -327,9 +331,9 @@ mod tests {
 
     fn target() -> Vec<TargetColumn> {
         vec![
-            TargetColumn { name: "v".into(), type_name: "text".into() },
-            TargetColumn { name: "id".into(), type_name: "integer".into() },
-            TargetColumn { name: "doc".into(), type_name: "json".into() },
+            TargetColumn { name: "v".into(), type_name: "text".into(), comparable: true },
+            TargetColumn { name: "id".into(), type_name: "integer".into(), comparable: true },
+            TargetColumn { name: "doc".into(), type_name: "json".into(), comparable: false },
         ]
     }
 
@@ -373,9 +377,9 @@ mod tests {
         r.columns[2].name = "time".into();
         r.columns[2].key = true;
         let target = vec![
-            TargetColumn { name: "id".into(), type_name: "integer".into() },
-            TargetColumn { name: "doc".into(), type_name: "json".into() },
-            TargetColumn { name: "time".into(), type_name: "timestamp with time zone".into() },
+            TargetColumn { name: "id".into(), type_name: "integer".into(), comparable: true },
+            TargetColumn { name: "doc".into(), type_name: "json".into(), comparable: false },
+            TargetColumn { name: "time".into(), type_name: "timestamp with time zone".into(), comparable: true },
         ];
         let m = Mapping::new(&r, &target);
         // Key unchanged and "doc" an unchanged TOASTed value: nothing to set, only whether the

@@ -267,6 +267,11 @@ pub fn manager_pid() -> Result<Option<i32>> {
     )
 }
 
+/// The cluster's livesync launcher, if it runs.
+pub fn launcher_pid() -> Result<Option<i32>> {
+    first_value::<i32>("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'livesync launcher' LIMIT 1", &[])
+}
+
 // ---- reports from a connector's worker -------------------------------------------------------
 
 /// The worker of connector `id` is this process and is starting.

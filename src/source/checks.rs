@@ -253,12 +253,13 @@ mod tests {
             used_wal_senders: 2,
             has_replication_attr: false,
             can_create_in_database: false,
+            encoding: "SQL_ASCII".into(),
             ..good()
         };
         let checks = evaluate(&f, "UTF8");
         assert!(checks.iter().all(|c| !c.ok), "{checks:?}");
         let (detail, hint) = summarize_failures(&checks).unwrap();
-        assert_eq!(detail.lines().count(), 6, "{detail}");
+        assert_eq!(detail.lines().count(), 7, "{detail}");
         assert!(hint.contains("ALTER SYSTEM SET wal_level = logical"));
         assert!(hint.contains("ALTER ROLE \"sync\" REPLICATION"));
         assert!(hint.contains("GRANT CREATE ON DATABASE \"app\" TO \"sync\""));

@@ -367,7 +367,9 @@ impl TableDef {
         let cols = self.column_list();
         let select_cols = &cols[1..cols.len() - 1];
         match pages {
-            None if !self.has_children() => format!("COPY {} {cols} TO STDOUT{format}", self.qualified()),
+            // `COPY t () TO` is a syntax error: a table without columns is read through a query
+            // (`SELECT FROM t`, one empty row per row).
+            None if !self.has_children() && !self.columns.is_empty() => format!("COPY {} {cols} TO STDOUT{format}", self.qualified()),
             None => format!("COPY (SELECT {select_cols} FROM {}) TO STDOUT{format}", self.qualified()),
             Some((start, end)) => {
                 let mut q = format!("COPY (SELECT {select_cols} FROM {} WHERE ctid >= '({start},0)'::tid", self.qualified());
@@ -567,6 +569,10 @@ mod tests {
         assert!(t.copy_out_sql(Some((128, None)), false).ends_with("WHERE ctid >= '(128,0)'::tid) TO STDOUT"));
         t.kind = "p".into();
         assert!(t.copy_out_sql(None, false).starts_with("COPY (SELECT"));
+        t.kind = "r".into();
+        let mut empty = t.clone();
+        empty.columns.clear();
+        assert_eq!(empty.copy_out_sql(None, false), "COPY (SELECT  FROM \"public\".\"Weird \"\"Name\"\"\") TO STDOUT");
         assert!(t.binary_copy_ok());
         t.columns[0].elem_oid = 20000; // array of a user-defined type
         assert!(!t.binary_copy_ok());

@@ -41,8 +41,6 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
     let connector_id = unsafe { i32::from_datum(arg, false) }.expect("copy worker needs a connector id");
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(super::worker_database()), None);
     super::set_worker_session_defaults();
-    // A range of a big table may take long: no statement timeout here.
-    let _ = super::in_transaction(|| Spi::run("SELECT pg_catalog.set_config('statement_timeout', '0', false)"));
 
     let Ok(Ok(Some(conninfo))) = super::in_transaction(|| catalog::conninfo(connector_id)) else { return };
     let Ok(info) = SourceConninfo::parse(&conninfo) else { return };
@@ -137,7 +135,7 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 // The coordinator builds the key and marks the table copied once its last range
                 // is in: tell it now rather than at its next look.
                 if let Ok(Ok(Some(pid))) = super::in_transaction(|| catalog::live_worker_pid(connector_id)) {
-                    unsafe { libc::kill(pid, libc::SIGUSR1) };
+                    super::wake(pid);
                 }
             }
             Ok(Err(e)) => {

@@ -4,11 +4,18 @@
 //! manager that finds no livesync in its database exits for good, so this costs one short-lived
 //! process per database). Databases created later are probed when they first appear.
 //! Template databases are skipped: a process connected to one would make `CREATE DATABASE` fail.
+//!
+//! The launcher is the only process that registers managers, and it keeps their handles: a
+//! manager is restarted by the postmaster when it fails (every 10 s), so when its database is
+//! dropped (`DROP DATABASE … WITH (FORCE)` ends it) that registration would fail to connect every
+//! 10 s for the life of the server. The launcher unregisters the managers of databases that are
+//! gone at its next look (every 10 s). `CREATE EXTENSION` and API calls that find no manager
+//! running wake the launcher, which then starts the stopped managers of existing databases.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 
 use super::{BACKEND_TYPE_LAUNCHER, BACKEND_TYPE_MANAGER};
@@ -29,13 +36,12 @@ pub fn register() {
         .load();
 }
 
-/// Start the manager of database `dboid` (from any process). Returns false when no background
-/// worker slot is free (`max_worker_processes`).
-pub fn start_manager(dboid: pg_sys::Oid) -> bool {
+/// Start the manager of database `dboid` (the launcher only). None when no background worker
+/// slot is free (`max_worker_processes`).
+fn start_manager(dboid: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
     // A manager that fails is restarted by the postmaster; one that exits cleanly (no livesync
     // in its database, or already running) is not.
     super::launch(BACKEND_TYPE_MANAGER, BACKEND_TYPE_MANAGER, "livesync_manager_main", 0, dboid, Some(Duration::from_secs(10)), false)
-        .is_some()
 }
 
 /// Connectable, non-template databases.
@@ -68,20 +74,40 @@ pub extern "C-unwind" fn livesync_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     log!("livesync launcher started");
 
-    let mut seen: HashSet<u32> = HashSet::new();
+    let mut managers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    // Woken (latch) rather than timed out: someone wants a stopped manager started.
+    let mut woken = false;
     loop {
         match super::in_transaction(list_databases) {
             Ok(dbs) => {
+                let present: HashSet<u32> = dbs.iter().map(|d| d.to_u32()).collect();
+                // Managers of dropped databases: unregister them, or the postmaster would retry
+                // their connection every 10 s forever.
+                let gone: Vec<u32> = managers.keys().filter(|d| !present.contains(d)).copied().collect();
+                for d in gone {
+                    if let Some(h) = managers.remove(&d) {
+                        let _ = h.terminate();
+                        log!("livesync launcher: database {d} is gone; its manager is unregistered");
+                    }
+                }
                 for db in dbs {
-                    if seen.insert(db.to_u32()) {
-                        start_manager(db);
+                    let stopped = match managers.get(&db.to_u32()) {
+                        None => true,
+                        Some(h) => woken && matches!(h.pid(), Err(BackgroundWorkerStatus::Stopped)),
+                    };
+                    let first_time = !managers.contains_key(&db.to_u32());
+                    if stopped && (first_time || woken) {
+                        if let Some(h) = start_manager(db) {
+                            managers.insert(db.to_u32(), h);
+                        }
                     }
                 }
             }
             Err(e) => pgrx::warning!("livesync launcher could not list databases: {e}"),
         }
-        if !super::wait(RESCAN_INTERVAL) {
-            break;
+        match super::wait_woken(RESCAN_INTERVAL) {
+            None => break,
+            Some(w) => woken = w,
         }
     }
     log!("livesync launcher shutting down");

@@ -68,9 +68,7 @@ fn start_connector_worker(connector_id: i32) -> Option<DynamicBackgroundWorker> 
 }
 
 fn terminate_pid(pid: i32) {
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
+    super::terminate(pid);
 }
 
 #[pg_guard]
@@ -90,7 +88,7 @@ pub extern "C-unwind" fn livesync_manager_main(_arg: pg_sys::Datum) {
             // Another manager serves this database. We were started because somebody wanted it
             // woken (an API call that could not see it yet in pg_stat_activity): pass it on.
             if let Ok(Ok(Some(pid))) = super::in_transaction(catalog::manager_pid) {
-                unsafe { libc::kill(pid, libc::SIGUSR1) };
+                super::wake(pid);
             }
             return;
         }

@@ -123,8 +123,14 @@ pub fn in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, crate::error::Caugh
 /// Sleep on the process latch for up to `timeout`. Returns false when the worker must exit
 /// (SIGTERM, or the postmaster died).
 pub fn wait(timeout: Duration) -> bool {
+    wait_woken(timeout).is_some()
+}
+
+/// Like [`wait`]: None when the worker must exit, else whether the latch was set (a wake-up
+/// rather than the timeout).
+pub fn wait_woken(timeout: Duration) -> Option<bool> {
     if crate::runtime::shutdown_requested() {
-        return false;
+        return None;
     }
     let rc = unsafe {
         let rc = pg_sys::WaitLatch(
@@ -137,7 +143,8 @@ pub fn wait(timeout: Duration) -> bool {
         rc
     };
     crate::runtime::reload_config_if_requested();
-    rc & pg_sys::WL_POSTMASTER_DEATH as i32 == 0 && !crate::runtime::shutdown_requested()
+    let exit = rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 || crate::runtime::shutdown_requested();
+    (!exit).then_some(rc & pg_sys::WL_LATCH_SET as i32 != 0)
 }
 
 /// Common start of every livesync worker: signal handlers for SIGHUP (reload) and SIGTERM (exit
@@ -159,6 +166,32 @@ pub fn try_session_lock(class: i32, key: i32) -> Result<bool, crate::error::Caug
     })
 }
 
+/// Wake livesync process `pid` (it looks at the catalog at once) by setting its latch. The
+/// process is found in PostgreSQL's proc array, so a PID that meanwhile went to a process that is
+/// no backend is never signalled; if it went to another backend, that one just wakes once.
+pub fn wake(pid: i32) {
+    // SAFETY: BackendPidGetProc takes the proc array lock and returns a pointer into shared
+    // memory (PGPROCs are never freed), or NULL; setting a PGPROC's latch is always allowed.
+    unsafe {
+        let p = pg_sys::BackendPidGetProc(pid);
+        if !p.is_null() {
+            pg_sys::SetLatch(&raw mut (*p).procLatch);
+        }
+    }
+}
+
+/// Ask livesync worker `pid` to exit (SIGTERM) — only if `pid` is still a PostgreSQL backend
+/// (callers have just read it from the catalog and found it alive as a livesync process in
+/// `pg_stat_activity`), never a process that reused the PID outside PostgreSQL.
+pub fn terminate(pid: i32) {
+    // SAFETY: as in `wake`; kill() on a PID that is a live backend.
+    unsafe {
+        if !pg_sys::BackendPidGetProc(pid).is_null() {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
 /// Take a transaction-level advisory lock if free (in the caller's transaction).
 pub fn try_xact_lock(class: i32, key: i32) -> bool {
     Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_xact_lock($1, $2)", &[class.into(), key.into()])
@@ -174,7 +207,9 @@ pub fn set_application_name(name: &str) {
     });
 }
 
-/// Session settings of every livesync worker:
+/// Session settings of every livesync worker (`statement_timeout` is not among them: a
+/// background worker never arms it, as only a client's statements do; waits on the source are
+/// bounded by the workers' own timeouts and their latch):
 /// - `lock_timeout`: no catalog write of a worker may wait long behind a user's open transaction
 ///   (a worker stuck on a row lock could not honour SIGTERM);
 /// - `synchronous_commit = off`: a worker's commits need not wait for the WAL flush. Nothing is
@@ -185,7 +220,6 @@ pub fn set_worker_session_defaults() {
     let _ = in_transaction(|| {
         Spi::run(
             "SELECT pg_catalog.set_config('lock_timeout', '2s', false),
-                    pg_catalog.set_config('statement_timeout', '30s', false),
                     pg_catalog.set_config('synchronous_commit', 'off', false)",
         )
     });

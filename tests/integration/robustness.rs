@@ -340,3 +340,30 @@ fn unique_swaps_apply_and_missing_rows_are_counted() {
         assert_eq!(row.text("state"), "ready", "{row:?}");
     }
 }
+
+/// After `drop_connector` and `DROP DATABASE … WITH (FORCE)` (as the README advises), the dropped
+/// database's manager is unregistered instead of being restarted every 10 s for the life of the
+/// server (each restart failing with FATAL "database … does not exist").
+#[test]
+fn a_dropped_database_leaves_no_manager_restarting() {
+    let target = dedicated_target("dropdb_tgt");
+    let db = TestDb::on(shared_source(), &target, "dropdb");
+    db.add_su_connector("c");
+    let oid = db.tgt("SELECT oid::text AS o FROM pg_database WHERE datname = current_database()")[0].text("o").to_string();
+    db.call_ok("drop_connector", &["c"]);
+    {
+        let mut t = target.connect("postgres");
+        query(&mut t, &format!("DROP DATABASE {} WITH (FORCE)", ident(&db.name)));
+    }
+    let line = format!("livesync launcher: database {oid} is gone; its manager is unregistered");
+    wait_until("the launcher to unregister the dropped database's manager", Duration::from_secs(40), || {
+        if target.log_contents().contains(&line) { Ok(()) } else { Err("not yet".into()) }
+    });
+    let log = target.log_contents();
+    let fatals = log.matches(&format!("database {oid} does not exist")).count();
+    assert!(fatals <= 2, "the manager kept restarting: {fatals} FATALs\n{}", log_excerpt(&target, 30));
+    // Nothing of it after the unregistration.
+    let after = &log[log.find(&line).unwrap()..];
+    let later = target.log_contents()[log.len()..].to_string();
+    assert!(!after.contains("does not exist") && !later.contains("does not exist"), "{after}{later}");
+}
