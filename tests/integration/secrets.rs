@@ -2,7 +2,6 @@
 //! fails or succeeds, and whether the conninfo is a literal (as typed in
 //! psql) or a bind parameter.
 
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -60,8 +59,7 @@ fn password_not_in_target_log() {
         );
     }
 
-    std::thread::sleep(Duration::from_secs(1));
-    let log = db.target.log_contents();
+    let log = db.target.log_contents_flushed();
     assert_not_contains(
         &log,
         "c41d07",

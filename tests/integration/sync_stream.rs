@@ -549,9 +549,20 @@ fn publication_dropped_on_source_keeps_tables_and_reports() {
     db.wait_ready("public.pd");
     db.src(&format!("DROP PUBLICATION \"{publication}\""));
     db.src("INSERT INTO pd VALUES (51, 'after the drop')");
-    // Longer than the worker's publication check (5 s).
-    std::thread::sleep(std::time::Duration::from_secs(8));
-    assert_eq!(db.publication_rels(&publication), vec!["pd".to_string()], "the publication is recreated with its table");
+    wait_for(
+        "the publication to be recreated with its table",
+        Duration::from_secs(30),
+        || db.publication_rels(&publication),
+        |rels| rels == &vec!["pd".to_string()],
+    );
+    wait_until("the connector to report the dropped publication", Duration::from_secs(30), || {
+        let rows = db.tgt("SELECT coalesce(last_error, '') AS e FROM livesync.connectors");
+        if rows[0].text("e").contains(&format!("publication \"{publication}\" does not exist")) {
+            Ok(())
+        } else {
+            Err(format!("{rows:?}"))
+        }
+    });
     assert!(db.try_progress("public.pd").is_ok(), "pd must still be synced: {:?}", db.table_progress_all());
     let rows = db.tgt("SELECT state, coalesce(last_error, '') AS e FROM livesync.connectors");
     assert!(

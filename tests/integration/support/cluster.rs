@@ -634,6 +634,25 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The server log up to now, for asserting that something was *not* logged: a marker is
+    /// logged through a new session, and the log is read once the marker is in it, so every line
+    /// logged before this call is in the result.
+    pub fn log_contents_flushed(&self) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let marker = format!("livesync-test-log-marker-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let mut c = self.connect("postgres");
+        c.batch_execute(&format!("DO $$ BEGIN RAISE LOG '{marker}'; END $$")).expect("RAISE LOG");
+        let start = std::time::Instant::now();
+        loop {
+            let log = self.log_contents();
+            if log.contains(&marker) {
+                return log;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "marker {marker} never reached the server log of {}", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log_contents();
         let all: Vec<&str> = log.lines().collect();
