@@ -34,6 +34,8 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 /// with a hint saying exactly what to add, instead of half-working without its workers.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: process_shared_preload_libraries_in_progress is a backend-local global the server sets while
+    // it loads shared_preload_libraries; a plain read on the process's only thread.
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
         error::LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

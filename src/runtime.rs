@@ -38,6 +38,8 @@ pub fn block_on_interruptible<F: Future>(rt: &tokio::runtime::Runtime, fut: F) -
 
 /// True once this process was asked to exit (SIGTERM in a background worker).
 pub fn shutdown_requested() -> bool {
+    // SAFETY: ShutdownRequestPending is a process-local sig_atomic_t written only by the SIGTERM handler;
+    // a volatile read is how PostgreSQL's own code reads it.
     unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
@@ -61,14 +63,20 @@ pub fn block_on_until_shutdown<F: Future>(rt: &tokio::runtime::Runtime, fut: F) 
 pub fn postmaster_alive() -> bool {
     // PostmasterIsAlive() is a static inline wrapper in pmsignal.h, absent from pgrx's bindings;
     // the function it wraps is exported by the server.
+    // SAFETY: matches pmsignal.h's `extern bool PostmasterIsAliveInternal(void);` (no arguments, returns
+    // a C bool), exported by the postgres binary this library is loaded into.
     unsafe extern "C-unwind" {
         fn PostmasterIsAliveInternal() -> bool;
     }
+    // SAFETY: takes no arguments and only checks this process's postmaster-death pipe; callable at any
+    // time in any backend or worker, as the inline PostmasterIsAlive() does.
     unsafe { PostmasterIsAliveInternal() }
 }
 
 /// Apply a pending SIGHUP (postgresql.conf reload).
 pub fn reload_config_if_requested() {
+    // SAFETY: ConfigReloadPending is the process-local sig_atomic_t the SIGHUP handler sets; it is cleared
+    // before ProcessConfigFile runs, as PostgreSQL's own loops do, on the main thread.
     unsafe {
         if std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) != 0 {
             std::ptr::write_volatile(&raw mut pg_sys::ConfigReloadPending, 0);

@@ -36,6 +36,8 @@ pub fn format_lsn(lsn: u64) -> String {
 }
 
 fn functions() -> &'static pg_sys::WalReceiverFunctionsType {
+    // SAFETY: WalReceiverFunctions is a backend-local global that libpqwalreceiver's _PG_init points
+    // at its static table (load_file ERRORs if it cannot load it); it is never reset or unloaded.
     unsafe {
         if pg_sys::WalReceiverFunctions.is_null() {
             let lib = CString::new("libpqwalreceiver").unwrap();
@@ -51,6 +53,8 @@ impl ReplicationConn {
         let f = functions();
         let conninfo = CString::new(conninfo).map_err(|_| "connection string contains a NUL byte".to_string())?;
         let app = CString::new(application_name.replace('\0', "")).unwrap();
+        // SAFETY: conninfo, app and the `err` out-pointer outlive the guarded call; a non-NULL `err` is
+        // the palloc'ed, NUL-terminated message libpqwalreceiver copied from libpq.
         unsafe {
             let mut err: *mut std::os::raw::c_char = std::ptr::null_mut();
             let conn = catch(|| {
@@ -81,17 +85,22 @@ impl ReplicationConn {
         };
         let mut lsn: pg_sys::XLogRecPtr = 0;
         let conn = self.conn;
+        // SAFETY: `conn` is the open connection owned by self; `slot` and the `lsn` out-pointer outlive
+        // the guarded call (an ERROR becomes Err through `catch`).
         let name = catch(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, action, &mut lsn)
             }) as usize
         })? as *const std::os::raw::c_char;
+        // SAFETY: a non-NULL result is the snapshot name walrcv_create_slot pstrdup'ed, NUL-terminated.
         let name = (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned());
         Ok((name, lsn))
     }
 
     pub fn server_version(&self) -> i32 {
         let f = functions();
+        // SAFETY: self.conn is the open connection (freed only in Drop); the guarded call only returns
+        // libpq's PQserverVersion for it.
         unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_server_version.unwrap())(self.conn)) }
     }
 
@@ -133,10 +142,14 @@ impl ReplicationConn {
         let conn = self.conn;
         let mut buf: *mut std::os::raw::c_char = std::ptr::null_mut();
         let mut fd: pg_sys::pgsocket = -1;
+        // SAFETY: `conn` is the open connection owned by self; `buf` and `fd` are live locals the guarded
+        // call writes through.
         let len = catch(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_receive.unwrap())(conn, &mut buf, &mut fd))
         })?;
         Ok(match len {
+            // SAFETY: for n > 0 walrcv_receive set `buf` to n bytes of libpq's buffer, valid until the next call
+            // on `conn`, which the `&mut self` borrow held by the returned Received rules out.
             n if n > 0 => Received::Data(unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) }),
             0 => Received::WouldBlock(fd),
             _ => Received::End,
@@ -146,6 +159,8 @@ impl ReplicationConn {
     pub fn send(&mut self, data: &[u8]) -> Result<(), String> {
         let f = functions();
         let conn = self.conn;
+        // SAFETY: `conn` is the open connection owned by self; the pointer and length describe `data`,
+        // borrowed for the whole guarded call.
         catch(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 (f.walrcv_send.unwrap())(conn, data.as_ptr() as *const _, data.len() as i32)
@@ -159,6 +174,8 @@ impl Drop for ReplicationConn {
     fn drop(&mut self) {
         // Closing the connection also drops its temporary slots and ends exported snapshots.
         let f = functions();
+        // SAFETY: self.conn is the open connection this value owns; walrcv_disconnect (PQfinish, then pfree)
+        // runs once, here, and the pointer is never used afterwards.
         unsafe {
             if let Some(disconnect) = f.walrcv_disconnect {
                 pg_sys::ffi::pg_guard_ffi_boundary(|| disconnect(self.conn));

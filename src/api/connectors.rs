@@ -20,6 +20,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// included) out of the server log should they fail: PostgreSQL logs the statement of a failed
 /// query (`log_min_error_statement`), and that log line is not ours to redact otherwise.
 fn hide_statement_from_error_log() {
+    // SAFETY: debug_query_string is a backend-local global, read (NULL-checked) only by error reporting and
+    // set again for each query; the string it pointed to stays owned by its caller.
     unsafe {
         pg_sys::debug_query_string = std::ptr::null();
     }

@@ -236,6 +236,8 @@ impl Applier {
         if self.txn_open {
             return;
         }
+        // SAFETY: txn_open is false, so no transaction is open (the worker runs between transactions); the one
+        // started here is ended by commit() or the stream's abort(), as txn_open records.
         unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
@@ -276,12 +278,16 @@ impl Applier {
             // Crash-sensitive: the position must be set before the commit that persists it.
             origin::set_commit_position(end, ts);
         }
+        // SAFETY: the transaction begun in begin_target_txn is open (txn_open checked above) with its pushed
+        // snapshot, popped here before the commit as in worker::in_transaction.
         unsafe {
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();
         }
         self.txn_open = false;
         self.changes_in_txn = 0;
+        // SAFETY: XactLastCommitEnd is a backend-local global that CommitTransactionCommand just set to this
+        // commit's end; a plain read on the process's only thread.
         pending.map(|(end, ts)| (end, ts, unsafe { pg_sys::XactLastCommitEnd }))
     }
 

@@ -23,8 +23,20 @@
 //!   was planned. A crash can never leave a table marked copied without all its rows and its key.
 //!   Changes to the table committed on the source after `snapshot_lsn` belong to the change
 //!   stream (`src/apply/`), those before it are in the copy.
-//! - `error` — the copy failed; `last_error`/`last_error_hint` say why and what to do. Other
-//!   tables are not affected. Retried automatically after `next_attempt_at`.
+//! - `error` — the copy failed; `last_error`/`last_error_hint` say why and what to do (with
+//!   `last_error_sqlstate`, `last_error_detail`, `last_error_context`). Other tables are not
+//!   affected. Retried automatically after `next_attempt_at`. A change the stream cannot apply
+//!   (a data error) also sets `error`, with `next_attempt_at = 'infinity'`: only `resync_table`
+//!   brings the table back.
+//!
+//! Not states of their own, but shown by `livesync.table_progress`: `catching up`/`ready` (a
+//! `copied` table before/after the stream passed its `snapshot_lsn`) and `retrying` (a `copied`
+//! table with `retry_reason` set: the stream rolled back after a transient error on it — lock
+//! timeout, deadlock, … — and retries after a back-off; cleared by the stream's next commit).
+//!
+//! Publication membership is separate from the state: `published` says whether the worker has put
+//! the source table into the connector's publication (`add_table` never touches the source; see
+//! `copy::reconcile`), `livesync.unpublish` lists tables `remove_table` took out.
 
 use pgrx::prelude::*;
 

@@ -62,6 +62,8 @@ fn next_chunk(src: &mut CopySource, wait: bool) -> Option<Bytes> {
     }
     let Data::Stream { rt, stream } = &mut src.data else { return None };
     let item = if wait {
+        // SAFETY: `rt` was set by `load` from its `&Runtime` argument, borrowed for the whole `run`; `Reset`
+        // clears SOURCE (and this pointer) before `run` returns.
         match block_on_until_shutdown(unsafe { &**rt }, stream.next()) {
             None => error!("livesync worker is shutting down; copy interrupted"),
             Some(item) => item,
@@ -105,6 +107,8 @@ unsafe extern "C-unwind" fn read_copy_data(
                 }
             }
             let take = src.pending.len().min(maxread as usize - n);
+            // SAFETY: COPY's `outbuf` has room for `maxread` bytes and n + take <= maxread; `pending` is a separate
+            // Rust buffer of at least `take` bytes, so both ranges are valid and disjoint.
             unsafe { std::ptr::copy_nonoverlapping(src.pending.as_ptr(), out.add(n), take) };
             src.pending.advance(take);
             n += take;
@@ -181,6 +185,8 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
     }
     let _reset = Reset;
 
+    // SAFETY: `run` is called in a transaction with an active snapshot; the relation is opened here and closed
+    // after EndCopyFrom (its lock kept to commit); read_copy_data finds SOURCE set above.
     let rows = unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as _);
         let mut attnames: *mut pg_sys::List = std::ptr::null_mut();
@@ -227,6 +233,7 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
 /// Run `INSERT INTO rel SELECT * FROM livesync._copy_rows(NULL::rel)` until `cstate` is
 /// exhausted; returns the rows inserted.
 unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Relation, skip_existing: bool) -> i64 {
+    // SAFETY: `rel` is the relation `run` opened, and it stays open until after this function returns.
     let relid = unsafe { (*rel).rd_id };
     let target: String = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
         .ok()
@@ -236,6 +243,8 @@ unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Re
     if skip_existing {
         sql.push_str(" ON CONFLICT DO NOTHING");
     }
+    // SAFETY: only allocates an ExprContext in the current (transaction) memory context; it is freed
+    // below, after PARSER, its only other user, is cleared.
     let econtext = unsafe { pg_sys::CreateStandaloneExprContext() };
     PARSER.with(|p| *p.borrow_mut() = Some(Parser { cstate, rel, econtext, rows: 0, done: false }));
     Spi::connect_mut(|client| {
@@ -248,6 +257,8 @@ unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Re
         }
     });
     let rows = PARSER.with(|p| p.borrow_mut().take().map(|p| p.rows).unwrap_or(0));
+    // SAFETY: `econtext` came from CreateStandaloneExprContext above and PARSER, which shared it, was
+    // taken just before; nothing uses it after this.
     unsafe { pg_sys::FreeExprContext(econtext, true) };
     rows
 }
@@ -262,9 +273,15 @@ pub extern "C" fn pg_finfo_livesync_copy_rows() -> &'static pg_sys::Pg_finfo_rec
 /// `livesync._copy_rows(anyelement) RETURNS SETOF anyelement`: the next slice of the rows the
 /// running executor-route load parses, as a materialized set of the target's row type. Only
 /// meaningful inside [`insert_through_executor`]; anywhere else it is an error.
+///
+/// # Safety
+///
+/// Only PostgreSQL's function manager may call it (as `livesync._copy_rows`), with a valid `fcinfo`.
 #[unsafe(no_mangle)]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the fmgr passes a valid fcinfo and resultinfo is checked to be a ReturnSetInfo before use;
+    // PARSER's cstate/rel/econtext stay live while insert_through_executor runs (it clears PARSER).
     unsafe {
         let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         if rsinfo.is_null()

@@ -71,6 +71,8 @@ fn application_name(name: &str) -> String {
 #[no_mangle]
 pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
     super::attach_signals();
+    // SAFETY: `arg` is the bgw_main_arg `launch` built from an i32 with into_datum: a by-value Datum,
+    // never NULL.
     let id = unsafe { i32::from_datum(arg, false) }.expect("connector worker needs a connector id");
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(super::worker_database()), None);
 
@@ -80,6 +82,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
         return;
     }
     super::set_worker_session_defaults();
+    // SAFETY: MyProcPid is a backend-local global set at process start; a plain read.
     let pid = unsafe { pg_sys::MyProcPid };
     if super::in_transaction(|| catalog::report_worker_started(id, pid)).is_err() {
         return;

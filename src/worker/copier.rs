@@ -28,6 +28,8 @@ pub fn start(connector_id: i32) -> Option<DynamicBackgroundWorker> {
         BACKEND_TYPE_COPY,
         "livesync_copy_main",
         connector_id,
+        // SAFETY: MyDatabaseId is a backend-local global set when this (connector) worker connected to its
+        // database; a plain read on the process's only thread.
         unsafe { pg_sys::MyDatabaseId },
         None,
         true,
@@ -38,6 +40,8 @@ pub fn start(connector_id: i32) -> Option<DynamicBackgroundWorker> {
 #[no_mangle]
 pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
     super::attach_signals();
+    // SAFETY: `arg` is the bgw_main_arg `launch` built from an i32 with into_datum: a by-value Datum,
+    // never NULL.
     let connector_id = unsafe { i32::from_datum(arg, false) }.expect("copy worker needs a connector id");
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(super::worker_database()), None);
     super::set_worker_session_defaults();

@@ -48,6 +48,8 @@ fn start_manager(dboid: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
 fn list_databases() -> Vec<pg_sys::Oid> {
     let mut out = Vec::new();
     // No database connection, so no SPI: scan the shared catalog pg_database directly.
+    // SAFETY: runs inside in_transaction; pg_database is shared, readable with no database; the relation is
+    // opened and closed here with the same lock, and each tuple is read before the next heap_getnext.
     unsafe {
         let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as _);
         let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());

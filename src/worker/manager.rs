@@ -61,6 +61,8 @@ fn start_connector_worker(connector_id: i32) -> Option<DynamicBackgroundWorker> 
         BACKEND_TYPE_CONNECTOR,
         "livesync_connector_main",
         connector_id,
+        // SAFETY: MyDatabaseId is a backend-local global set when this manager connected to its database;
+        // a plain read on the process's only thread.
         unsafe { pg_sys::MyDatabaseId },
         None,
         true,

@@ -60,6 +60,8 @@ pub fn launch(
     restart: Option<Duration>,
     notify: bool,
 ) -> Option<DynamicBackgroundWorker> {
+    // SAFETY: TopMemoryContext is valid for the life of the process, so the handle allocated there
+    // outlives the transaction as intended; MyProcPid is a backend-local global set at start.
     let r = unsafe {
         pgrx::PgMemoryContexts::TopMemoryContext.switch_to(|_| {
             let mut b = BackgroundWorkerBuilder::new(name)
@@ -132,6 +134,8 @@ pub fn wait_woken(timeout: Duration) -> Option<bool> {
     if crate::runtime::shutdown_requested() {
         return None;
     }
+    // SAFETY: MyLatch is this process's own latch, valid for its whole life; only its owner may wait on
+    // and reset it, and this single-threaded process is that owner.
     let rc = unsafe {
         let rc = pg_sys::WaitLatch(
             pg_sys::MyLatch,

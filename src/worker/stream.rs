@@ -60,6 +60,8 @@ const BIG_RCVBUF: libc::c_int = 8 << 20;
 /// Set a `SOL_SOCKET` option of the replication socket: `SO_RCVLOWAT` (how many bytes must be
 /// buffered before the socket reports itself readable) or `SO_RCVBUF` (see [`BIG_RCVBUF`]).
 fn set_socket_option(fd: pg_sys::pgsocket, option: libc::c_int, bytes: libc::c_int) {
+    // SAFETY: setsockopt reads size_of::<c_int>() bytes from `bytes`, a live local; `fd` is the open
+    // replication socket (a failure only leaves the option unchanged, and is ignored).
     unsafe {
         libc::setsockopt(
             fd,
@@ -81,6 +83,8 @@ struct Waiter {
 
 impl Waiter {
     fn new(fd: pg_sys::pgsocket) -> Waiter {
+        // SAFETY: the set is allocated in TopMemoryContext (outlives transactions; freed in Drop) with room for
+        // the 3 events added; MyLatch is our own latch and `fd` the open replication socket.
         unsafe {
             let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
             pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, pg_sys::PGINVALID_SOCKET, pg_sys::MyLatch, std::ptr::null_mut());
@@ -92,6 +96,8 @@ impl Waiter {
 
     /// Wait up to `timeout_ms`; the events that occurred (`WL_*` bits, 0 on timeout).
     fn wait(&mut self, timeout_ms: i64) -> u32 {
+        // SAFETY: self.set is the live set from `new`; `event` is a zeroed plain C struct, room for the 1 event
+        // requested; MyLatch is this process's own latch.
         unsafe {
             let mut event: pg_sys::WaitEvent = std::mem::zeroed();
             let n = pg_sys::WaitEventSetWait(self.set, timeout_ms as _, &mut event, 1, pg_sys::PG_WAIT_EXTENSION);
@@ -106,6 +112,7 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
+        // SAFETY: self.set came from CreateWaitEventSet in `new` and is freed once, here.
         unsafe { pg_sys::FreeWaitEventSet(self.set) };
     }
 }
@@ -186,6 +193,8 @@ impl Progress<'_> {
     fn feedback(&mut self, conn: &mut ReplicationConn, nothing_pending: bool, reply: bool) {
         if self.committed_local != 0 {
             // Crash-sensitive: never confirm to the source what could still be lost here.
+            // SAFETY: committed_local is XactLastCommitEnd of a commit made by this process, so WAL already
+            // inserted; we are outside any critical section.
             unsafe { pg_sys::XLogFlush(self.committed_local) };
         }
         let mut flushed = self.committed_remote;
@@ -537,6 +546,8 @@ fn pg_error(applier: &mut Applier, e: Caught) -> Outcome {
 /// Roll back whatever is open (nothing of an unfinished source transaction may commit).
 fn abort(applier: &mut Applier, o: Outcome) -> Outcome {
     if applier.txn_open {
+        // SAFETY: txn_open means the applier's transaction (begun in begin_target_txn) is still open, possibly
+        // failed; aborting it and going back to TopMemoryContext is what in_transaction does on error.
         unsafe {
             pg_sys::AbortCurrentTransaction();
             pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
