@@ -158,7 +158,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
 
     let status = block_on_until_shutdown(rt, async {
         let client = &client;
-        let status = slot_status(&client, &c.slot_name).await.map_err(|e| e.to_string())?;
+        let status = slot_status(client, &c.slot_name).await.map_err(|e| e.to_string())?;
         if status == SlotStatus::Invalidated && in_transaction(|| tables::count_copied(c.id)).ok().and_then(|r| r.ok()) == Some(0) {
             // Every table is being copied again: the invalidated slot can go, a new one follows.
             client

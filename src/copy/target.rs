@@ -146,7 +146,7 @@ fn create_user_type(ut: &UserType) -> std::result::Result<(), String> {
     let missing = |t: &TypeRef| format!("type {} does not exist on the target", qualified(&t.schema, &t.name));
     match &ut.kind {
         UserTypeKind::Enum { labels } => {
-            let labels: Vec<String> = labels.iter().map(|l| spi::quote_literal(l)).collect();
+            let labels: Vec<String> = labels.iter().map(|l| spi::quote_literal(l)).collect::<Vec<String>>();
             guard::run_one(&format!("CREATE TYPE {q} AS ENUM ({})", labels.join(", "))).map_err(|e| e.to_string())
         }
         UserTypeKind::Composite { attributes } => {
@@ -399,7 +399,7 @@ fn index_sql(target_q: &str, schema: &str, ix: &IndexDef) -> std::result::Result
         cols.join(", ")
     );
     if !ix.include.is_empty() {
-        let inc: Vec<String> = ix.include.iter().map(|c| spi::quote_identifier(c)).collect();
+        let inc: Vec<String> = ix.include.iter().map(spi::quote_identifier).collect();
         sql.push_str(&format!(" INCLUDE ({})", inc.join(", ")));
     }
     if ix.nulls_not_distinct {
