@@ -69,7 +69,11 @@ CREATE TABLE livesync.sync_table (
     target_schema    text NOT NULL,
     target_name      text NOT NULL,
     state            text NOT NULL DEFAULT 'pending'
-                     CHECK (state IN ('pending', 'copying', 'copied', 'error')),
+                     CHECK (state IN ('pending', 'copying', 'loaded', 'copied', 'error')),
+    -- Copied while the connector's stream runs: the stream spools the table's changes that
+    -- commit at or after snapshot_lsn (livesync.spooled_change) until it replays them, once the
+    -- table is `loaded`, and marks it copied.
+    spooled          bool NOT NULL DEFAULT false,
     -- Key to build on the target after the load (NULL: the target table existed already).
     build_key        text[],
     build_key_primary bool NOT NULL DEFAULT true,
@@ -125,6 +129,18 @@ CREATE TABLE livesync.sync_table (
 );
 
 SELECT pg_catalog.pg_extension_config_dump('livesync.sync_table', '');
+
+-- Changes of a table being copied while the stream runs (sync_table.spooled), in stream order:
+-- raw pgoutput messages, written in the stream's own transactions (so they commit with the
+-- replication origin's progress), replayed and deleted in the transaction marking it copied.
+CREATE TABLE livesync.spooled_change (
+    table_id  int4 NOT NULL REFERENCES livesync.sync_table (id) ON DELETE CASCADE,
+    seq       int8 GENERATED ALWAYS AS IDENTITY,
+    -- Decoded as a message of a streamed transaction (protocol 2: with an xid prefix).
+    streamed  bool NOT NULL,
+    message   bytea NOT NULL,
+    PRIMARY KEY (table_id, seq)
+);
 
 -- Tables remove_table took out of sync, still to be dropped from the connector's publication by
 -- its worker (after this commit; a rolled-back remove_table leaves the source as it was).

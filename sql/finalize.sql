@@ -109,6 +109,7 @@ SELECT c.name AS connector,
        format('%I.%I', t.source_schema, t.source_name) AS source_table,
        format('%I.%I', t.target_schema, t.target_name) AS target_table,
        CASE
+           WHEN t.state = 'loaded' THEN 'catching up'
            WHEN t.state <> 'copied' THEN t.state
            WHEN t.retry_reason IS NOT NULL THEN 'retrying'
            WHEN c.flushed_lsn >= t.snapshot_lsn THEN 'ready'
@@ -154,3 +155,4 @@ SELECT c.name AS connector,
 
 GRANT SELECT ON livesync.table_progress TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.sync_table, livesync.copy_range, livesync.unpublish TO livesync_admin;
+GRANT SELECT, DELETE ON livesync.spooled_change TO livesync_admin;

@@ -31,27 +31,40 @@
 //! replays it here as one ordinary source transaction (`Begin` at its commit LSN … `Commit`).
 //!
 //! # Hand-off with the initial copy
-//! The connector worker copies and streams in turn, never at the same time (the stream is
-//! stopped while a batch of tables is copied, then restarts from the origin's position). A change
-//! for table T in a source transaction committing at `final_lsn` is:
-//! - skipped while T is `pending`/`copying`: T's copy will read a snapshot taken later, at the
-//!   source's current WAL position, which necessarily contains every commit the stream has already
-//!   decoded;
-//! - skipped when T is copied but `final_lsn < T.snapshot_lsn`: the change is in T's snapshot;
-//! - applied when T is copied and `final_lsn >= T.snapshot_lsn`;
-//! - skipped and counted when T is in `error`.
+//! A connector's *first* copy runs with no stream (it creates the permanent slot the stream
+//! starts from, exporting the snapshot the copy reads). Every later copy — tables added to a
+//! streaming connector, `resync_table`, retries — runs **beside the stream**: the worker exports
+//! a snapshot from a temporary slot (consistent point `L`), copy workers load the table under it,
+//! and the stream never stops. Table states (`src/catalog/tables.rs`) and what the stream does
+//! with a change of table T in a source transaction committing at `final_lsn`:
+//! - `pending` (or `copying` without a spool, in the first copy): skipped — T's copy reads a
+//!   snapshot taken later, at the source's current WAL position, which contains every commit the
+//!   stream has already decoded;
+//! - `copying`/`loaded` with a spool (`spooled`): skipped when `final_lsn < L` (in the snapshot),
+//!   else **spooled**: the raw message goes into `livesync.spooled_change` in the stream's own
+//!   apply transaction, so it commits with the replication origin's progress (exactly once across
+//!   crashes) and the slot keeps advancing;
+//! - `loaded` → `copied`: once the last range is loaded and the key built (by a copy worker, so
+//!   the stream does not wait for it), the stream replays T's spool in order, in one target
+//!   transaction that also marks T copied and empties the spool;
+//! - `copied`: skipped when `final_lsn < L` (in the copy), applied when `final_lsn >= L`;
+//! - `error`: skipped and counted.
 //!
 //! Stream ahead of copy (T added while streaming, stream at S):
 //! ```text
-//!   source WAL:  ──c1(T)──c2(T)──S·········L=snapshot of T──c3(T)──c4(T)──▶
-//!   stream:      c1,c2 skipped (T pending); stops; copy T @ L (contains c1,c2);
-//!                restarts at S: c1,c2 skipped again (< L), c3,c4 applied (>= L)
+//!   source WAL:  ──c1(T)──c2(T)──S──L=snapshot of T──c3(T)────c4(T)──────────c5(T)──▶
+//!   stream:      c1,c2 skipped (T pending; in the snapshot)
+//!                c3,c4 spooled (>= L) while T is copied; T loaded → spool replayed: c3,c4
+//!                c5 applied (T copied)
 //! ```
-//! Copy ahead of stream (first batch, or stream behind after a restart):
+//! Copy ahead of stream (first copy, or stream behind after a restart):
 //! ```text
 //!   source WAL:  ──P=stream position──c1(T)──L=snapshot of T──c2(T)──▶
-//!   stream:      c1 skipped (< L, in the copy), c2 applied
+//!   stream:      c1 skipped (< L, in the copy), c2 spooled or applied
 //! ```
+//! A crash loses the exported snapshot, not the spool: the table's copy starts over from a new
+//! snapshot (its target truncated, its spool emptied in the transaction planning it), while the
+//! stream resumes at its origin.
 //!
 //! # Errors, per table
 //! A change that cannot be applied aborts the target transaction (nothing half-applied); its table
@@ -70,7 +83,7 @@ use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
 
 use crate::catalog::tables::{self, SyncTable};
-use crate::source::pgoutput::{ColumnValue, LogicalMessage, OldTuple, TupleData};
+use crate::source::pgoutput::{ColumnValue, Decoder, LogicalMessage, OldTuple, TupleData};
 use crate::source::quote_ident;
 use crate::copy::load::Route;
 use relmap::{BatchShape, Mapping, RemoteColumn, RemoteRelation, TargetColumn};
@@ -86,15 +99,29 @@ pub struct ApplyError {
     pub hint: Option<String>,
 }
 
-/// How the stream should treat a table's changes right now (see the hand-off above).
-fn applies(t: &SyncTable, final_lsn: u64) -> Option<bool> {
+/// What the stream does with a change of a table right now (see the hand-off above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Apply,
+    /// In the table's copy (or in the one to come).
+    Skip,
+    /// Skipped and counted: the table is in `error`.
+    SkipCounted,
+    /// After the snapshot of a table copied while the stream runs: kept until its replay.
+    Spool,
+}
+
+fn verdict(t: &SyncTable, final_lsn: u64) -> Verdict {
     match t.state.as_str() {
-        "copied" => Some(final_lsn >= t.snapshot_lsn),
-        "error" => None, // skipped and counted
-        _ => Some(false), // pending / copying: the copy will contain it
+        "copied" if final_lsn >= t.snapshot_lsn => Verdict::Apply,
+        "copied" => Verdict::Skip,
+        "error" => Verdict::SkipCounted,
+        "copying" | "loaded" if t.spooled && t.snapshot_lsn != 0 && final_lsn >= t.snapshot_lsn => Verdict::Spool,
+        _ => Verdict::Skip, // pending / copying: the copy (to come) contains it
     }
 }
 
+#[derive(Clone)]
 struct MappedRelation {
     remote: RemoteRelation,
     /// Target table and column mapping, once looked up (None: the relation is not synced).
@@ -193,6 +220,13 @@ pub struct Applier {
     auto_add_columns: bool,
     /// User-defined types the stream described (TYPE messages): OID → (schema, name).
     remote_types: HashMap<u32, (String, String)>,
+    /// The last RELATION message of each remote relation as received (and whether it came in a
+    /// streamed transaction), to spool ahead of a spooled table's changes.
+    relation_raw: HashMap<u32, (Vec<u8>, bool)>,
+    /// (table, relation) pairs whose RELATION message is in the table's spool for this session.
+    spooled_relations: HashSet<(i32, u32)>,
+    /// Replaying this table's spool: its changes apply, every other table's are skipped.
+    replaying: Option<i32>,
 }
 
 impl Applier {
@@ -216,6 +250,9 @@ impl Applier {
             pending_bytes: 0,
             auto_add_columns,
             remote_types: HashMap::new(),
+            relation_raw: HashMap::new(),
+            spooled_relations: HashSet::new(),
+            replaying: None,
         }
     }
 
@@ -329,6 +366,9 @@ impl Applier {
         self.reload_tables = true;
         self.batches.clear();
         self.pending_bytes = 0;
+        self.replaying = None;
+        // A rolled-back transaction may have held spooled RELATION messages.
+        self.spooled_relations.clear();
     }
 
     /// Apply every pending batch. PostgreSQL errors propagate as panics, attributed to
@@ -557,20 +597,86 @@ impl Applier {
     }
 
     /// Decide whether the change to `rel_id` applies; returns its table and target when it does.
-    fn gate(&mut self, rel_id: u32) -> Result<Option<(TableRef, String)>, ApplyError> {
+    fn gate(&mut self, rel_id: u32, raw: &[u8], streamed: bool) -> Result<Option<(TableRef, String)>, ApplyError> {
         let Some(mr) = self.relations.get(&rel_id) else { return Ok(None) };
         let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name) else { return Ok(None) };
-        let (id, verdict) = (t.id, applies(t, self.final_lsn));
-        match verdict {
-            Some(true) => {}
-            Some(false) => return Ok(None),
-            None => {
+        let id = t.id;
+        let v = match self.replaying {
+            Some(r) if r == id => Verdict::Apply,
+            Some(_) => Verdict::Skip,
+            None => verdict(t, self.final_lsn),
+        };
+        match v {
+            Verdict::Apply => {}
+            Verdict::Skip => return Ok(None),
+            Verdict::SkipCounted => {
                 self.count(id, false);
+                return Ok(None);
+            }
+            Verdict::Spool => {
+                self.spool(id, rel_id, raw, streamed);
                 return Ok(None);
             }
         }
         self.current_table = Some(id);
         self.resolve(rel_id)
+    }
+
+    /// Keep change `raw` of table `id` (remote relation `rel_id`) in the table's spool, in this
+    /// apply transaction — so it commits with the origin's progress, exactly once — preceded by
+    /// the relation's description the first time in this session.
+    fn spool(&mut self, id: i32, rel_id: u32, raw: &[u8], streamed: bool) {
+        self.current_table = Some(id);
+        if self.spooled_relations.insert((id, rel_id)) {
+            if let Some((rel, rel_streamed)) = self.relation_raw.get(&rel_id) {
+                tables::spool_change(id, *rel_streamed, rel).unwrap_or_else(|e| e.raise());
+            }
+        }
+        tables::spool_change(id, streamed, raw).unwrap_or_else(|e| e.raise());
+        self.changes_in_txn += 1;
+        self.current_table = None;
+    }
+
+    /// Replay the spool of table `id` (copied while the stream ran, now `loaded`) in a target
+    /// transaction of its own, and mark the table copied in it; the caller flushes and commits
+    /// (no source position is recorded: this applies what earlier commits spooled).
+    pub fn replay_spool(&mut self, id: i32) -> Result<usize, ApplyError> {
+        self.begin_target_txn();
+        // The spool's RELATION messages are older than the stream's: put the stream's back after.
+        let relations = self.relations.clone();
+        let relation_raw = self.relation_raw.clone();
+        self.replaying = Some(id);
+        self.in_source_txn = true;
+        let mut plain = Decoder::new();
+        let mut in_stream = Decoder::streamed();
+        // Read in slices: a long copy of a busy table can spool more than fits in memory.
+        let (mut after, mut total) = (0i64, 0usize);
+        loop {
+            let rows = tables::spooled_changes(id, after, 10_000).unwrap_or_else(|e| e.raise());
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            total += rows.len();
+            for (_, streamed, raw) in &rows {
+                let decoder = if *streamed { &mut in_stream } else { &mut plain };
+                let msg = decoder.decode(raw).map_err(|e| ApplyError {
+                    table_id: id,
+                    sqlstate: "XX001".into(),
+                    message: format!("a spooled change of the table cannot be decoded: {e}"),
+                    hint: Some("SELECT livesync.resync_table('schema.table'); copies the table again.".into()),
+                    ..Default::default()
+                })?;
+                self.handle(msg, raw, *streamed)?;
+            }
+        }
+        self.flush();
+        self.in_source_txn = false;
+        self.replaying = None;
+        self.relations = relations;
+        self.relation_raw = relation_raw;
+        self.statements.clear();
+        tables::finish_spooled(id).unwrap_or_else(|e| e.raise());
+        self.reload_tables = true;
+        Ok(total)
     }
 
     fn exec(&mut self, sql: &str, values: Vec<Value>) -> usize {
@@ -600,7 +706,9 @@ impl Applier {
     /// Apply one decoded message. PostgreSQL errors propagate as panics (the caller aborts the
     /// transaction and attributes the error to `current_table`); ApplyError is for problems found
     /// before running SQL.
-    pub fn handle(&mut self, msg: LogicalMessage) -> Result<(), ApplyError> {
+    /// `raw` is the message as received (spooled as is for a table copied while the stream
+    /// runs); `streamed`: it came inside a streamed transaction (decoded with its xid).
+    pub fn handle(&mut self, msg: LogicalMessage, raw: &[u8], streamed: bool) -> Result<(), ApplyError> {
         self.current_table = None;
         match msg {
             LogicalMessage::Begin(b) => {
@@ -615,6 +723,11 @@ impl Applier {
             LogicalMessage::Relation(r) => {
                 // Inside a streamed transaction's block this arrives between transactions.
                 self.begin_target_txn();
+                if self.replaying.is_none() {
+                    self.relation_raw.insert(r.rel_id, (raw.to_vec(), streamed));
+                    // A new shape: spooled tables' next changes need it in their spool first.
+                    self.spooled_relations.retain(|&(_, rel)| rel != r.rel_id);
+                }
                 let remote = RemoteRelation {
                     oid: r.rel_id,
                     schema: r.namespace,
@@ -642,7 +755,7 @@ impl Applier {
                 self.statements.clear();
             }
             LogicalMessage::Insert(ins) => {
-                let Some((t, _)) = self.gate(ins.rel_id)? else { return Ok(()) };
+                let Some((t, _)) = self.gate(ins.rel_id, raw, streamed)? else { return Ok(()) };
                 let present: Vec<bool> = ins.new.0.iter().map(|v| !v.is_unchanged()).collect();
                 let columns = {
                     let mr = &self.relations[&ins.rel_id];
@@ -672,7 +785,7 @@ impl Applier {
                 self.batched(t.id, added);
             }
             LogicalMessage::Update(up) => {
-                let Some((t, target)) = self.gate(up.rel_id)? else { return Ok(()) };
+                let Some((t, target)) = self.gate(up.rel_id, raw, streamed)? else { return Ok(()) };
                 let new_present: Vec<bool> = up.new.0.iter().map(|v| !v.is_unchanged()).collect();
                 // Batched when the key did not change and identifies the row (not under
                 // REPLICA IDENTITY FULL), except for hypertables (see hypertable_update_sql).
@@ -742,7 +855,7 @@ impl Applier {
                 self.changes_in_txn += 1;
             }
             LogicalMessage::Delete(del) => {
-                let Some((t, target)) = self.gate(del.rel_id)? else { return Ok(()) };
+                let Some((t, target)) = self.gate(del.rel_id, raw, streamed)? else { return Ok(()) };
                 let old = del.old.tuple().clone();
                 let (old_present, batchable) = {
                     let mr = &self.relations[&del.rel_id];
@@ -786,7 +899,7 @@ impl Applier {
                     if self.is_source_chunk(*rel_id) {
                         continue;
                     }
-                    if let Some((t, target)) = self.gate(*rel_id)? {
+                    if let Some((t, target)) = self.gate(*rel_id, raw, streamed)? {
                         self.count(t.id, true);
                         targets.push(target);
                     }

@@ -78,6 +78,22 @@ pub(crate) fn first_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     .map_err(spi_err)
 }
 
+/// Like [`first_value`], for a query that locks rows (`FOR UPDATE`): run read-write, which a
+/// read-only SPI call refuses.
+pub(crate) fn first_value_locking<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>> {
+    Spi::connect_mut(|c| {
+        let mut t = c.update(query, Some(1), args)?;
+        match t.next() {
+            Some(row) => row.get::<T>(1),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)
+}
+
 /// Whether the extension's catalog exists in this database (a worker checks this: the extension
 /// may have been dropped under it).
 pub fn installed() -> bool {

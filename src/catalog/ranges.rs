@@ -110,6 +110,58 @@ pub fn finished_tables(connector_id: i32) -> Result<Vec<(i32, i64, i64)>> {
     .map_err(spi_err)
 }
 
+/// When every range of table `table_id` is loaded: its rows and bytes.
+pub fn table_finished(table_id: i32) -> Result<Option<(i64, i64)>> {
+    Spi::connect(|c| {
+        let mut t = c.select(
+            "SELECT sum(rows)::int8, sum(bytes)::int8 FROM livesync.copy_range WHERE table_id = $1 HAVING bool_and(done)",
+            None,
+            &[table_id.into()],
+        )?;
+        match t.next() {
+            Some(r) => Ok(Some((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0)))),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)
+}
+
+/// Per snapshot: ranges of tables still copying, and how many of them are still to load. A
+/// table whose ranges are all loaded stays `copying` until its key is built.
+pub fn remaining_by_snapshot(connector_id: i32) -> Result<Vec<(String, i64, i64)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT r.snapshot, count(*)::int8, count(*) FILTER (WHERE NOT r.done)::int8
+               FROM livesync.copy_range r JOIN livesync.sync_table t ON t.id = r.table_id
+              WHERE t.connector_id = $1 AND t.state = 'copying'
+              GROUP BY r.snapshot",
+            None,
+            &[connector_id.into()],
+        )?;
+        t.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
+/// Tables copied beside the stream whose ranges are all loaded but which are still `copying`
+/// (their finisher died before building the key): (table id, rows, bytes).
+pub fn unfinished_spooled(connector_id: i32) -> Result<Vec<(i32, i64, i64)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT t.id, sum(r.rows)::int8, sum(r.bytes)::int8
+               FROM livesync.sync_table t JOIN livesync.copy_range r ON r.table_id = t.id
+              WHERE t.connector_id = $1 AND t.state = 'copying' AND t.spooled
+              GROUP BY t.id HAVING bool_and(r.done)",
+            None,
+            &[connector_id.into()],
+        )?;
+        t.map(|r| Ok((r.get::<i32>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
 /// Ranges of the batch still to load (of tables still copying).
 pub fn remaining(connector_id: i32) -> Result<i64> {
     Ok(first_value::<i64>(

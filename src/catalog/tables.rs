@@ -68,6 +68,9 @@ pub struct SyncTable {
     /// `add_table(append_only => true)`: only INSERT and TRUNCATE are replicated (the table is
     /// in the connector's append-only publication).
     pub append_only: bool,
+    /// Copied while the stream runs: its changes from `snapshot_lsn` on are spooled until the
+    /// stream replays them (state `loaded` → `copied`).
+    pub spooled: bool,
 }
 
 impl SyncTable {
@@ -100,7 +103,7 @@ pub struct NewSyncTable<'a> {
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
                        build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
                        hypertable_time_column, hypertable_chunk_interval, hypertable_integer, \
-                       source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only";
+                       source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, spooled";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -128,6 +131,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
         build_indexes: row.get::<Vec<String>>(15)?,
         published: row.get::<bool>(16)?.unwrap_or(false),
         append_only: row.get::<bool>(17)?.unwrap_or(false),
+        spooled: row.get::<bool>(18)?.unwrap_or(false),
     })
 }
 
@@ -248,26 +252,112 @@ pub fn due_for_copy(connector_id: i32) -> Result<Vec<SyncTable>> {
     )
 }
 
+/// [`due_for_copy`] but for tables being copied under one of `live` snapshots (a batch that is
+/// still running beside the stream, in this process).
+pub fn due_for_copy_excluding(connector_id: i32, live: &[String]) -> Result<Vec<SyncTable>> {
+    select(
+        "connector_id = $1 AND state IN ('pending', 'copying', 'error')
+         AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+         AND NOT (state = 'copying' AND EXISTS (
+               SELECT 1 FROM livesync.copy_range r
+                WHERE r.table_id = livesync.sync_table.id AND r.snapshot = ANY ($2)))
+         -- Loaded beside the stream but not finished yet (key build under way, or its copy worker
+         -- died first): its ranges and spool are complete, a copy worker finishes it.
+         AND NOT (state = 'copying' AND spooled
+                  AND EXISTS (SELECT 1 FROM livesync.copy_range r WHERE r.table_id = livesync.sync_table.id)
+                  AND NOT EXISTS (SELECT 1 FROM livesync.copy_range r
+                                   WHERE r.table_id = livesync.sync_table.id AND NOT r.done))",
+        &[connector_id.into(), live.to_vec().into()],
+    )
+}
+
 /// Committed on its own before the load starts (see the state machine above).
 pub fn mark_copying(id: i32) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET state = 'copying', started_at = now(), finished_at = NULL, attempts = attempts + 1
-          WHERE id = $1",
+          WHERE id = $1 AND state IN ('pending', 'copying', 'error')",
         &[id.into()],
     )
     .map_err(spi_err)
 }
 
 /// Record a table's copy plan: the key to build after the load (when livesync created the
-/// target), the source's size estimates, and the snapshot's LSN.
-pub fn set_plan(id: i32, key: Option<&[String]>, primary: bool, est_rows: i64, est_bytes: i64, snapshot_lsn: &str) -> Result<()> {
+/// target), the source's size estimates, the snapshot's LSN, and whether the stream runs during
+/// the copy (`spooled`). A spool left by an earlier attempt goes: that attempt's snapshot is gone
+/// and the new one contains those changes.
+pub fn set_plan(
+    id: i32,
+    key: Option<&[String]>,
+    primary: bool,
+    est_rows: i64,
+    est_bytes: i64,
+    snapshot_lsn: &str,
+    spooled: bool,
+) -> Result<()> {
+    Spi::run_with_args("DELETE FROM livesync.spooled_change WHERE table_id = $1", &[id.into()]).map_err(spi_err)?;
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET build_key = coalesce($2, build_key), build_key_primary = CASE WHEN $2 IS NULL THEN build_key_primary ELSE $3 END,
-                est_rows = $4, est_bytes = $5, snapshot_lsn = $6::pg_lsn
+                est_rows = $4, est_bytes = $5, snapshot_lsn = $6::pg_lsn, spooled = $7
           WHERE id = $1",
-        &[id.into(), key.map(|k| k.to_vec()).into(), primary.into(), est_rows.into(), est_bytes.into(), snapshot_lsn.into()],
+        &[id.into(), key.map(|k| k.to_vec()).into(), primary.into(), est_rows.into(), est_bytes.into(), snapshot_lsn.into(), spooled.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Every range of a spooled table is loaded and its key built: the stream replays its spool next.
+/// Must run in the transaction that built the key.
+pub fn mark_loaded(id: i32, rows: i64, bytes: i64) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'loaded', rows_copied = $2, bytes_copied = $3, build_key = NULL, build_indexes = NULL
+          WHERE id = $1 AND state = 'copying'",
+        &[id.into(), rows.into(), bytes.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// The connector's tables copied beside the stream whose load is done: their spools are next.
+pub fn loaded_spooled(connector_id: i32) -> Result<Vec<i32>> {
+    Ok(select("connector_id = $1 AND state = 'loaded' AND spooled", &[connector_id.into()])?.into_iter().map(|t| t.id).collect())
+}
+
+/// Spool one raw pgoutput message of table `id` (in the stream's apply transaction).
+pub fn spool_change(id: i32, streamed: bool, message: &[u8]) -> Result<()> {
+    Spi::run_with_args(
+        "INSERT INTO livesync.spooled_change (table_id, streamed, message) VALUES ($1, $2, $3)",
+        &[id.into(), streamed.into(), message.to_vec().into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Up to `limit` spooled messages of table `id` after sequence number `after`, in stream order:
+/// (seq, streamed, message).
+pub fn spooled_changes(id: i32, after: i64, limit: i64) -> Result<Vec<(i64, bool, Vec<u8>)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT seq, streamed, message FROM livesync.spooled_change
+              WHERE table_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            None,
+            &[id.into(), after.into(), limit.into()],
+        )?;
+        t.map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<bool>(2)?.unwrap_or(false), r.get::<Vec<u8>>(3)?.unwrap_or_default())))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
+/// The replay of a spooled table is applied: it is copied (in that same transaction).
+pub fn finish_spooled(id: i32) -> Result<()> {
+    Spi::run_with_args("DELETE FROM livesync.spooled_change WHERE table_id = $1", &[id.into()]).map_err(spi_err)?;
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table
+            SET state = 'copied', spooled = false, finished_at = clock_timestamp(), attempts = 0, next_attempt_at = NULL,
+                last_error = NULL, last_error_hint = NULL, last_error_at = NULL,
+                last_error_sqlstate = NULL, last_error_detail = NULL, last_error_context = NULL
+          WHERE id = $1 AND state = 'loaded'",
+        &[id.into()],
     )
     .map_err(spi_err)
 }

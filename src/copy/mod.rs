@@ -16,12 +16,17 @@
 //!    range is loaded, then builds each table's key and marks it copied, in one transaction per
 //!    table, with the snapshot's LSN.
 //!
-//! While a batch runs the change stream is paused (it restarts from its replication origin
-//! afterwards; see the hand-off in `src/apply/`). A range whose copy worker died is taken over by
-//! another copy worker under the same snapshot, keeping the ranges already committed. A range
-//! that fails puts its table in `error`; like a table whose snapshot is gone (the coordinator's
-//! process ended, e.g. a server restart), it is retried by a later batch, which truncates what
-//! was loaded and starts the table over from a new snapshot.
+//! The connector's first batch ([`copy_due_tables`]) runs before its stream exists: it creates the
+//! permanent slot the stream starts from. Every later batch ([`start_batch`]) runs beside the
+//! stream, from a temporary slot's snapshot: the connector's worker keeps its exporting
+//! connection open ([`Batch`], looked after by [`tend_batches`]) while copy workers load the
+//! ranges, the stream spools the tables' changes from the snapshot on, the copy worker loading a
+//! table's last range builds its key and marks it `loaded`, and the stream replays the spool (see
+//! the hand-off in `src/apply/`). A range whose copy worker died is taken over by another copy
+//! worker under the same snapshot, keeping the ranges already committed. A range that fails puts
+//! its table in `error`; like a table whose snapshot is gone (the connector's worker ended, e.g. a
+//! server restart), it is retried by a later batch, which truncates what was loaded and starts the
+//! table over from a new snapshot.
 
 pub mod guard;
 pub mod load;
@@ -112,35 +117,37 @@ pub fn report_if_slot_lost(c: &Connector, status: &SlotStatus) -> bool {
 const SETTLE: Duration = Duration::from_millis(150);
 const SETTLE_ROUNDS: usize = 6;
 
-/// Copy every table of connector `c` that is due. Returns false if the worker must exit.
-pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime) -> bool {
-    // add_table wakes the worker as it commits; tables are usually added a few at a time, and
-    // one batch shares one exported snapshot: let a burst of add_table calls settle first.
-    for _ in 0..SETTLE_ROUNDS {
-        match in_transaction(|| tables::newest_pending_age(c.id)) {
-            Ok(Ok(Some(age))) if age < SETTLE => {
-                if !crate::worker::wait(SETTLE - age) {
-                    return false;
-                }
-            }
-            _ => break,
-        }
-    }
-    let due = match in_transaction(|| tables::due_for_copy(c.id)) {
-        Ok(Ok(d)) => d,
-        _ => return true,
-    };
-    if due.is_empty() {
-        return true;
-    }
+/// What [`prepare_batch`] got ready.
+enum Prepared {
+    /// The worker must exit.
+    Exit,
+    /// Nothing to copy now (no due table, or every one failed and is recorded in `error`).
+    Nothing,
+    /// Ranges planned under this exported snapshot, which must stay open until they are loaded.
+    Batch { snap: snapshot::ExportedSnapshot, ranges: usize },
+}
+
+/// Prepare a batch of the due tables: publish them (before the snapshot), export one snapshot
+/// (from the permanent slot when it does not exist yet, else from a temporary one), read their
+/// definitions under it, check or create their targets and plan their ranges. `spooled`: the
+/// stream runs during this copy and spools the tables' changes from the snapshot on.
+fn prepare_batch(
+    c: &Connector,
+    conninfo: &str,
+    info: &SourceConninfo,
+    rt: &tokio::runtime::Runtime,
+    due: Vec<SyncTable>,
+    spooled: bool,
+    live: &[String],
+) -> Prepared {
     let client = match block_on_until_shutdown(rt, connect::connect(info, &format!("livesync copy {}", c.name))) {
-        None => return false,
+        None => return Prepared::Exit,
         Some(Ok(client)) => client,
         Some(Err(e)) => {
             for t in &due {
                 record_error(t, &format!("could not reach the source: {e}"), None);
             }
-            return true;
+            return Prepared::Nothing;
         }
     };
     // Crash-sensitive: a table must be in the publication before the snapshot it is copied from
@@ -148,12 +155,12 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
     if due.iter().any(|t| !t.published) {
         reconcile(c, &client, rt);
     }
-    let due: Vec<SyncTable> = match in_transaction(|| tables::due_for_copy(c.id)) {
+    let due: Vec<SyncTable> = match in_transaction(|| tables::due_for_copy_excluding(c.id, live)) {
         Ok(Ok(d)) => d.into_iter().filter(|t| t.published).collect(),
-        _ => return true,
+        _ => return Prepared::Nothing,
     };
     if due.is_empty() {
-        return true;
+        return Prepared::Nothing;
     }
 
     let status = block_on_until_shutdown(rt, async {
@@ -170,24 +177,32 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
         Ok::<_, String>(status)
     });
     let status = match status {
-        None => return false,
+        None => return Prepared::Exit,
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             for t in &due {
                 record_error(t, &format!("could not reach the source: {e}"), None);
             }
-            return true;
+            return Prepared::Nothing;
         }
     };
     // Crash-sensitive: never create a new permanent slot while tables still depend on the old one.
     if report_if_slot_lost(c, &status) {
-        return true;
+        return Prepared::Nothing;
+    }
+    if spooled && status != SlotStatus::Usable {
+        // The stream's slot is gone: the stream fails and the connector's loop says why.
+        return Prepared::Nothing;
     }
     for t in &due {
         let _ = in_transaction(|| tables::mark_copying(t.id));
     }
     let (slot, temporary) = if status == SlotStatus::Usable {
-        (format!("{}_copy", c.slot_name), true)
+        // Several batches may run at once beside the stream: each its own temporary slot.
+        static BATCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: MyProcPid is set at process start and never changes; a plain read.
+        (format!("{}_copy_{}_{n}", c.slot_name, unsafe { pg_sys::MyProcPid }), true)
     } else {
         (c.slot_name.clone(), false)
     };
@@ -201,7 +216,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
                     Some("Check that the source has a free replication slot and WAL sender (livesync.check_source)."),
                 );
             }
-            return true;
+            return Prepared::Nothing;
         }
     };
 
@@ -233,13 +248,13 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
         Ok::<_, String>((version, defs))
     });
     let (version, defs) = match described {
-        None => return false,
+        None => return Prepared::Exit,
         Some(Ok(d)) => d,
         Some(Err(e)) => {
             for t in &due {
                 record_error(t, &format!("could not read the source tables: {e}"), None);
             }
-            return true;
+            return Prepared::Nothing;
         }
     };
 
@@ -266,7 +281,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
                 Spi::run(&format!("TRUNCATE {target_q}")).map_err(crate::catalog::spi_err)?;
             }
             let key = target::prepare(&def, &t.target_schema, &t.target_name, t.hypertable.as_ref())?;
-            tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn)?;
+            tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn, spooled)?;
             ranges::replace(t.id, &planned, &snap.name, binary)
         });
         match prepared {
@@ -276,8 +291,38 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
         }
     }
     if total_ranges == 0 {
+        return Prepared::Nothing;
+    }
+    Prepared::Batch { snap, ranges: total_ranges }
+
+}
+
+/// Copy every table of connector `c` that is due. Returns false if the worker must exit.
+pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime) -> bool {
+    // add_table wakes the worker as it commits; tables are usually added a few at a time, and
+    // one batch shares one exported snapshot: let a burst of add_table calls settle first.
+    for _ in 0..SETTLE_ROUNDS {
+        match in_transaction(|| tables::newest_pending_age(c.id)) {
+            Ok(Ok(Some(age))) if age < SETTLE => {
+                if !crate::worker::wait(SETTLE - age) {
+                    return false;
+                }
+            }
+            _ => break,
+        }
+    }
+    let due = match in_transaction(|| tables::due_for_copy(c.id)) {
+        Ok(Ok(d)) => d,
+        _ => return true,
+    };
+    if due.is_empty() {
         return true;
     }
+    let (snap, total_ranges) = match prepare_batch(c, conninfo, info, rt, due, false, &[]) {
+        Prepared::Exit => return false,
+        Prepared::Nothing => return true,
+        Prepared::Batch { snap, ranges } => (snap, ranges),
+    };
 
     // Run copy workers until every range is loaded (or failed for good), finishing tables as
     // their last range lands. The exporting connection (`snap`) stays open meanwhile.
@@ -325,48 +370,142 @@ fn finish_tables(c: &Connector) {
         _ => return,
     };
     for (id, rows, bytes) in finished {
-        let r = in_transaction(|| -> crate::error::Result<()> {
-            // Crash-sensitive: the key and the 'copied' mark (with the snapshot's LSN) commit
-            // together; before this commit the table is not streamed.
-            let Some(t) = tables::by_id(id)? else { return Ok(()) };
-            if let Some(key) = &t.build_key {
-                let target_q = target::qualified(&t.target_schema, &t.target_name);
-                Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary))
-                    .map_err(crate::catalog::spi_err)?;
+        finish_table(id, rows, bytes);
+    }
+}
+
+/// Build table `id`'s key and other indexes once all its ranges are loaded, and mark it copied
+/// — or, when the stream ran during its copy (`spooled`), `loaded`: the stream then replays its
+/// spooled changes and marks it copied. Called by the coordinator (batches copied with the
+/// stream stopped) and by the copy worker that loaded a spooled table's last range (the key
+/// build would otherwise hold the stream up).
+pub fn finish_table(id: i32, rows: i64, bytes: i64) {
+    let r = in_transaction(|| -> crate::error::Result<()> {
+        // One finisher per table: two copy workers loading its last ranges at once both get
+        // here; the second waits for the first's commit and finds it no longer copying.
+        let state = crate::catalog::first_value_locking::<String>(
+            "SELECT state FROM livesync.sync_table WHERE id = $1 FOR UPDATE",
+            &[id.into()],
+        )?;
+        if state.as_deref() != Some("copying") {
+            return Ok(());
+        }
+        // Crash-sensitive: the key and the 'copied' (or 'loaded') mark, with the snapshot's LSN,
+        // commit together; before this commit the table's changes are not applied.
+        let Some(t) = tables::by_id(id)? else { return Ok(()) };
+        if let Some(key) = &t.build_key {
+            let target_q = target::qualified(&t.target_schema, &t.target_name);
+            Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary))
+                .map_err(crate::catalog::spi_err)?;
+        }
+        // The other indexes (indexes => 'all'): one that cannot be built on the target (a
+        // function or operator class it lacks, a unique index a hypertable refuses) is left
+        // out with a WARNING rather than holding the table back.
+        for stmt in t.build_indexes.iter().flatten() {
+            // Built by add_table from the source index's fields and tried out there (see
+            // target::plan_indexes); checked again here as one CREATE INDEX on this very
+            // table, since the catalog row could have been edited since.
+            if !guard::is_index_on(stmt, &t.target_schema, &t.target_name) {
+                pgrx::warning!("livesync: index not built on {}: the stored statement is not a CREATE INDEX on it", qualified(&t.target_schema, &t.target_name));
+                continue;
             }
-            // The other indexes (indexes => 'all'): one that cannot be built on the target (a
-            // function or operator class it lacks, a unique index a hypertable refuses) is left
-            // out with a WARNING rather than holding the table back.
-            for stmt in t.build_indexes.iter().flatten() {
-                // Built by add_table from the source index's fields and tried out there (see
-                // target::plan_indexes); checked again here as one CREATE INDEX on this very
-                // table, since the catalog row could have been edited since.
-                if !guard::is_index_on(stmt, &t.target_schema, &t.target_name) {
-                    pgrx::warning!("livesync: index not built on {}: the stored statement is not a CREATE INDEX on it", qualified(&t.target_schema, &t.target_name));
-                    continue;
-                }
-                if let Err(e) = crate::error::in_subtransaction(|| guard::run_one(stmt)).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string())) {
-                    pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
-                }
-            }
-            tables::mark_copied(id, rows, bytes)?;
-            pgrx::log!(
-                "livesync: copied {rows} rows of {} into {}",
-                qualified(&t.source_schema, &t.source_name),
-                qualified(&t.target_schema, &t.target_name)
-            );
-            Ok(())
-        });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = in_transaction(|| tables::mark_error(id, &e.message, e.hint.as_deref()));
-            }
-            Err(e) => {
-                let _ = in_transaction(|| tables::mark_error(id, &format!("could not build the key: {e}"), None));
+            if let Err(e) = crate::error::in_subtransaction(|| guard::run_one(stmt)).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string())) {
+                pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
             }
         }
+        if t.spooled {
+            tables::mark_loaded(id, rows, bytes)?;
+        } else {
+            tables::mark_copied(id, rows, bytes)?;
+        }
+        pgrx::log!(
+            "livesync: copied {rows} rows of {} into {}",
+            qualified(&t.source_schema, &t.source_name),
+            qualified(&t.target_schema, &t.target_name)
+        );
+        Ok(())
+    });
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = in_transaction(|| tables::mark_error(id, &e.message, e.hint.as_deref()));
+        }
+        Err(e) => {
+            let _ = in_transaction(|| tables::mark_error(id, &format!("could not build the key: {e}"), None));
+        }
     }
+}
+
+/// Tables being copied while the connector's stream runs, under one exported snapshot: the
+/// exporting connection must stay open (and idle) until every range is loaded, and copy workers
+/// must be running while ranges remain. Kept by the connector's worker across stream restarts.
+pub struct Batch {
+    snap: snapshot::ExportedSnapshot,
+    workers: Vec<DynamicBackgroundWorker>,
+    restarts: u32,
+}
+
+/// Start copying the connector's due tables while its stream runs (its permanent slot exists):
+/// the snapshot comes from a temporary slot, and the stream spools the tables' changes from the
+/// snapshot's LSN on (see the hand-off in `src/apply/`). Returns false if the worker must exit.
+pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime, batches: &mut Vec<Batch>) -> bool {
+    let live: Vec<String> = batches.iter().map(|b| b.snap.name.clone()).collect();
+    let due = match in_transaction(|| tables::due_for_copy_excluding(c.id, &live)) {
+        Ok(Ok(d)) => d,
+        _ => return true,
+    };
+    if due.is_empty() {
+        return true;
+    }
+    match prepare_batch(c, conninfo, info, rt, due, true, &live) {
+        Prepared::Exit => false,
+        Prepared::Nothing => true,
+        Prepared::Batch { snap, ranges } => {
+            let n = crate::guc::copy_workers().min(ranges).max(1);
+            let workers = (0..n).filter_map(|_| crate::worker::copier::start(c.id)).collect();
+            batches.push(Batch { snap, workers, restarts: 0 });
+            true
+        }
+    }
+}
+
+/// Look after the running batches: a batch whose tables are all loaded (or failed) lets its
+/// snapshot go; one with tables still copying but no live copy worker gets new ones (at most
+/// [`MAX_WORKER_RESTARTS`] times, then its unfinished tables go to `error`, retried later).
+pub fn tend_batches(c: &Connector, batches: &mut Vec<Batch>) {
+    if batches.is_empty() {
+        // No batch in this process, yet a table loaded beside the stream whose finisher died
+        // (this worker restarted in between): its ranges and spool are complete, finish it here.
+        if let Ok(Ok(unfinished)) = in_transaction(|| ranges::unfinished_spooled(c.id)) {
+            for (id, rows, bytes) in unfinished {
+                finish_table(id, rows, bytes);
+            }
+        }
+        return;
+    }
+    let remaining = match in_transaction(|| ranges::remaining_by_snapshot(c.id)) {
+        Ok(Ok(r)) => r,
+        _ => return,
+    };
+    batches.retain_mut(|b| {
+        let (ranges, left) = remaining.iter().find(|(s, _, _)| s == &b.snap.name).map_or((0, 0), |(_, n, l)| (*n, *l));
+        if ranges == 0 {
+            // Every table of the batch is loaded (or failed): its snapshot can go.
+            return false;
+        }
+        b.workers.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
+        if b.workers.is_empty() {
+            if b.restarts >= MAX_WORKER_RESTARTS {
+                fail_unfinished(c, "the copy workers kept failing");
+                return false;
+            }
+            b.restarts += 1;
+            // Ranges left to load, or a loaded table whose finisher died: a copy worker does both.
+            let n = crate::guc::copy_workers().min(left.max(1) as usize).max(1);
+            b.workers = (0..n).filter_map(|_| crate::worker::copier::start(c.id)).collect();
+        }
+        true
+    });
 }
 
 fn fail_unfinished(c: &Connector, why: &str) {

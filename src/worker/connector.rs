@@ -93,6 +93,8 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
     // Retries of the stream after transient errors on the target (reset by the stream once it
     // commits past what failed).
     let mut retry = Backoff::new(MAX_RECONNECT_BACKOFF);
+    // Copies running beside the stream: their exported snapshots stay open across reconnects.
+    let mut batches: Vec<crate::copy::Batch> = Vec::new();
     loop {
         let Verdict::Run { name, conninfo, publication, connector } = read_verdict(id) else { break };
         let app = application_name(&name);
@@ -168,10 +170,6 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                 super::set_application_name(&application_name(&name));
                 current_name = name;
             }
-            // Tables waiting for their initial copy (src/copy/).
-            if !crate::copy::copy_due_tables(&connector, &conninfo, &info, &rt) {
-                return;
-            }
             if !slot_ready {
                 match block_on_until_shutdown(&rt, crate::copy::slot_status(&client, &connector.slot_name)) {
                     None => return,
@@ -185,12 +183,20 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                             continue;
                         }
                         slot_ready = status == crate::copy::SlotStatus::Usable;
+                        if !slot_ready {
+                            // The connector's first copy creates its permanent slot (the stream
+                            // starts from it), so it runs here, with no stream yet. Later copies
+                            // run beside the stream (stream::run, copy::start_batch).
+                            if !crate::copy::copy_due_tables(&connector, &conninfo, &info, &rt) {
+                                return;
+                            }
+                        }
                     }
                     Some(Err(e)) => break e.to_string(),
                 }
             }
             if slot_ready {
-                match super::stream::run(&connector, &conninfo, &application_name(&current_name), &rt, &client, &mut retry) {
+                match super::stream::run(&connector, &conninfo, &application_name(&current_name), &rt, &client, &mut retry, &info, &mut batches) {
                     super::stream::Outcome::Stop => return,
                     super::stream::Outcome::CopyDue | super::stream::Outcome::Restart => continue,
                     super::stream::Outcome::Failed(e) => break e,

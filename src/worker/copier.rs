@@ -62,7 +62,16 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
     while !crate::runtime::shutdown_requested() {
         let claimed = match super::in_transaction(|| ranges::claim_next(connector_id)) {
             Ok(Ok(Some(c))) => c,
-            _ => break,
+            _ => {
+                // Nothing left to load: finish tables copied beside the stream whose last range
+                // is in but whose finisher died before building their key.
+                if let Ok(Ok(unfinished)) = super::in_transaction(|| ranges::unfinished_spooled(connector_id)) {
+                    for (id, rows, bytes) in unfinished {
+                        crate::copy::finish_table(id, rows, bytes);
+                    }
+                }
+                break;
+            }
         };
         let Ok(Ok(Some(t))) = super::in_transaction(|| tables::by_id(claimed.table_id)) else { continue };
 
@@ -117,7 +126,17 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
         let target_q = target::qualified(&t.target_schema, &t.target_name);
 
         let result = super::in_transaction(|| -> Result<(), String> {
-            // Crash-sensitive: the range's rows and its "done" mark commit together.
+            // Crash-sensitive: the range's rows and its "done" mark commit together. The range
+            // must still be the one claimed: a table re-planned meanwhile (a new snapshot, after
+            // its worker restarted) truncated the target and replaced its ranges.
+            let current = crate::catalog::first_value_locking::<bool>(
+                "SELECT true FROM livesync.copy_range WHERE table_id = $1 AND range_no = $2 AND snapshot = $3 AND NOT done FOR UPDATE",
+                &[claimed.table_id.into(), claimed.range_no.into(), claimed.snapshot.as_str().into()],
+            )
+            .map_err(|e| e.message)?;
+            if current != Some(true) {
+                return Ok(());
+            }
             // The source sends text as UTF8 (this worker's SQL connection asks it to): COPY FROM
             // converts it to the database's encoding — text fields through the COPY's encoding,
             // binary ones through the client encoding — and refuses a character it lacks.
@@ -136,8 +155,16 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
         });
         match result {
             Ok(Ok(())) => {
+                // A table copied while the stream runs: the worker loading its last range builds
+                // its key (the stream must not wait for that) and marks it loaded.
+                if t.spooled {
+                    if let Ok(Ok(Some((rows, bytes)))) = super::in_transaction(|| ranges::table_finished(t.id)) {
+                        crate::copy::finish_table(t.id, rows, bytes);
+                    }
+                }
                 // The coordinator builds the key and marks the table copied once its last range
-                // is in: tell it now rather than at its next look.
+                // is in (or the stream replays a loaded table's spool): tell it now rather than
+                // at its next look.
                 if let Ok(Ok(Some(pid))) = super::in_transaction(|| catalog::live_worker_pid(connector_id)) {
                     super::wake(pid);
                 }

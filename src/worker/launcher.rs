@@ -69,6 +69,11 @@ fn list_databases() -> Vec<pg_sys::Oid> {
     out
 }
 
+/// Whether database `db` was probed before (and remember it).
+fn seen_before(probed: &mut HashSet<u32>, db: u32) -> bool {
+    !probed.insert(db)
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn livesync_launcher_main(_arg: pg_sys::Datum) {
@@ -76,8 +81,11 @@ pub extern "C-unwind" fn livesync_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     log!("livesync launcher started");
 
-    let mut managers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
-    // Woken (latch) rather than timed out: someone wants a stopped manager started.
+    let mut probed: HashSet<u32> = HashSet::new();
+    // Every manager registration this launcher made, by database (a wake-up may start a second
+    // one while the first exits: the duplicate passes the wake-up on and exits).
+    let mut managers: HashMap<u32, Vec<DynamicBackgroundWorker>> = HashMap::new();
+    // Woken (latch) rather than timed out: someone wants a manager started.
     let mut woken = false;
     loop {
         match super::in_transaction(list_databases) {
@@ -87,20 +95,22 @@ pub extern "C-unwind" fn livesync_launcher_main(_arg: pg_sys::Datum) {
                 // their connection every 10 s forever.
                 let gone: Vec<u32> = managers.keys().filter(|d| !present.contains(d)).copied().collect();
                 for d in gone {
-                    if let Some(h) = managers.remove(&d) {
+                    for h in managers.remove(&d).unwrap_or_default() {
                         let _ = h.terminate();
-                        log!("livesync launcher: database {d} is gone; its manager is unregistered");
                     }
+                    log!("livesync launcher: database {d} is gone; its manager is unregistered");
                 }
                 for db in dbs {
-                    let stopped = match managers.get(&db.to_u32()) {
-                        None => true,
-                        Some(h) => woken && matches!(h.pid(), Err(BackgroundWorkerStatus::Stopped)),
-                    };
-                    let first_time = !managers.contains_key(&db.to_u32());
-                    if stopped && (first_time || woken) {
+                    let handles = managers.entry(db.to_u32()).or_default();
+                    handles.retain(|h| !matches!(h.pid(), Err(BackgroundWorkerStatus::Stopped)));
+                    // New databases are probed once; on a wake-up every database gets a manager
+                    // started (one that finds livesync absent, or another manager running, exits
+                    // at once). A manager still running may be on its way out after finding no
+                    // extension a moment before CREATE EXTENSION committed, so it does not count.
+                    let first_time = handles.is_empty() && !seen_before(&mut probed, db.to_u32());
+                    if first_time || woken {
                         if let Some(h) = start_manager(db) {
-                            managers.insert(db.to_u32(), h);
+                            handles.push(h);
                         }
                     }
                 }

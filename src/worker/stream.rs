@@ -218,6 +218,8 @@ pub fn run(
     rt: &tokio::runtime::Runtime,
     client: &tokio_postgres::Client,
     retry: &mut Backoff,
+    info: &crate::source::conninfo::SourceConninfo,
+    batches: &mut Vec<crate::copy::Batch>,
 ) -> Outcome {
     let start = match super::in_transaction(|| {
         Spi::run("SET session_replication_role = replica").expect("SET failed");
@@ -330,7 +332,7 @@ pub fn run(
                             last_feedback = Instant::now();
                             continue;
                         }
-                        match guarded(&mut applier, |a| a.handle(decoded)) {
+                        match guarded(&mut applier, |a| a.handle(decoded, data, false)) {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return table_error(&mut applier, e),
                             Err(message) => return pg_error(&mut applier, message),
@@ -412,10 +414,32 @@ pub fn run(
                         crate::copy::reconcile(c, client, rt);
                         check_slot(c, client, rt);
                     }
-                    if let Some(o) = housekeeping(c) {
-                        return o;
+                    match housekeeping(c) {
+                        Some(Outcome::CopyDue) => {
+                            // Tables to copy: copied beside the stream, which spools their
+                            // changes from their snapshot on (see the hand-off in src/apply/).
+                            if !crate::copy::start_batch(c, conninfo, info, rt, batches) {
+                                return abort(&mut applier, Outcome::Stop);
+                            }
+                        }
+                        Some(o) => return o,
+                        None => {}
                     }
+                    crate::copy::tend_batches(c, batches);
                     applier.reload_tables = true;
+                    // Tables whose copy is loaded: replay what was spooled for them, in a target
+                    // transaction of its own, which marks them copied.
+                    let loaded = super::in_transaction(|| tables::loaded_spooled(c.id)).ok().and_then(|r| r.ok()).unwrap_or_default();
+                    for id in loaded {
+                        match guarded(&mut applier, |a| a.replay_spool(id)) {
+                            Ok(Ok(n)) => pgrx::log!("livesync: replayed {n} spooled changes of table {id}"),
+                            Ok(Err(e)) => return table_error(&mut applier, e),
+                            Err(e) => return pg_error(&mut applier, e),
+                        }
+                        if let Err(o) = commit(&mut applier, &mut p) {
+                            return o;
+                        }
+                    }
                 }
                 if waiter.as_ref().is_none_or(|w| w.fd != fd) {
                     waiter = Some(Waiter::new(fd));
@@ -450,14 +474,14 @@ fn replay(applier: &mut Applier, spool: &mut Spool, sc: &StreamCommit, conn: &mu
     let begin = LogicalMessage::Begin(Begin { final_lsn: sc.commit_lsn, commit_time: sc.commit_time, xid: sc.xid });
     let mut decoder = Decoder::streamed();
     let mut last_feedback = Instant::now();
-    let mut next = Some(Ok(begin));
+    let mut next: Option<Result<(LogicalMessage, Vec<u8>), String>> = Some(Ok((begin, Vec::new())));
     let mut messages = messages.into_iter().flatten();
     while let Some(m) = next.take() {
-        let m = match m {
+        let (m, raw) = match m {
             Ok(m) => m,
             Err(e) => return Err(abort(applier, Outcome::Failed(e))),
         };
-        match guarded(applier, |a| a.handle(m)) {
+        match guarded(applier, |a| a.handle(m, &raw, true)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(table_error(applier, e)),
             Err(message) => return Err(pg_error(applier, message)),
@@ -467,13 +491,13 @@ fn replay(applier: &mut Applier, spool: &mut Spool, sc: &StreamCommit, conn: &mu
             last_feedback = Instant::now();
         }
         next = match messages.next() {
-            Some(Ok(raw)) => Some(decoder.decode(&raw).map_err(|e| format!("invalid spooled pgoutput message: {e}"))),
+            Some(Ok(raw)) => Some(decoder.decode(&raw).map(|m| (m, raw.to_vec())).map_err(|e| format!("invalid spooled pgoutput message: {e}"))),
             Some(Err(e)) => Some(Err(format!("could not read a spooled transaction: {e}"))),
             None => None,
         };
     }
     let commit = LogicalMessage::Commit(Commit { flags: sc.flags, commit_lsn: sc.commit_lsn, end_lsn: sc.end_lsn, commit_time: sc.commit_time });
-    match guarded(applier, |a| a.handle(commit)) {
+    match guarded(applier, |a| a.handle(commit, &[], true)) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(table_error(applier, e)),
         Err(message) => Err(pg_error(applier, message)),

@@ -14,6 +14,7 @@
 mod support;
 
 mod check_source;
+mod copy_beside_stream;
 mod errors;
 mod extension;
 mod hostile;
