@@ -77,7 +77,10 @@ CREATE FUNCTION livesync._copy_rows(anyelement) RETURNS SETOF anyelement
 GRANT USAGE ON SCHEMA livesync TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA livesync FROM PUBLIC;
 GRANT SELECT ON livesync.connectors TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.connector, livesync.connector_secret TO livesync_admin;
+-- Read-only for livesync_admin: livesync's functions write the catalog as its owner (see
+-- src/catalog/mod.rs, as_owner); a row edited by hand could point the workers, which run as the
+-- bootstrap superuser, at any table.
+GRANT SELECT ON livesync.connector, livesync.connector_secret TO livesync_admin;
 
 -- Everything that changes state or opens connections from the target server is for admins only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA livesync FROM PUBLIC;
@@ -154,5 +157,4 @@ SELECT c.name AS connector,
  ORDER BY 1, 2;
 
 GRANT SELECT ON livesync.table_progress TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON livesync.sync_table, livesync.copy_range, livesync.unpublish TO livesync_admin;
-GRANT SELECT, DELETE ON livesync.spooled_change TO livesync_admin;
+GRANT SELECT ON livesync.sync_table, livesync.copy_range, livesync.unpublish, livesync.spooled_change TO livesync_admin;

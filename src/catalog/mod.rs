@@ -78,6 +78,34 @@ pub(crate) fn first_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     .map_err(spi_err)
 }
 
+/// Run `f` — a change to livesync's catalog — as the role owning it (the one that created the
+/// extension). The SQL functions run as their caller, a member of `livesync_admin`, which has no
+/// write privilege on the catalog tables: a row edited by hand could point livesync's workers,
+/// which run as the bootstrap superuser, at any table. So only this module writes them, with
+/// `SECURITY_LOCAL_USERID_CHANGE` set (no `SET ROLE` inside) and the caller's identity restored on
+/// every path.
+pub(crate) fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let owner = first_value::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'livesync'", &[])?
+        .ok_or_else(|| LivesyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "extension \"livesync\" is not installed in this database"))?;
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context: i32 = 0;
+    // SAFETY: reads this backend's current user and security context into locals.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    // SAFETY: switches the current user within this transaction; restored below on success and
+    // in `finally` on an ERROR (which also restores it at transaction abort).
+    unsafe { pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
+    let f = std::panic::AssertUnwindSafe(f);
+    pgrx::PgTryBuilder::new(move || {
+        let f = f;
+        (f.0)()
+    })
+        .finally(move || {
+            // SAFETY: puts back exactly what was read above.
+            unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+        })
+        .execute()
+}
+
 /// Like [`first_value`], for a query that locks rows (`FOR UPDATE`): run read-write, which a
 /// read-only SPI call refuses.
 pub(crate) fn first_value_locking<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
@@ -134,16 +162,18 @@ pub fn connector_by_name(name: &str) -> Result<Option<Connector>> {
 /// Like [`connector_by_name`] but locks the row against concurrent API calls, and raises
 /// "does not exist" when missing.
 pub fn lock_connector_by_name(name: &str) -> Result<Connector> {
-    let r = Spi::connect_mut(|c| {
-        let q = format!("SELECT {CONNECTOR_COLUMNS} FROM livesync.connector WHERE name = $1 FOR UPDATE");
-        let mut t = c.update(&q, Some(1), &[name.into()])?;
-        match t.next() {
-            Some(row) => connector_from_row(&row).map(Some),
-            None => Ok(None),
-        }
+    as_owner(|| {
+        let r = Spi::connect_mut(|c| {
+            let q = format!("SELECT {CONNECTOR_COLUMNS} FROM livesync.connector WHERE name = $1 FOR UPDATE");
+            let mut t = c.update(&q, Some(1), &[name.into()])?;
+            match t.next() {
+                Some(row) => connector_from_row(&row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .map_err(spi_err)?;
+        r.ok_or_else(|| LivesyncError::connector_not_found(name))
     })
-    .map_err(spi_err)?;
-    r.ok_or_else(|| LivesyncError::connector_not_found(name))
 }
 
 pub fn connector_by_id(id: i32) -> Result<Option<Connector>> {
@@ -182,59 +212,69 @@ pub fn conninfo(id: i32) -> Result<Option<String>> {
 /// Insert a connector and its secret; returns the new row. The token is random (see
 /// `src/source/names.rs` for why names derive from it).
 pub fn insert_connector(n: &NewConnector) -> Result<Connector> {
-    let token: String = Spi::get_one("SELECT left(replace(gen_random_uuid()::text, '-', ''), 16)")
+    as_owner(|| {
+        let token: String = Spi::get_one("SELECT left(replace(gen_random_uuid()::text, '-', ''), 16)")
+            .map_err(spi_err)?
+            .expect("gen_random_uuid returned NULL");
+        let token = crate::source::names::ConnectorToken::parse(&token)
+            .map_err(|e| LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e))?;
+        let id: i32 = Spi::get_one_with_args(
+            "INSERT INTO livesync.connector
+                 (name, token, publication_name, slot_name, source_host, source_port, source_dbname, source_user)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                n.name.into(),
+                token.as_str().into(),
+                token.publication_name().into(),
+                token.slot_name().into(),
+                n.host.into(),
+                n.port.into(),
+                n.dbname.into(),
+                n.user.into(),
+            ],
+        )
         .map_err(spi_err)?
-        .expect("gen_random_uuid returned NULL");
-    let token = crate::source::names::ConnectorToken::parse(&token)
-        .map_err(|e| LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e))?;
-    let id: i32 = Spi::get_one_with_args(
-        "INSERT INTO livesync.connector
-             (name, token, publication_name, slot_name, source_host, source_port, source_dbname, source_user)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        &[
-            n.name.into(),
-            token.as_str().into(),
-            token.publication_name().into(),
-            token.slot_name().into(),
-            n.host.into(),
-            n.port.into(),
-            n.dbname.into(),
-            n.user.into(),
-        ],
-    )
-    .map_err(spi_err)?
-    .expect("INSERT RETURNING gave no row");
-    Spi::run_with_args(
-        "INSERT INTO livesync.connector_secret (connector_id, conninfo) VALUES ($1, $2)",
-        &[id.into(), n.conninfo.into()],
-    )
-    .map_err(spi_err)?;
-    Ok(connector_by_id(id)?.expect("connector vanished right after insert"))
+        .expect("INSERT RETURNING gave no row");
+        Spi::run_with_args(
+            "INSERT INTO livesync.connector_secret (connector_id, conninfo) VALUES ($1, $2)",
+            &[id.into(), n.conninfo.into()],
+        )
+        .map_err(spi_err)?;
+        Ok(connector_by_id(id)?.expect("connector vanished right after insert"))
+    })
 }
 
 pub fn set_enabled(id: i32, enabled: bool) -> Result<()> {
-    Spi::run_with_args(
-        "UPDATE livesync.connector
-            SET enabled = $2,
-                state = CASE WHEN $2 AND NOT enabled THEN 'starting' ELSE state END
-          WHERE id = $1",
-        &[id.into(), enabled.into()],
-    )
-    .map_err(spi_err)
+    as_owner(|| {
+        Spi::run_with_args(
+            "UPDATE livesync.connector
+                SET enabled = $2,
+                    state = CASE WHEN $2 AND NOT enabled THEN 'starting' ELSE state END
+              WHERE id = $1",
+            &[id.into(), enabled.into()],
+        )
+        .map_err(spi_err)
+    })
 }
 
 pub fn set_auto_add_columns(id: i32, on: bool) -> Result<()> {
-    Spi::run_with_args("UPDATE livesync.connector SET auto_add_columns = $2 WHERE id = $1", &[id.into(), on.into()])
-        .map_err(spi_err)
+    as_owner(|| {
+        Spi::run_with_args("UPDATE livesync.connector SET auto_add_columns = $2 WHERE id = $1", &[id.into(), on.into()])
+            .map_err(spi_err)
+    })
 }
 
 pub fn rename(id: i32, new_name: &str) -> Result<()> {
-    Spi::run_with_args("UPDATE livesync.connector SET name = $2 WHERE id = $1", &[id.into(), new_name.into()])
-        .map_err(spi_err)
+    as_owner(|| {
+        Spi::run_with_args("UPDATE livesync.connector SET name = $2 WHERE id = $1", &[id.into(), new_name.into()])
+            .map_err(spi_err)
+    })
 }
 
 pub fn delete_connector(id: i32) -> Result<()> {
-    Spi::run_with_args("DELETE FROM livesync.connector WHERE id = $1", &[id.into()]).map_err(spi_err)
+    as_owner(|| {
+        Spi::run_with_args("DELETE FROM livesync.connector WHERE id = $1", &[id.into()]).map_err(spi_err)
+    })
 }
 
 /// Reconciliation input for the manager: every connector, and whether its worker is alive.
@@ -263,29 +303,41 @@ pub fn connector_worker_states() -> Result<Vec<ConnectorWorkerState>> {
 
 /// The live pid of the worker of connector `id`, if any.
 pub fn live_worker_pid(id: i32) -> Result<Option<i32>> {
-    first_value::<i32>(
-        "SELECT a.pid FROM livesync.connector c
-           JOIN pg_catalog.pg_stat_activity a
-             ON a.pid = c.worker_pid AND a.backend_type = 'livesync connector'
-          WHERE c.id = $1",
-        &[id.into()],
-    )
+    // pg_stat_activity hides other roles' backend types from a caller without
+    // pg_read_all_stats: read it as the catalog's owner.
+    as_owner(|| {
+        first_value::<i32>(
+            "SELECT a.pid FROM livesync.connector c
+               JOIN pg_catalog.pg_stat_activity a
+                 ON a.pid = c.worker_pid AND a.backend_type = 'livesync connector'
+              WHERE c.id = $1",
+            &[id.into()],
+        )
+    })
 }
 
 /// Pid of this database's livesync manager, if one runs.
 pub fn manager_pid() -> Result<Option<i32>> {
-    first_value::<i32>(
-        "SELECT pid FROM pg_catalog.pg_stat_activity
-          WHERE backend_type = 'livesync manager' AND pid <> pg_catalog.pg_backend_pid()
-            AND datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-          LIMIT 1",
-        &[],
-    )
+    // pg_stat_activity hides other roles' backend types from a caller without
+    // pg_read_all_stats: read it as the catalog's owner.
+    as_owner(|| {
+        first_value::<i32>(
+            "SELECT pid FROM pg_catalog.pg_stat_activity
+              WHERE backend_type = 'livesync manager' AND pid <> pg_catalog.pg_backend_pid()
+                AND datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+              LIMIT 1",
+            &[],
+        )
+    })
 }
 
 /// The cluster's livesync launcher, if it runs.
 pub fn launcher_pid() -> Result<Option<i32>> {
-    first_value::<i32>("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'livesync launcher' LIMIT 1", &[])
+    // pg_stat_activity hides other roles' backend types from a caller without
+    // pg_read_all_stats: read it as the catalog's owner.
+    as_owner(|| {
+        first_value::<i32>("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'livesync launcher' LIMIT 1", &[])
+    })
 }
 
 // ---- reports from a connector's worker -------------------------------------------------------

@@ -40,7 +40,7 @@
 
 use pgrx::prelude::*;
 
-use super::{first_value, spi_err};
+use super::{as_owner, first_value, spi_err};
 use crate::error::Result;
 use crate::source::table::SourceHypertable;
 use crate::timescale::HypertableSpec;
@@ -161,35 +161,37 @@ pub fn find_by_target(target_schema: &str, target_name: &str) -> Result<Option<S
 }
 
 pub fn insert(n: &NewSyncTable) -> Result<i32> {
-    Ok(first_value::<i32>(
-        "INSERT INTO livesync.sync_table
-             (connector_id, source_schema, source_name, target_schema, target_name,
-              build_key, build_key_primary, est_rows, est_bytes,
-              hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
-              source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, added_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, $16, $17, clock_timestamp())
-         RETURNING id",
-        &[
-            n.connector_id.into(),
-            n.source_schema.into(),
-            n.source_name.into(),
-            n.target_schema.into(),
-            n.target_name.into(),
-            n.build_key.clone().into(),
-            n.build_key_primary.into(),
-            n.est_rows.into(),
-            n.est_bytes.into(),
-            n.hypertable.as_ref().map(|h| h.time_column.clone()).into(),
-            n.hypertable.as_ref().map(|h| h.chunk_interval.clone()).into(),
-            n.hypertable.as_ref().map(|h| h.integer).into(),
-            n.source_hypertable.as_ref().map(|h| h.chunk_schema.clone()).into(),
-            n.source_hypertable.as_ref().map(|h| h.chunk_prefix.clone()).into(),
-            n.build_indexes.clone().into(),
-            n.published.into(),
-            n.append_only.into(),
-        ],
-    )?
-    .expect("INSERT RETURNING gave no row"))
+    as_owner(|| {
+        Ok(first_value::<i32>(
+            "INSERT INTO livesync.sync_table
+                 (connector_id, source_schema, source_name, target_schema, target_name,
+                  build_key, build_key_primary, est_rows, est_bytes,
+                  hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
+                  source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, $16, $17, clock_timestamp())
+             RETURNING id",
+            &[
+                n.connector_id.into(),
+                n.source_schema.into(),
+                n.source_name.into(),
+                n.target_schema.into(),
+                n.target_name.into(),
+                n.build_key.clone().into(),
+                n.build_key_primary.into(),
+                n.est_rows.into(),
+                n.est_bytes.into(),
+                n.hypertable.as_ref().map(|h| h.time_column.clone()).into(),
+                n.hypertable.as_ref().map(|h| h.chunk_interval.clone()).into(),
+                n.hypertable.as_ref().map(|h| h.integer).into(),
+                n.source_hypertable.as_ref().map(|h| h.chunk_schema.clone()).into(),
+                n.source_hypertable.as_ref().map(|h| h.chunk_prefix.clone()).into(),
+                n.build_indexes.clone().into(),
+                n.published.into(),
+                n.append_only.into(),
+            ],
+        )?
+        .expect("INSERT RETURNING gave no row"))
+    })
 }
 
 /// The connector's publication (`main`) or append-only publication (`append`) was created anew:
@@ -210,11 +212,13 @@ pub fn mark_published(id: i32) -> Result<()> {
 
 /// `remove_table`: drop the table from the connector's publication once this commits.
 pub fn add_unpublish(connector_id: i32, schema: &str, name: &str) -> Result<()> {
-    Spi::run_with_args(
-        "INSERT INTO livesync.unpublish VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        &[connector_id.into(), schema.into(), name.into()],
-    )
-    .map_err(spi_err)
+    as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO livesync.unpublish VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[connector_id.into(), schema.into(), name.into()],
+        )
+        .map_err(spi_err)
+    })
 }
 
 /// Tables to drop from the connector's publication.
@@ -240,7 +244,9 @@ pub fn delete_unpublish(connector_id: i32, schema: &str, name: &str) -> Result<(
 }
 
 pub fn delete(id: i32) -> Result<()> {
-    Spi::run_with_args("DELETE FROM livesync.sync_table WHERE id = $1", &[id.into()]).map_err(spi_err)
+    as_owner(|| {
+        Spi::run_with_args("DELETE FROM livesync.sync_table WHERE id = $1", &[id.into()]).map_err(spi_err)
+    })
 }
 
 /// Tables of a connector waiting for their copy (including copies interrupted by a crash).
@@ -439,17 +445,19 @@ pub fn add_change_counts(id: i32, applied: i64, skipped: i64, missing: i64) -> R
 
 /// Back to `pending`: `resync_table`.
 pub fn mark_pending(id: i32) -> Result<()> {
-    Spi::run_with_args(
-        "UPDATE livesync.sync_table
-            SET state = 'pending', snapshot_lsn = NULL, rows_copied = NULL, bytes_copied = NULL,
-                started_at = NULL, finished_at = NULL, attempts = 0, next_attempt_at = NULL,
-                last_error = NULL, last_error_hint = NULL, last_error_at = NULL,
-                last_error_sqlstate = NULL, last_error_detail = NULL, last_error_context = NULL,
-                retry_reason = NULL, retry_since = NULL
-          WHERE id = $1",
-        &[id.into()],
-    )
-    .map_err(spi_err)
+    as_owner(|| {
+        Spi::run_with_args(
+            "UPDATE livesync.sync_table
+                SET state = 'pending', snapshot_lsn = NULL, rows_copied = NULL, bytes_copied = NULL,
+                    started_at = NULL, finished_at = NULL, attempts = 0, next_attempt_at = NULL,
+                    last_error = NULL, last_error_hint = NULL, last_error_at = NULL,
+                    last_error_sqlstate = NULL, last_error_detail = NULL, last_error_context = NULL,
+                    retry_reason = NULL, retry_since = NULL
+              WHERE id = $1",
+            &[id.into()],
+        )
+        .map_err(spi_err)
+    })
 }
 
 /// What is stored about an error: SQLSTATE, message, DETAIL, HINT and where it happened.

@@ -107,3 +107,45 @@ fn ordinary_role_sees_connectors_but_no_secrets() {
         "nothing changed"
     );
 }
+
+/// Members of livesync_admin use every function but cannot write livesync's catalog directly: a
+/// row edited by hand could point the workers (which run as the bootstrap superuser) at another
+/// table to copy into or truncate. The functions write it as the catalog's owner.
+#[test]
+fn admins_use_the_functions_but_cannot_edit_the_catalog() {
+    let db = TestDb::new("priv_catalog");
+    let admin = "ls_priv_catalog_admin";
+    let _roles = Roles::create(db.target, &[admin]);
+    db.tgt(&format!(
+        "GRANT livesync_admin TO {admin}; GRANT CREATE ON SCHEMA public TO {admin};
+         CREATE TABLE victim (i int); INSERT INTO victim VALUES (1);"
+    ));
+    db.src("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');");
+    db.target_sql_as(admin, &format!("SELECT livesync.add_connector({}, 'c')", lit(&db.su_conninfo())))
+        .ok("add_connector as a livesync_admin member");
+    db.wait_running("c");
+    db.target_sql_as(admin, "SELECT livesync.add_table('t')").ok("add_table as a livesync_admin member");
+    db.wait_ready("public.t");
+    for (what, sql) in [
+        ("UPDATE sync_table", "UPDATE livesync.sync_table SET target_name = 'victim'"),
+        ("DELETE connector", "DELETE FROM livesync.connector"),
+        ("INSERT unpublish", "INSERT INTO livesync.unpublish VALUES (1, 'public', 't')"),
+        ("UPDATE copy_range", "UPDATE livesync.copy_range SET done = false"),
+        ("UPDATE connector_secret", "UPDATE livesync.connector_secret SET conninfo = 'host=evil'"),
+    ] {
+        let e = db.target_sql_as(admin, sql).err(what);
+        assert_sqlstate(&e, "42501");
+    }
+    for sql in [
+        "SELECT livesync.pause_connector('c')",
+        "SELECT livesync.resume_connector('c')",
+        "SELECT livesync.rename_connector('c', 'c2')",
+        "SELECT livesync.resync_table('t', connector => 'c2')",
+    ] {
+        db.target_sql_as(admin, sql).ok(sql);
+    }
+    db.wait_ready("public.t");
+    db.target_sql_as(admin, "SELECT livesync.remove_table('t', connector => 'c2')").ok("remove_table");
+    db.target_sql_as(admin, "SELECT livesync.drop_connector('c2')").ok("drop_connector");
+    assert_eq!(db.tgt("SELECT count(*) AS n FROM victim")[0].int("n"), 1);
+}
