@@ -9,6 +9,7 @@
 #   BENCH_APPLY_CASES="a1 a2 b c"     # which apply workloads run (default: all four)
 #   BENCH_PERF=<file>                 # record `perf` system-wide while livesync applies
 #   BENCH_RUNS=3                      # runs of native and of livesync's default copy (medians compared)
+#   BENCH_SKIP_LAG=1                  # skip the lag of a synced table while metrics is copied beside the stream
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
 # 56432 (source) and 56433 (target). Results are printed as a Markdown table.
@@ -336,4 +337,49 @@ print(f'| $label | {n} | {tn:.1f} | {n/tn:,.0f} | {$RSS_native/1024:.0f} | {tl:.
   echo "| workload | changes | native s | native changes/s | native peak private RSS MB | livesync s | livesync changes/s | livesync peak private RSS MB | livesync vs native |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${results[@]}"
+fi
+
+if [ -z "${BENCH_SKIP_LAG:-}" ]; then
+  # ---- lag: a synced table receiving 200 single-row transactions/s while metrics is copied ------
+  # beside the connector's stream (issue 11, case (a)). Each row carries its source commit-ish time
+  # (clock_timestamp() at insert); the target's own column `arrived` defaults to clock_timestamp()
+  # when the row is applied (within the apply transaction, before its commit). Same machine, same
+  # clock. Also samples the oldest transaction holding a snapshot on the source (case (c)).
+  say "lag of a synced table while metrics is copied beside the stream"
+  src -d bench -c "DROP TABLE IF EXISTS ticks" -c "CREATE TABLE ticks (id bigserial PRIMARY KEY, created timestamptz NOT NULL DEFAULT clock_timestamp())"
+  tgt -d postgres -c "DROP DATABASE IF EXISTS lag WITH (FORCE)" -c "CREATE DATABASE lag"
+  tgt -d lag -c "CREATE EXTENSION livesync" \
+             -c "CREATE TABLE ticks (id bigint PRIMARY KEY, created timestamptz NOT NULL, arrived timestamptz DEFAULT clock_timestamp())" \
+             -c "SELECT livesync.add_connector('$SRC_CONNINFO', 'lag')" -c "SELECT livesync.add_table('public.ticks')" >/dev/null
+  wait_sql lag "SELECT bool_and(state = 'ready') FROM livesync.table_progress"
+  printf 'INSERT INTO ticks DEFAULT VALUES;\n' > "$W/tick.sql"; chmod a+r "$W/tick.sql"
+  as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 1 -R 200 -T 600 -f "$W/tick.sql" bench >/dev/null 2>&1 & tick_pid=$!
+  ( peak=0; while :; do
+      a=$(src -d bench -At -c "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::int FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()" 2>/dev/null || echo 0)
+      [ "${a:-0}" -gt "$peak" ] && peak=$a && echo "$peak" > "$W/snapage"; sleep 1; done ) & age_pid=$!
+  echo 0 > "$W/snapage"
+  sleep 10
+  t_add=$(tgt -d lag -At -c "SELECT clock_timestamp()")
+  t0=$(now)
+  tgt -d lag -c "SELECT livesync.add_table('public.metrics')" >/dev/null
+  wait_sql lag "SELECT state = 'ready' FROM livesync.table_progress WHERE source_table = 'public.metrics'"
+  t1=$(now)
+  t_ready=$(tgt -d lag -At -c "SELECT clock_timestamp()")
+  sleep 5
+  kill $tick_pid $age_pid 2>/dev/null || true; wait $tick_pid $age_pid 2>/dev/null || true
+  wait_sql lag "SELECT count(*) > 0 FROM ticks"
+  lagq() { # where -> "p99 max n"
+    tgt -d lag -At -F ' ' -c "SELECT round((extract(epoch FROM percentile_cont(0.99) WITHIN GROUP (ORDER BY arrived - created)) * 1000)::numeric), round((extract(epoch FROM max(arrived - created)) * 1000)::numeric), count(*) FROM ticks WHERE $1"
+  }
+  read -r B99 BMAX BN <<< "$(lagq "created < '$t_add'")"
+  read -r D99 DMAX DN <<< "$(lagq "created >= '$t_add' AND created < '$t_ready'")"
+  echo
+  echo "### Lag of a synced table (200 single-row transactions/s) while metrics is copied beside the stream"
+  echo
+  echo "| window | rows | p99 lag ms | worst lag ms |"
+  echo "| --- | ---: | ---: | ---: |"
+  echo "| before the copy (10 s) | $BN | $B99 | $BMAX |"
+  echo "| during the copy of metrics ($(python3 -c "print(f'{$t1-$t0:.1f}')") s, add_table until ready) | $DN | $D99 | $DMAX |"
+  echo
+  echo "Oldest transaction holding a snapshot on the source during the copy: $(cat "$W/snapage") s"
 fi
