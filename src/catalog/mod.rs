@@ -106,9 +106,11 @@ pub(crate) fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
         .execute()
 }
 
-/// Like [`first_value`], for a query that locks rows (`FOR UPDATE`): run read-write, which a
-/// read-only SPI call refuses.
-pub(crate) fn first_value_locking<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+/// Like [`first_value`], run as a read-write SPI call: for a query that locks rows (`FOR
+/// UPDATE`, which a read-only call refuses), or one that must see what this transaction created
+/// a moment before — in a subtransaction without an XID of its own, pgrx would run a read-only
+/// query on the statement's older snapshot, where a type created just now does not exist yet.
+pub(crate) fn first_value_rw<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     query: &str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Result<Option<T>> {

@@ -93,16 +93,18 @@ pub fn mark_done(table_id: i32, range_no: i32, rows: i64, bytes: i64) -> Result<
     .map_err(spi_err)
 }
 
-/// Tables of the batch whose ranges are all done: (table id, rows, bytes).
-pub fn finished_tables(connector_id: i32) -> Result<Vec<(i32, i64, i64)>> {
+/// Tables still `copying` whose ranges are all done: (table id, rows, bytes). `only_spooled`:
+/// only tables copied beside the stream (whose finisher, a copy worker, may have died before
+/// building the key).
+pub fn finished_tables(connector_id: i32, only_spooled: bool) -> Result<Vec<(i32, i64, i64)>> {
     Spi::connect(|c| {
         let t = c.select(
             "SELECT t.id, sum(r.rows)::int8, sum(r.bytes)::int8
                FROM livesync.sync_table t JOIN livesync.copy_range r ON r.table_id = t.id
-              WHERE t.connector_id = $1 AND t.state = 'copying'
+              WHERE t.connector_id = $1 AND t.state = 'copying' AND (t.spooled OR NOT $2)
               GROUP BY t.id HAVING bool_and(r.done)",
             None,
-            &[connector_id.into()],
+            &[connector_id.into(), only_spooled.into()],
         )?;
         t.map(|r| Ok((r.get::<i32>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
             .collect::<pgrx::spi::SpiResult<Vec<_>>>()
@@ -139,24 +141,6 @@ pub fn remaining_by_snapshot(connector_id: i32) -> Result<Vec<(String, i64, i64)
             &[connector_id.into()],
         )?;
         t.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
-            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
-    })
-    .map_err(spi_err)
-}
-
-/// Tables copied beside the stream whose ranges are all loaded but which are still `copying`
-/// (their finisher died before building the key): (table id, rows, bytes).
-pub fn unfinished_spooled(connector_id: i32) -> Result<Vec<(i32, i64, i64)>> {
-    Spi::connect(|c| {
-        let t = c.select(
-            "SELECT t.id, sum(r.rows)::int8, sum(r.bytes)::int8
-               FROM livesync.sync_table t JOIN livesync.copy_range r ON r.table_id = t.id
-              WHERE t.connector_id = $1 AND t.state = 'copying' AND t.spooled
-              GROUP BY t.id HAVING bool_and(r.done)",
-            None,
-            &[connector_id.into()],
-        )?;
-        t.map(|r| Ok((r.get::<i32>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
             .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)

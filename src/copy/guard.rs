@@ -34,18 +34,10 @@ pub type Refusal = String;
 
 /// Check that `text` is exactly one SQL expression; returns it in parentheses, ready to embed.
 pub fn single_expression(text: &str) -> Result<String, Refusal> {
-    if text.contains('\0') {
-        return Err("the expression contains a NUL byte".into());
-    }
-    let probe = format!("SELECT ({text})");
-    let c = CString::new(probe).map_err(|_| "the expression contains a NUL byte".to_string())?;
-    let shape = crate::error::catch(|| {
-        // SAFETY: `c` is a valid NUL-terminated string that outlives the call; raw_parser only
-        // reads it and returns a List allocated in the current memory context (freed with it).
-        // A syntax error is an ereport, which `catch` turns into Err.
-        let list = unsafe { pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT) };
-        // SAFETY: raw_parser returns NIL or a List of RawStmt nodes.
-        unsafe { is_single_plain_select(list) }
+    // SAFETY (of the closure): `node` is the statement node `parse_one` checked to be a
+    // SelectStmt; its lists and pointers are NIL/NULL or point into the parse tree.
+    let shape = parse_one(&format!("SELECT ({text})"), pg_sys::NodeTag::T_SelectStmt, |node| unsafe {
+        is_plain_select(&*(node as *mut pg_sys::SelectStmt))
     });
     match shape {
         Ok(true) => Ok(format!("({text})")),
@@ -54,22 +46,32 @@ pub fn single_expression(text: &str) -> Result<String, Refusal> {
     }
 }
 
-/// Whether `list` (raw_parser's output) is one `SELECT <one unnamed target>` with no other clause.
-///
-/// # Safety
-/// `list` must be NIL or a List of `RawStmt` as returned by `raw_parser`.
-unsafe fn is_single_plain_select(list: *mut pg_sys::List) -> bool {
-    let stmts = PgList::<pg_sys::RawStmt>::from_pg(list);
-    if stmts.len() != 1 {
-        return false;
-    }
-    let Some(raw) = stmts.get_ptr(0) else { return false };
-    let node = (*raw).stmt;
-    if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_SelectStmt {
-        return false;
-    }
-    let s = node as *mut pg_sys::SelectStmt;
-    let s = &*s;
+/// Parse `sql` with PostgreSQL's raw parser on the target (nothing is analyzed or run) and call
+/// `check` on its statement when it is exactly one statement of kind `tag`; false otherwise. A
+/// syntax error (or a NUL byte) is Err.
+fn parse_one(sql: &str, tag: pg_sys::NodeTag, check: impl FnOnce(*mut pg_sys::Node) -> bool) -> Result<bool, String> {
+    let c = CString::new(sql).map_err(|_| "it contains a NUL byte".to_string())?;
+    crate::error::catch(|| {
+        // SAFETY: `c` is a valid NUL-terminated string that outlives the call; raw_parser only
+        // reads it and returns a List allocated in the current memory context (freed with it).
+        // A syntax error is an ereport, which `catch` turns into Err.
+        let list = unsafe { pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT) };
+        // SAFETY: raw_parser returns NIL or a List of RawStmt nodes, each with a statement node.
+        let node = unsafe {
+            let stmts = PgList::<pg_sys::RawStmt>::from_pg(list);
+            match (stmts.len(), stmts.get_ptr(0)) {
+                (1, Some(raw)) => (*raw).stmt,
+                _ => std::ptr::null_mut(),
+            }
+        };
+        // SAFETY: a non-null node of the parse tree has a valid tag.
+        !node.is_null() && unsafe { (*node).type_ } == tag && check(node)
+    })
+    .map_err(|e| e.message)
+}
+
+/// Whether `s` is a `SELECT <one unnamed target>` with no other clause.
+fn is_plain_select(s: &pg_sys::SelectStmt) -> bool {
     let empty = |l: *mut pg_sys::List| l.is_null();
     if !(empty(s.distinctClause)
         && s.intoClause.is_null()
@@ -88,39 +90,27 @@ unsafe fn is_single_plain_select(list: *mut pg_sys::List) -> bool {
     {
         return false;
     }
-    let targets = PgList::<pg_sys::ResTarget>::from_pg(s.targetList);
+    // SAFETY: targetList is NIL or a List of ResTarget nodes of the parse tree.
+    let targets = unsafe { PgList::<pg_sys::ResTarget>::from_pg(s.targetList) };
     if targets.len() != 1 {
         return false;
     }
     let Some(t) = targets.get_ptr(0) else { return false };
-    (*t).name.is_null() && (*t).indirection.is_null() && !(*t).val.is_null()
+    // SAFETY: a ResTarget pointer from the list above.
+    unsafe { (*t).name.is_null() && (*t).indirection.is_null() && !(*t).val.is_null() }
 }
 
 /// Whether `sql` is exactly one `CREATE INDEX` statement on table `schema.name`.
 pub fn is_index_on(sql: &str, schema: &str, name: &str) -> bool {
-    let Ok(c) = CString::new(sql) else { return false };
-    crate::error::catch(|| {
-        // SAFETY: as in `single_expression`.
-        let list = unsafe { pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT) };
-        // SAFETY: raw_parser returns NIL or a List of RawStmt nodes; an IndexStmt's relation is a
-        // RangeVar whose name fields are NULL or NUL-terminated strings.
-        unsafe {
-            let stmts = PgList::<pg_sys::RawStmt>::from_pg(list);
-            if stmts.len() != 1 {
-                return false;
-            }
-            let Some(raw) = stmts.get_ptr(0) else { return false };
-            let node = (*raw).stmt;
-            if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_IndexStmt {
-                return false;
-            }
-            let rel = (*(node as *mut pg_sys::IndexStmt)).relation;
-            if rel.is_null() || (*rel).schemaname.is_null() || (*rel).relname.is_null() {
-                return false;
-            }
-            std::ffi::CStr::from_ptr((*rel).schemaname).to_str() == Ok(schema)
-                && std::ffi::CStr::from_ptr((*rel).relname).to_str() == Ok(name)
-        }
+    // SAFETY (of the closure): `node` is an IndexStmt (checked by `parse_one`); its relation is a
+    // RangeVar whose name fields are NULL or NUL-terminated strings.
+    parse_one(sql, pg_sys::NodeTag::T_IndexStmt, |node| unsafe {
+        let rel = (*(node as *mut pg_sys::IndexStmt)).relation;
+        !rel.is_null()
+            && !(*rel).schemaname.is_null()
+            && !(*rel).relname.is_null()
+            && std::ffi::CStr::from_ptr((*rel).schemaname).to_str() == Ok(schema)
+            && std::ffi::CStr::from_ptr((*rel).relname).to_str() == Ok(name)
     })
     .unwrap_or(false)
 }
@@ -139,8 +129,8 @@ pub fn run_one(sql: &str) -> Result<(), pgrx::spi::SpiError> {
 /// what object `objid` of catalog `classid` (e.g. `pg_attrdef`) depends on, as the target
 /// spells them (`f(integer)`).
 pub fn non_builtin_calls(classid: &str, objid: pg_sys::Oid) -> Vec<String> {
-    // Read-write SPI: its snapshot sees the object created just before (see target::lookup).
-    Spi::connect_mut(|c| c.update(
+    // Read-write: its snapshot sees the object created just before.
+    crate::catalog::first_value_rw::<Vec<String>>(
         "SELECT coalesce(array_agg(x ORDER BY x), '{}') FROM (
            SELECT DISTINCT CASE d.refclassid
                     WHEN 'pg_catalog.pg_proc'::regclass THEN d.refobjid::regprocedure::text
@@ -149,9 +139,8 @@ pub fn non_builtin_calls(classid: &str, objid: pg_sys::Oid) -> Vec<String> {
             WHERE d.classid = $1::regclass AND d.objid = $2
               AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass)
               AND d.refobjid >= 16384) s",
-        Some(1),
         &[classid.into(), objid.into()],
-    )?.first().get_one::<Vec<String>>())
+    )
     .ok()
     .flatten()
     .unwrap_or_default()

@@ -53,6 +53,13 @@ fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// [`record_error`] for every table of a batch that could not start.
+fn record_errors(due: &[SyncTable], message: &str, hint: Option<&str>) {
+    for t in due {
+        record_error(t, message, hint);
+    }
+}
+
 fn record_error(t: &SyncTable, message: &str, hint: Option<&str>) {
     pgrx::log!("livesync: copy of {} failed: {message}", qualified(&t.source_schema, &t.source_name));
     let _ = in_transaction(|| tables::mark_error(t.id, message, hint));
@@ -144,9 +151,7 @@ fn prepare_batch(
         None => return Prepared::Exit,
         Some(Ok(client)) => client,
         Some(Err(e)) => {
-            for t in &due {
-                record_error(t, &format!("could not reach the source: {e}"), None);
-            }
+            record_errors(&due, &format!("could not reach the source: {e}"), None);
             return Prepared::Nothing;
         }
     };
@@ -180,9 +185,7 @@ fn prepare_batch(
         None => return Prepared::Exit,
         Some(Ok(s)) => s,
         Some(Err(e)) => {
-            for t in &due {
-                record_error(t, &format!("could not reach the source: {e}"), None);
-            }
+            record_errors(&due, &format!("could not reach the source: {e}"), None);
             return Prepared::Nothing;
         }
     };
@@ -209,13 +212,11 @@ fn prepare_batch(
     let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &slot, temporary) {
         Ok(s) => s,
         Err(e) => {
-            for t in &due {
-                record_error(
-                    t,
-                    &format!("could not export a snapshot from the source: {e}"),
-                    Some("Check that the source has a free replication slot and WAL sender (livesync.check_source)."),
-                );
-            }
+            record_errors(
+                &due,
+                &format!("could not export a snapshot from the source: {e}"),
+                Some("Check that the source has a free replication slot and WAL sender (livesync.check_source)."),
+            );
             return Prepared::Nothing;
         }
     };
@@ -251,9 +252,7 @@ fn prepare_batch(
         None => return Prepared::Exit,
         Some(Ok(d)) => d,
         Some(Err(e)) => {
-            for t in &due {
-                record_error(t, &format!("could not read the source tables: {e}"), None);
-            }
+            record_errors(&due, &format!("could not read the source tables: {e}"), None);
             return Prepared::Nothing;
         }
     };
@@ -365,7 +364,7 @@ pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt:
 
 /// Build the key and mark copied every table whose ranges are all loaded.
 fn finish_tables(c: &Connector) {
-    let finished = match in_transaction(|| ranges::finished_tables(c.id)) {
+    let finished = match in_transaction(|| ranges::finished_tables(c.id, false)) {
         Ok(Ok(f)) => f,
         _ => return,
     };
@@ -383,7 +382,7 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64) {
     let r = in_transaction(|| -> crate::error::Result<()> {
         // One finisher per table: two copy workers loading its last ranges at once both get
         // here; the second waits for the first's commit and finds it no longer copying.
-        let state = crate::catalog::first_value_locking::<String>(
+        let state = crate::catalog::first_value_rw::<String>(
             "SELECT state FROM livesync.sync_table WHERE id = $1 FOR UPDATE",
             &[id.into()],
         )?;
@@ -469,18 +468,23 @@ pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &to
     }
 }
 
+/// Finish the tables loaded beside the stream whose finisher (a copy worker) died before
+/// building their key while this worker, which would have restarted one, was not running: their
+/// ranges and spool are complete. Called when the stream starts; while a batch runs,
+/// [`tend_batches`] gives it copy workers, which finish such tables themselves.
+pub fn finish_orphans(c: &Connector) {
+    if let Ok(Ok(unfinished)) = in_transaction(|| ranges::finished_tables(c.id, true)) {
+        for (id, rows, bytes) in unfinished {
+            finish_table(id, rows, bytes);
+        }
+    }
+}
+
 /// Look after the running batches: a batch whose tables are all loaded (or failed) lets its
 /// snapshot go; one with tables still copying but no live copy worker gets new ones (at most
 /// [`MAX_WORKER_RESTARTS`] times, then its unfinished tables go to `error`, retried later).
 pub fn tend_batches(c: &Connector, batches: &mut Vec<Batch>) {
     if batches.is_empty() {
-        // No batch in this process, yet a table loaded beside the stream whose finisher died
-        // (this worker restarted in between): its ranges and spool are complete, finish it here.
-        if let Ok(Ok(unfinished)) = in_transaction(|| ranges::unfinished_spooled(c.id)) {
-            for (id, rows, bytes) in unfinished {
-                finish_table(id, rows, bytes);
-            }
-        }
         return;
     }
     let remaining = match in_transaction(|| ranges::remaining_by_snapshot(c.id)) {

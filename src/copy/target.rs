@@ -76,26 +76,11 @@ pub fn check_existing_target(def: &TableDef, target: &str) -> Result<()> {
     Ok(())
 }
 
-/// The first column of the first row of a catalog query, None when there is none. Run as a
-/// read-write SPI call so that its snapshot sees what this transaction created just before —
-/// in a subtransaction without an XID of its own, pgrx would run a read-only query on the
-/// statement's older snapshot, where a type created a moment ago does not exist yet.
-fn lookup<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Option<T>> {
-    Spi::connect_mut(|c| {
-        let mut t = c.update(query, Some(1), args)?;
-        match t.next() {
-            Some(row) => row.get::<T>(1),
-            None => Ok(None),
-        }
-    })
-    .map_err(catalog::spi_err)
-}
-
 /// The target's spelling (`format_type`) of a type named by catalog fields, looked up by schema
 /// and `typname` (never by parsing a name the source spelled); a type owned by extension
 /// `extension` may live in another schema on the target. None when the target lacks it.
 fn resolve_type(t: &TypeRef, extension: Option<&str>) -> Result<Option<String>> {
-    let found = lookup::<String>(
+    let found = catalog::first_value_rw::<String>(
         "SELECT pg_catalog.format_type(t.oid, $3)
            FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
           WHERE n.nspname = $1 AND t.typname = $2",
@@ -105,7 +90,7 @@ fn resolve_type(t: &TypeRef, extension: Option<&str>) -> Result<Option<String>> 
         return Ok(found);
     }
     let Some(ext) = extension else { return Ok(None) };
-    lookup::<String>(
+    catalog::first_value_rw::<String>(
         "SELECT pg_catalog.format_type(t.oid, $3)
            FROM pg_catalog.pg_type t
            JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e'
@@ -117,7 +102,7 @@ fn resolve_type(t: &TypeRef, extension: Option<&str>) -> Result<Option<String>> 
 }
 
 fn type_oid(schema: &str, name: &str) -> Result<Option<pg_sys::Oid>> {
-    lookup::<pg_sys::Oid>(
+    catalog::first_value_rw::<pg_sys::Oid>(
         "SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
           WHERE n.nspname = $1 AND t.typname = $2",
         &[schema.into(), name.into()],
@@ -166,7 +151,7 @@ fn create_user_type(ut: &UserType) -> std::result::Result<(), String> {
                 let expr = guard::single_expression(expr).map_err(|r| format!("CHECK constraint \"{name}\" refused: {r}"))?;
                 guard::run_one(&format!("ALTER DOMAIN {q} ADD CONSTRAINT {} CHECK {expr}", spi::quote_identifier(name)))
                     .map_err(|e| format!("CHECK constraint \"{name}\": {e}"))?;
-                let con = lookup::<pg_sys::Oid>(
+                let con = catalog::first_value_rw::<pg_sys::Oid>(
                     "SELECT oid FROM pg_catalog.pg_constraint WHERE contypid = $1 AND conname = $2",
                     &[oid.into(), name.as_str().into()],
                 )
@@ -311,7 +296,7 @@ fn generated_refused(def: &TableDef, c: &ColumnDef, why: &str) -> LivesyncError 
 }
 
 fn attrdef_oid(target_q: &str, column: &str) -> Result<pg_sys::Oid> {
-    lookup::<pg_sys::Oid>(
+    catalog::first_value_rw::<pg_sys::Oid>(
         "SELECT d.oid FROM pg_catalog.pg_attrdef d
            JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
           WHERE d.adrelid = $1::regclass AND a.attname = $2",
@@ -332,7 +317,7 @@ pub fn plan_indexes(target_q: &str, schema: &str, indexes: &[IndexDef]) -> Vec<S
         let r = index_sql(target_q, schema, ix).and_then(|sql| {
             crate::error::probe_in_subtransaction(|| {
                 guard::run_one(&sql).unwrap_or_else(|e| pgrx::error!("{e}"));
-                let built = lookup::<Vec<pg_sys::Oid>>(
+                let built = catalog::first_value_rw::<Vec<pg_sys::Oid>>(
                     "SELECT array_agg(indexrelid) FROM pg_catalog.pg_index WHERE indrelid = $1::regclass",
                     &[target_q.into()],
                 )
@@ -384,7 +369,7 @@ fn index_sql(target_q: &str, schema: &str, ix: &IndexDef) -> std::result::Result
         }
         cols.push(s);
     }
-    let name_free = lookup::<bool>(
+    let name_free = catalog::first_value_rw::<bool>(
         "SELECT pg_catalog.to_regclass($1) IS NULL",
         &[qualified(schema, &ix.name).as_str().into()],
     )

@@ -65,7 +65,7 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             _ => {
                 // Nothing left to load: finish tables copied beside the stream whose last range
                 // is in but whose finisher died before building their key.
-                if let Ok(Ok(unfinished)) = super::in_transaction(|| ranges::unfinished_spooled(connector_id)) {
+                if let Ok(Ok(unfinished)) = super::in_transaction(|| ranges::finished_tables(connector_id, true)) {
                     for (id, rows, bytes) in unfinished {
                         crate::copy::finish_table(id, rows, bytes);
                     }
@@ -129,7 +129,7 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             // Crash-sensitive: the range's rows and its "done" mark commit together. The range
             // must still be the one claimed: a table re-planned meanwhile (a new snapshot, after
             // its worker restarted) truncated the target and replaced its ranges.
-            let current = crate::catalog::first_value_locking::<bool>(
+            let current = crate::catalog::first_value_rw::<bool>(
                 "SELECT true FROM livesync.copy_range WHERE table_id = $1 AND range_no = $2 AND snapshot = $3 AND NOT done FOR UPDATE",
                 &[claimed.table_id.into(), claimed.range_no.into(), claimed.snapshot.as_str().into()],
             )

@@ -229,6 +229,9 @@ pub fn run(
         Err(e) => return Outcome::Failed(format!("could not set up replication origin: {e}")),
     };
 
+    if batches.is_empty() {
+        crate::copy::finish_orphans(c);
+    }
     let mut conn = match ReplicationConn::connect(conninfo, application_name) {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e),
@@ -534,7 +537,6 @@ fn commit(applier: &mut Applier, p: &mut Progress) -> Result<(), Outcome> {
 /// (a data error: constraint, type, missing object) puts the table being applied in `error`.
 fn pg_error(applier: &mut Applier, e: Caught) -> Outcome {
     let table = applier.current_table;
-    let context = applier.error_context();
     if e.is_transient() {
         let reason = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
         let o = abort(applier, Outcome::Retry(reason.clone()));
@@ -546,25 +548,11 @@ fn pg_error(applier: &mut Applier, e: Caught) -> Outcome {
     let Some(table_id) = table else {
         return abort(applier, Outcome::Failed(e.message));
     };
-    let o = abort(applier, Outcome::Restart);
-    pgrx::log!("livesync: table {table_id} stopped: {} (SQLSTATE {})", e.message, e.sqlstate);
     let hint = match &e.hint {
         Some(h) => format!("{h} Then run SELECT livesync.resync_table('schema.table');"),
         None => "Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');".into(),
     };
-    let _ = super::in_transaction(|| {
-        tables::mark_stream_error(
-            table_id,
-            &tables::ErrorRecord {
-                sqlstate: Some(&e.sqlstate),
-                message: &e.message,
-                detail: e.detail.as_deref(),
-                hint: Some(&hint),
-                context: context.as_deref(),
-            },
-        )
-    });
-    o
+    table_error(applier, ApplyError { table_id, sqlstate: e.sqlstate, message: e.message, detail: e.detail, hint: Some(hint) })
 }
 
 /// Roll back whatever is open (nothing of an unfinished source transaction may commit).
