@@ -469,3 +469,20 @@ fn add_table_indexes_option() {
     db.wait_same(&Compare::same("ia", "id"), Duration::from_secs(30));
     db.wait_same(&Compare::same("inone", "id"), Duration::from_secs(30));
 }
+
+/// add_table checks at once that the connector's role owns the source table (putting it into the
+/// publication, which the worker does after commit, requires it): 42501 with the fix as a hint,
+/// and nothing added.
+#[test]
+fn add_table_of_a_table_the_role_does_not_own() {
+    let db = TestDb::new("addt_not_owner");
+    db.src("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let conninfo = format!("{} password={}", db.source_conninfo(SCRAM_USER), conninfo_value(SCRAM_PASSWORD));
+    let c = db.add_ok(&conninfo, Some("c"));
+    let publication = db.connector(&c).unwrap().text("publication_name").to_string();
+    let e = db.add_table("t", None, None).err("add_table of a table owned by another role");
+    assert_sqlstate(&e, "42501");
+    assert_message_eq(&e, &format!("role \"{SCRAM_USER}\" does not own source table \"public\".\"t\""));
+    assert!(e.hint().contains("OWNER TO"), "{e}");
+    assert_nothing_added(&db, &publication, Some("t"));
+}
