@@ -74,6 +74,10 @@ CREATE TABLE livesync.sync_table (
     -- commit at or after snapshot_lsn (livesync.spooled_change) until it replays them, once the
     -- table is `loaded`, and marks it copied.
     spooled          bool NOT NULL DEFAULT false,
+    -- The source key by which a copy interrupted between snapshots is put right (the primary key
+    -- or replica identity index, found whole in every change's old tuple). NULL: none, such a
+    -- table's copy starts over after a restart and keeps one snapshot to its end.
+    resume_key       text[],
     -- Key to build on the target after the load (NULL: the target table existed already).
     build_key        text[],
     build_key_primary bool NOT NULL DEFAULT true,
@@ -138,6 +142,9 @@ CREATE TABLE livesync.spooled_change (
     seq       int8 GENERATED ALWAYS AS IDENTITY,
     -- Decoded as a message of a streamed transaction (protocol 2: with an xid prefix).
     streamed  bool NOT NULL,
+    -- Commit LSN of the source transaction it belongs to: a copy resumed under a newer snapshot
+    -- drops what that snapshot already contains, and re-reads the keys changed in between.
+    lsn       pg_lsn NOT NULL,
     message   bytea NOT NULL,
     PRIMARY KEY (table_id, seq)
 );
@@ -159,6 +166,8 @@ CREATE TABLE livesync.copy_range (
     start_page  int8 NOT NULL,
     end_page    int8,              -- NULL: to the end of the table
     snapshot    text NOT NULL,     -- exported snapshot to import (SET TRANSACTION SNAPSHOT)
+    snapshot_lsn pg_lsn NOT NULL,  -- its position in the change stream (its slot's consistent point)
+    file_node   oid,               -- the source table's pg_relation_filenode() as the range was read
     binary_format bool NOT NULL,   -- COPY format, decided per table (else text)
     claimed_by  int4,              -- pid of the copy worker loading it
     done        bool NOT NULL DEFAULT false,

@@ -21,6 +21,12 @@ pub fn copy_workers() -> usize {
 /// Tables larger than this (MB) are split into ctid ranges of this size, copied in parallel.
 pub static COPY_RANGE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
 
+/// The longest a copy keeps one source snapshot, in seconds. A copy's snapshot pins the source's
+/// xmin horizon (VACUUM cannot remove what it might still see), so past this age the ranges not
+/// started yet move to a fresh snapshot, and the rows changed in between are read again at the
+/// end (`src/copy/resume.rs`). A range already being read keeps its snapshot to its end.
+pub static MAX_SNAPSHOT_AGE: GucSetting<i32> = GucSetting::<i32>::new(300);
+
 /// Stream large transactions of PostgreSQL 14+ sources while they run (protocol 2). Off by
 /// default, like native subscriptions: measured here, it costs 10–20% on streams of small
 /// transactions and on huge ones (spooled, then replayed), and pays off where the source's disk
@@ -59,6 +65,16 @@ pub fn register() {
         64,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.max_snapshot_age",
+        c"Longest time a copy reads the source under one snapshot.",
+        c"Past it, the ranges of a table not started yet are read under a fresh snapshot and the rows changed in between are read again, so a long copy does not hold back VACUUM on the source. A range being read keeps its snapshot until it is loaded (see livesync.copy_range_mb). Tables without a primary key or replica identity index keep one snapshot to the end of their copy.",
+        &MAX_SNAPSHOT_AGE,
+        1,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"livesync.copy_range_mb",

@@ -257,6 +257,21 @@ fn add_table(
         return;
     }
 
+    // What a restart during the copy costs (see src/copy/resume.rs): said once, here.
+    if def.resume_key().is_none() {
+        if def.has_children() {
+            pgrx::notice!(
+                "source table {} is copied as one range (its rows are in partitions or chunks): a restart during its copy copies it again whole, and its copy keeps one source snapshot to its end",
+                def.qualified()
+            );
+        } else {
+            pgrx::notice!(
+                "source table {} has no primary key or replica identity index carried whole in its changes: a restart during its copy starts it over, and its copy keeps one source snapshot to its end (livesync.max_snapshot_age does not apply)",
+                def.qualified()
+            );
+        }
+    }
+
     // A table without replica identity in a publication that publishes UPDATE and DELETE makes
     // the *source* reject its application's own UPDATEs and DELETEs of it: refuse, unless the
     // user asks for an append-only table (a publication of inserts and truncates only).

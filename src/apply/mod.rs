@@ -629,10 +629,10 @@ impl Applier {
         self.current_table = Some(id);
         if self.spooled_relations.insert((id, rel_id)) {
             if let Some((rel, rel_streamed)) = self.relation_raw.get(&rel_id) {
-                tables::spool_change(id, *rel_streamed, rel).unwrap_or_else(|e| e.raise());
+                tables::spool_change(id, *rel_streamed, self.final_lsn, rel).unwrap_or_else(|e| e.raise());
             }
         }
-        tables::spool_change(id, streamed, raw).unwrap_or_else(|e| e.raise());
+        tables::spool_change(id, streamed, self.final_lsn, raw).unwrap_or_else(|e| e.raise());
         self.changes_in_txn += 1;
         self.current_table = None;
     }

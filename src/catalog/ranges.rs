@@ -1,7 +1,9 @@
 //! `livesync.copy_range`: the units of work of a table's initial copy (see `src/copy/plan.rs`).
 //! A range is claimed by one copy worker at a time and marked done in the transaction that loaded
-//! it, so after a failure only unfinished ranges are loaded again — as long as the exported
-//! snapshot they must be read under still exists; otherwise the table starts over.
+//! it, with the position of the snapshot it was read under, so after a failure only unfinished
+//! ranges are loaded again — under the same snapshot while it lives, else under a newer one
+//! (ranges of one table read under different snapshots are put right at the end, see
+//! `src/copy/resume.rs`).
 
 use pgrx::prelude::*;
 
@@ -29,25 +31,101 @@ pub fn any_done(table_id: i32) -> Result<bool> {
     .unwrap_or(false))
 }
 
-/// Replace the table's ranges by a new plan under `snapshot`.
-pub fn replace(table_id: i32, ranges: &[PageRange], snapshot: &str, binary: bool) -> Result<()> {
+/// Replace the table's ranges by a new plan under `snapshot` (at `lsn`).
+pub fn replace(table_id: i32, ranges: &[PageRange], snapshot: &str, lsn: &str, binary: bool) -> Result<()> {
     Spi::run_with_args("DELETE FROM livesync.copy_range WHERE table_id = $1", &[table_id.into()]).map_err(spi_err)?;
     for (i, r) in ranges.iter().enumerate() {
         Spi::run_with_args(
-            "INSERT INTO livesync.copy_range (table_id, range_no, start_page, end_page, snapshot, binary_format)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[table_id.into(), (i as i32).into(), r.start.into(), r.end.into(), snapshot.into(), binary.into()],
+            "INSERT INTO livesync.copy_range (table_id, range_no, start_page, end_page, snapshot, snapshot_lsn, binary_format)
+             VALUES ($1, $2, $3, $4, $5, $6::pg_lsn, $7)",
+            &[table_id.into(), (i as i32).into(), r.start.into(), r.end.into(), snapshot.into(), lsn.into(), binary.into()],
         )
         .map_err(spi_err)?;
     }
     Ok(())
 }
 
+/// Whether the table's copy can go on from where it is: some range loaded, some not.
+pub fn partly_done(table_id: i32) -> Result<bool> {
+    Ok(first_value::<bool>(
+        "SELECT bool_or(done) AND NOT bool_and(done) FROM livesync.copy_range WHERE table_id = $1",
+        &[table_id.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// The predicate of a range no live copy worker is loading.
+const UNCLAIMED: &str = "(r.claimed_by IS NULL OR NOT EXISTS (
+      SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = r.claimed_by AND a.backend_type = 'livesync copy'))";
+
+/// Move the table's ranges still to load (and not being loaded) to `snapshot` (at `lsn`): its
+/// copy goes on under a newer snapshot, keeping what is loaded. Returns how many moved.
+pub fn resume(table_id: i32, snapshot: &str, lsn: &str) -> Result<i64> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            &format!(
+                "UPDATE livesync.copy_range r SET snapshot = $2, snapshot_lsn = $3::pg_lsn, claimed_by = NULL
+                  WHERE r.table_id = $1 AND NOT r.done AND {UNCLAIMED}"
+            ),
+            None,
+            &[table_id.into(), snapshot.into(), lsn.into()],
+        )?;
+        Ok(t.len() as i64)
+    })
+    .map_err(spi_err)
+}
+
+/// A snapshot grew old (`livesync.max_snapshot_age`): move the ranges still to load under it,
+/// of tables that can resume under a newer one (`resume_key`), to `snapshot` (at `lsn`).
+/// Returns how many moved; ranges being loaded keep their snapshot to their end.
+pub fn rotate(connector_id: i32, old: &str, snapshot: &str, lsn: &str) -> Result<i64> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            &format!(
+                "UPDATE livesync.copy_range r SET snapshot = $3, snapshot_lsn = $4::pg_lsn, claimed_by = NULL
+                  FROM livesync.sync_table t
+                 WHERE t.id = r.table_id AND t.connector_id = $1 AND t.state = 'copying' AND t.resume_key IS NOT NULL
+                   AND r.snapshot = $2 AND NOT r.done AND {UNCLAIMED}"
+            ),
+            None,
+            &[connector_id.into(), old.into(), snapshot.into(), lsn.into()],
+        )?;
+        Ok(t.len() as i64)
+    })
+    .map_err(spi_err)
+}
+
+/// The positions of the snapshots the table's ranges were read under: (oldest, newest) as
+/// `pg_lsn` text.
+pub fn snapshot_span(table_id: i32) -> Result<Option<(String, String)>> {
+    Spi::connect(|c| {
+        let mut t = c.select(
+            "SELECT min(snapshot_lsn)::text, max(snapshot_lsn)::text FROM livesync.copy_range WHERE table_id = $1 HAVING count(*) > 0",
+            None,
+            &[table_id.into()],
+        )?;
+        match t.next() {
+            Some(r) => Ok(r.get::<String>(1)?.zip(r.get::<String>(2)?)),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)
+}
+
+/// Every range of the table now reads as of `lsn` (its copy was put right to that position).
+pub fn settle_at(table_id: i32, lsn: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.copy_range SET snapshot_lsn = $2::pg_lsn WHERE table_id = $1",
+        &[table_id.into(), lsn.into()],
+    )
+    .map_err(spi_err)
+}
+
 /// Claim the next range of connector `connector_id` nobody (alive) is loading, biggest tables
 /// first: the coordinator builds a table's key once its last range is in, and that build then
 /// overlaps the loading of the smaller tables instead of trailing the whole batch. Commits on
 /// its own so other copy workers see the claim.
-pub fn claim_next(connector_id: i32) -> Result<Option<Claimed>> {
+pub fn claim_next(connector_id: i32, dead: &[String]) -> Result<Option<Claimed>> {
     Spi::connect_mut(|c| {
         let mut t = c.update(
             "UPDATE livesync.copy_range r SET claimed_by = pg_catalog.pg_backend_pid()
@@ -59,13 +137,14 @@ pub fn claim_next(connector_id: i32) -> Result<Option<Claimed>> {
                        AND (cr.claimed_by IS NULL OR NOT EXISTS (
                               SELECT 1 FROM pg_catalog.pg_stat_activity a
                                WHERE a.pid = cr.claimed_by AND a.backend_type = 'livesync copy'))
+                       AND cr.snapshot <> ALL ($2)
                      ORDER BY t.est_bytes DESC NULLS LAST, cr.table_id, cr.range_no
                      LIMIT 1
                        FOR UPDATE OF cr SKIP LOCKED)
              RETURNING r.table_id, r.range_no, r.start_page, r.end_page, r.snapshot, r.binary_format,
                        (SELECT count(*) FROM livesync.copy_range x WHERE x.table_id = r.table_id) = 1",
             Some(1),
-            &[connector_id.into()],
+            &[connector_id.into(), dead.to_vec().into()],
         )?;
         match t.next() {
             None => Ok(None),
@@ -83,14 +162,35 @@ pub fn claim_next(connector_id: i32) -> Result<Option<Claimed>> {
     .map_err(spi_err)
 }
 
-/// Must run in the transaction that loaded the range.
-pub fn mark_done(table_id: i32, range_no: i32, rows: i64, bytes: i64) -> Result<()> {
+/// Give a claimed range back (its source went away mid-read): another copy worker, or this
+/// one under a newer snapshot, loads it.
+pub fn release(table_id: i32, range_no: i32) -> Result<()> {
     Spi::run_with_args(
-        "UPDATE livesync.copy_range SET done = true, rows = $3, bytes = $4, finished_at = clock_timestamp()
-          WHERE table_id = $1 AND range_no = $2",
-        &[table_id.into(), range_no.into(), rows.into(), bytes.into()],
+        "UPDATE livesync.copy_range SET claimed_by = NULL WHERE table_id = $1 AND range_no = $2 AND NOT done",
+        &[table_id.into(), range_no.into()],
     )
     .map_err(spi_err)
+}
+
+/// Must run in the transaction that loaded the range. `file_node`: the source table's file node
+/// under the range's snapshot (a rewrite between two snapshots moves every row).
+pub fn mark_done(table_id: i32, range_no: i32, rows: i64, bytes: i64, file_node: Option<i64>) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.copy_range SET done = true, rows = $3, bytes = $4, finished_at = clock_timestamp(),
+                file_node = $5::oid
+          WHERE table_id = $1 AND range_no = $2",
+        &[table_id.into(), range_no.into(), rows.into(), bytes.into(), file_node.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// How many different source file nodes the table's ranges were read from.
+pub fn file_nodes(table_id: i32) -> Result<i64> {
+    Ok(first_value::<i64>(
+        "SELECT count(DISTINCT file_node) FROM livesync.copy_range WHERE table_id = $1",
+        &[table_id.into()],
+    )?
+    .unwrap_or(0))
 }
 
 /// Tables still `copying` whose ranges are all done: (table id, rows, bytes). `only_spooled`:
@@ -146,12 +246,16 @@ pub fn remaining_by_snapshot(connector_id: i32) -> Result<Vec<(String, i64, i64)
     .map_err(spi_err)
 }
 
-/// Ranges of the batch still to load (of tables still copying).
-pub fn remaining(connector_id: i32) -> Result<i64> {
+/// Ranges of the connector's copying tables that a copy worker could claim now: not loaded,
+/// under one of the `live` snapshots, and nobody alive loading them.
+pub fn claimable(connector_id: i32, live: &[String]) -> Result<i64> {
     Ok(first_value::<i64>(
-        "SELECT count(*) FROM livesync.copy_range r JOIN livesync.sync_table t ON t.id = r.table_id
-          WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT r.done",
-        &[connector_id.into()],
+        &format!(
+            "SELECT count(*) FROM livesync.copy_range r JOIN livesync.sync_table t ON t.id = r.table_id
+              WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT r.done AND r.snapshot = ANY ($2) AND {UNCLAIMED}"
+        ),
+        &[connector_id.into(), live.to_vec().into()],
     )?
     .unwrap_or(0))
 }
+

@@ -71,6 +71,9 @@ pub struct SyncTable {
     /// Copied while the stream runs: its changes from `snapshot_lsn` on are spooled until the
     /// stream replays them (state `loaded` → `copied`).
     pub spooled: bool,
+    /// The source key by which a copy interrupted between snapshots is put right; None: the
+    /// table's copy starts over after a restart (see `src/copy/resume.rs`).
+    pub resume_key: Option<Vec<String>>,
 }
 
 impl SyncTable {
@@ -103,7 +106,7 @@ pub struct NewSyncTable<'a> {
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
                        build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
                        hypertable_time_column, hypertable_chunk_interval, hypertable_integer, \
-                       source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, spooled";
+                       source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, spooled, resume_key";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -132,6 +135,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
         published: row.get::<bool>(16)?.unwrap_or(false),
         append_only: row.get::<bool>(17)?.unwrap_or(false),
         spooled: row.get::<bool>(18)?.unwrap_or(false),
+        resume_key: row.get::<Vec<String>>(19)?,
     })
 }
 
@@ -299,17 +303,77 @@ pub fn set_plan(
     est_rows: i64,
     est_bytes: i64,
     snapshot_lsn: &str,
-    spooled: bool,
+    resume_key: Option<&[String]>,
 ) -> Result<()> {
     Spi::run_with_args("DELETE FROM livesync.spooled_change WHERE table_id = $1", &[id.into()]).map_err(spi_err)?;
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET build_key = coalesce($2, build_key), build_key_primary = CASE WHEN $2 IS NULL THEN build_key_primary ELSE $3 END,
-                est_rows = $4, est_bytes = $5, snapshot_lsn = $6::pg_lsn, spooled = $7
+                est_rows = $4, est_bytes = $5, snapshot_lsn = $6::pg_lsn, spooled = true, resume_key = $7
           WHERE id = $1",
-        &[id.into(), key.map(|k| k.to_vec()).into(), primary.into(), est_rows.into(), est_bytes.into(), snapshot_lsn.into(), spooled.into()],
+        &[
+            id.into(),
+            key.map(|k| k.to_vec()).into(),
+            primary.into(),
+            est_rows.into(),
+            est_bytes.into(),
+            snapshot_lsn.into(),
+            resume_key.map(|k| k.to_vec()).into(),
+        ],
     )
     .map_err(spi_err)
+}
+
+/// The table's copy now reads as of `lsn` (every range was read under that snapshot, or was put
+/// right to it): its spooled changes before `lsn` are in the copy and go — but for the RELATION
+/// messages, which later changes of the same stream session are decoded with. Must run in the
+/// transaction that makes the copy so.
+pub fn settle_spool(id: i32, lsn: &str) -> Result<()> {
+    Spi::run_with_args(
+        "DELETE FROM livesync.spooled_change
+          WHERE table_id = $1 AND lsn < $2::pg_lsn AND pg_catalog.get_byte(message, 0) <> 82 -- 'R'",
+        &[id.into(), lsn.into()],
+    )
+    .map_err(spi_err)?;
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table SET snapshot_lsn = $2::pg_lsn WHERE id = $1",
+        &[id.into(), lsn.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// The table's spooled messages committed before `lsn`, in stream order: (streamed, message).
+pub fn spooled_before(id: i32, lsn: &str) -> Result<Vec<(bool, Vec<u8>)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT streamed, message FROM livesync.spooled_change WHERE table_id = $1 AND lsn < $2::pg_lsn ORDER BY seq",
+            None,
+            &[id.into(), lsn.into()],
+        )?;
+        t.map(|r| Ok((r.get::<bool>(1)?.unwrap_or(false), r.get::<Vec<u8>>(2)?.unwrap_or_default())))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+    })
+    .map_err(spi_err)
+}
+
+/// A copy that cannot go on from where it is (its spool has a gap: the connector's slot was
+/// recreated; or it cannot be put right by key): back to `pending`, so that the next batch
+/// truncates what was loaded and copies the table again from a new snapshot.
+pub fn restart_copy(id: i32, why: &str) -> Result<()> {
+    pgrx::log!("livesync: the copy of table {id} starts over: {why}");
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table SET state = 'pending', spooled = false WHERE id = $1 AND state IN ('copying', 'loaded')",
+        &[id.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// [`restart_copy`] for every table of the connector whose copy is under way.
+pub fn restart_copies(connector_id: i32, why: &str) -> Result<()> {
+    for t in select("connector_id = $1 AND state IN ('copying', 'loaded')", &[connector_id.into()])? {
+        restart_copy(t.id, why)?;
+    }
+    Ok(())
 }
 
 /// Every range of a spooled table is loaded and its key built: the stream replays its spool next.
@@ -330,10 +394,10 @@ pub fn loaded_spooled(connector_id: i32) -> Result<Vec<i32>> {
 }
 
 /// Spool one raw pgoutput message of table `id` (in the stream's apply transaction).
-pub fn spool_change(id: i32, streamed: bool, message: &[u8]) -> Result<()> {
+pub fn spool_change(id: i32, streamed: bool, lsn: u64, message: &[u8]) -> Result<()> {
     Spi::run_with_args(
-        "INSERT INTO livesync.spooled_change (table_id, streamed, message) VALUES ($1, $2, $3)",
-        &[id.into(), streamed.into(), message.to_vec().into()],
+        "INSERT INTO livesync.spooled_change (table_id, streamed, lsn, message) VALUES ($1, $2, $3::pg_lsn, $4)",
+        &[id.into(), streamed.into(), crate::walrcv::format_lsn(lsn).into(), message.to_vec().into()],
     )
     .map_err(spi_err)
 }
@@ -343,8 +407,12 @@ pub fn spool_change(id: i32, streamed: bool, message: &[u8]) -> Result<()> {
 pub fn spooled_changes(id: i32, after: i64, limit: i64) -> Result<Vec<(i64, bool, Vec<u8>)>> {
     Spi::connect(|c| {
         let t = c.select(
+            // Changes before the table's snapshot are in its copy (a copy resumed under a newer
+            // snapshot moves snapshot_lsn on); RELATION messages are kept for decoding.
             "SELECT seq, streamed, message FROM livesync.spooled_change
-              WHERE table_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+              WHERE table_id = $1 AND seq > $2
+                AND (lsn >= (SELECT snapshot_lsn FROM livesync.sync_table WHERE id = $1) OR pg_catalog.get_byte(message, 0) = 82)
+              ORDER BY seq LIMIT $3",
             None,
             &[id.into(), after.into(), limit.into()],
         )?;
@@ -381,22 +449,6 @@ pub fn newest_pending_age(connector_id: i32) -> Result<Option<std::time::Duratio
 
 pub fn by_id(id: i32) -> Result<Option<SyncTable>> {
     Ok(select("id = $1", &[id.into()])?.into_iter().next())
-}
-
-/// Must run in the transaction that built the key (the rows are committed range by range).
-pub fn mark_copied(id: i32, rows: i64, bytes: i64) -> Result<()> {
-    Spi::run_with_args(
-        "UPDATE livesync.sync_table
-            SET state = 'copied', rows_copied = $2, bytes_copied = $3,
-                build_key = NULL, build_indexes = NULL,
-                finished_at = clock_timestamp(), attempts = 0, next_attempt_at = NULL,
-                last_error = NULL, last_error_hint = NULL, last_error_at = NULL,
-                last_error_sqlstate = NULL, last_error_detail = NULL, last_error_context = NULL,
-                retry_reason = NULL, retry_since = NULL
-          WHERE id = $1",
-        &[id.into(), rows.into(), bytes.into()],
-    )
-    .map_err(spi_err)
 }
 
 pub fn mark_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {

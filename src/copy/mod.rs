@@ -31,10 +31,11 @@
 pub mod guard;
 pub mod load;
 pub mod plan;
+pub mod resume;
 pub mod snapshot;
 pub mod target;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::DynamicBackgroundWorker;
 use pgrx::prelude::*;
@@ -120,10 +121,6 @@ pub fn report_if_slot_lost(c: &Connector, status: &SlotStatus) -> bool {
     true
 }
 
-/// How long after the last `add_table` a batch waits for more, and at most how many times.
-const SETTLE: Duration = Duration::from_millis(150);
-const SETTLE_ROUNDS: usize = 6;
-
 /// What [`prepare_batch`] got ready.
 enum Prepared {
     /// The worker must exit.
@@ -134,17 +131,60 @@ enum Prepared {
     Batch { snap: snapshot::ExportedSnapshot, ranges: usize },
 }
 
-/// Prepare a batch of the due tables: publish them (before the snapshot), export one snapshot
-/// (from the permanent slot when it does not exist yet, else from a temporary one), read their
-/// definitions under it, check or create their targets and plan their ranges. `spooled`: the
-/// stream runs during this copy and spools the tables' changes from the snapshot on.
+/// A name for a temporary slot of this process (several may exist at once).
+fn temporary_slot_name(c: &Connector, what: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: MyProcPid is set at process start and never changes; a plain read.
+    format!("{}_{what}_{}_{n}", c.slot_name, unsafe { pg_sys::MyProcPid })
+}
+
+/// Make sure the connector's permanent slot exists before its stream starts: create it when
+/// missing — or invalidated while no table depends on it; the copies under way then start
+/// over, since their spools miss the changes the lost slot skipped. Returns Ok(false) when the
+/// slot is lost and tables depend on it (reported; the connector waits for the user).
+pub fn ensure_slot(c: &Connector, conninfo: &str, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> Result<bool, String> {
+    let status = match block_on_until_shutdown(rt, slot_status(client, &c.slot_name)) {
+        None => return Ok(false),
+        Some(r) => r.map_err(|e| e.to_string())?,
+    };
+    // Crash-sensitive: never create a new permanent slot while tables still depend on the old one.
+    if report_if_slot_lost(c, &status) {
+        return Ok(false);
+    }
+    if status == SlotStatus::Usable {
+        return Ok(true);
+    }
+    if status == SlotStatus::Invalidated {
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&c.slot_name];
+        if let Some(r) = block_on_until_shutdown(rt, client.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &args)) {
+            r.map_err(|e| e.to_string())?;
+        }
+    }
+    // Copies under way read their changes from the old slot's stream: they start over.
+    in_transaction(|| tables::restart_copies(c.id, "the connector's replication slot was created anew"))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.message)?;
+    let mut conn = crate::walrcv::ReplicationConn::connect(conninfo, &format!("livesync connector {}", c.name))?;
+    let (_, lsn) = conn.create_slot(&c.slot_name, false, false)?;
+    in_transaction(|| crate::catalog::record_slot_created(c.id, &crate::walrcv::format_lsn(lsn)))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.message)?;
+    pgrx::log!("livesync connector \"{}\": created replication slot \"{}\" at {}", c.name, c.slot_name, crate::walrcv::format_lsn(lsn));
+    Ok(true)
+}
+
+/// Prepare a batch of the due tables beside the stream: publish them (before the snapshot),
+/// export one snapshot from a temporary slot, read their definitions under it, check or create
+/// their targets and plan their ranges — or, for a table whose copy was interrupted with some
+/// ranges loaded and a key to put it right by, move its ranges still to load to the new snapshot
+/// (see `resume`). The stream spools the tables' changes from their first snapshot on.
 fn prepare_batch(
     c: &Connector,
     conninfo: &str,
     info: &SourceConninfo,
     rt: &tokio::runtime::Runtime,
     due: Vec<SyncTable>,
-    spooled: bool,
     live: &[String],
 ) -> Prepared {
     let client = match block_on_until_shutdown(rt, connect::connect(info, &format!("livesync copy {}", c.name))) {
@@ -167,49 +207,18 @@ fn prepare_batch(
     if due.is_empty() {
         return Prepared::Nothing;
     }
-
-    let status = block_on_until_shutdown(rt, async {
-        let client = &client;
-        let status = slot_status(client, &c.slot_name).await.map_err(|e| e.to_string())?;
-        if status == SlotStatus::Invalidated && in_transaction(|| tables::count_copied(c.id)).ok().and_then(|r| r.ok()) == Some(0) {
-            // Every table is being copied again: the invalidated slot can go, a new one follows.
-            client
-                .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&c.slot_name])
-                .await
-                .map_err(|e| e.to_string())?;
-            return Ok(SlotStatus::Missing);
-        }
-        Ok::<_, String>(status)
-    });
-    let status = match status {
-        None => return Prepared::Exit,
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            record_errors(&due, &format!("could not reach the source: {e}"), None);
-            return Prepared::Nothing;
-        }
-    };
-    // Crash-sensitive: never create a new permanent slot while tables still depend on the old one.
-    if report_if_slot_lost(c, &status) {
-        return Prepared::Nothing;
-    }
-    if spooled && status != SlotStatus::Usable {
-        // The stream's slot is gone: the stream fails and the connector's loop says why.
-        return Prepared::Nothing;
-    }
+    // Interrupted copies that go on from where they are: still `copying` (so their spool has no
+    // gap), some ranges loaded, and a key to put the table right by.
+    let resumed: Vec<i32> = due
+        .iter()
+        .filter(|t| t.state == "copying" && t.spooled && t.resume_key.is_some())
+        .filter(|t| matches!(in_transaction(|| ranges::partly_done(t.id)), Ok(Ok(true))))
+        .map(|t| t.id)
+        .collect();
     for t in &due {
         let _ = in_transaction(|| tables::mark_copying(t.id));
     }
-    let (slot, temporary) = if status == SlotStatus::Usable {
-        // Several batches may run at once beside the stream: each its own temporary slot.
-        static BATCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: MyProcPid is set at process start and never changes; a plain read.
-        (format!("{}_copy_{}_{n}", c.slot_name, unsafe { pg_sys::MyProcPid }), true)
-    } else {
-        (c.slot_name.clone(), false)
-    };
-    let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &slot, temporary) {
+    let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &temporary_slot_name(c, "copy"), true) {
         Ok(s) => s,
         Err(e) => {
             record_errors(
@@ -221,8 +230,24 @@ fn prepare_batch(
         }
     };
 
-    if !temporary {
-        let _ = in_transaction(|| crate::catalog::record_slot_created(c.id, &snap.lsn));
+    let mut total_ranges = 0usize;
+    for t in due.iter().filter(|t| resumed.contains(&t.id)) {
+        match in_transaction(|| ranges::resume(t.id, &snap.name, &snap.lsn)) {
+            Ok(Ok(n)) => {
+                pgrx::log!(
+                    "livesync: the copy of {} goes on under a new snapshot at {}: {n} range(s) left, the loaded ones kept",
+                    qualified(&t.source_schema, &t.source_name),
+                    snap.lsn
+                );
+                total_ranges += n as usize;
+            }
+            Ok(Err(e)) => record_error(t, &e.message, e.hint.as_deref()),
+            Err(e) => record_error(t, &e.message, None),
+        }
+    }
+    let due: Vec<&SyncTable> = due.iter().filter(|t| !resumed.contains(&t.id)).collect();
+    if due.is_empty() {
+        return if total_ranges == 0 { Prepared::Nothing } else { Prepared::Batch { snap, ranges: total_ranges } };
     }
 
     // Read every table's definition under the snapshot: the shape the copy will have.
@@ -252,13 +277,13 @@ fn prepare_batch(
         None => return Prepared::Exit,
         Some(Ok(d)) => d,
         Some(Err(e)) => {
+            let due: Vec<SyncTable> = due.into_iter().cloned().collect();
             record_errors(&due, &format!("could not read the source tables: {e}"), None);
-            return Prepared::Nothing;
+            return if total_ranges == 0 { Prepared::Nothing } else { Prepared::Batch { snap, ranges: total_ranges } };
         }
     };
 
     let range_bytes = i64::from(crate::guc::COPY_RANGE_MB.get()) << 20;
-    let mut total_ranges = 0usize;
     for (t, def) in due.iter().zip(defs) {
         let def = match def {
             Ok(Some(d)) => d,
@@ -276,12 +301,13 @@ fn prepare_batch(
         let prepared = in_transaction(|| -> crate::error::Result<()> {
             let target_q = target::qualified(&t.target_schema, &t.target_name);
             if ranges::any_done(t.id)? {
-                // A previous attempt loaded ranges under a snapshot that is gone.
+                // A previous attempt loaded ranges that cannot be kept (see `resume`).
                 Spi::run(&format!("TRUNCATE {target_q}")).map_err(crate::catalog::spi_err)?;
             }
             let key = target::prepare(&def, &t.target_schema, &t.target_name, t.hypertable.as_ref())?;
-            tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn, spooled)?;
-            ranges::replace(t.id, &planned, &snap.name, binary)
+            let resume_key = def.resume_key();
+            tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn, resume_key.as_deref())?;
+            ranges::replace(t.id, &planned, &snap.name, &snap.lsn, binary)
         });
         match prepared {
             Ok(Ok(())) => total_ranges += planned.len(),
@@ -293,92 +319,23 @@ fn prepare_batch(
         return Prepared::Nothing;
     }
     Prepared::Batch { snap, ranges: total_ranges }
-
 }
 
-/// Copy every table of connector `c` that is due. Returns false if the worker must exit.
-pub fn copy_due_tables(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime) -> bool {
-    // add_table wakes the worker as it commits; tables are usually added a few at a time, and
-    // one batch shares one exported snapshot: let a burst of add_table calls settle first.
-    for _ in 0..SETTLE_ROUNDS {
-        match in_transaction(|| tables::newest_pending_age(c.id)) {
-            Ok(Ok(Some(age))) if age < SETTLE => {
-                if !crate::worker::wait(SETTLE - age) {
-                    return false;
-                }
-            }
-            _ => break,
-        }
+/// Build table `id`'s key and other indexes once all its ranges are loaded — after putting it
+/// right when its ranges were read under different snapshots (`resume`) — and mark it `loaded`:
+/// the stream then replays its spooled changes and marks it copied. Called by the copy worker
+/// that loaded its last range (the key build would otherwise hold the stream up), and by copy
+/// workers finding a table whose finisher died. `source`: None in the connector's worker, which
+/// leaves a table that must be put right to a copy worker.
+pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Source>) {
+    let Ok(Ok(Some(t))) = in_transaction(|| tables::by_id(id)) else { return };
+    if t.state != "copying" {
+        return;
     }
-    let due = match in_transaction(|| tables::due_for_copy(c.id)) {
-        Ok(Ok(d)) => d,
-        _ => return true,
-    };
-    if due.is_empty() {
-        return true;
-    }
-    let (snap, total_ranges) = match prepare_batch(c, conninfo, info, rt, due, false, &[]) {
-        Prepared::Exit => return false,
-        Prepared::Nothing => return true,
-        Prepared::Batch { snap, ranges } => (snap, ranges),
-    };
-
-    // Run copy workers until every range is loaded (or failed for good), finishing tables as
-    // their last range lands. The exporting connection (`snap`) stays open meanwhile.
-    let workers = crate::guc::copy_workers().min(total_ranges).max(1);
-    let mut handles: Vec<DynamicBackgroundWorker> = (0..workers).filter_map(|_| crate::worker::copier::start(c.id)).collect();
-    let mut restarts = 0;
-    loop {
-        finish_tables(c);
-        let remaining = match in_transaction(|| ranges::remaining(c.id)) {
-            Ok(Ok(n)) => n,
-            _ => 0,
-        };
-        handles.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
-        if remaining == 0 {
-            break;
-        }
-        if handles.is_empty() {
-            if restarts >= MAX_WORKER_RESTARTS {
-                fail_unfinished(c, "the copy workers kept failing");
-                break;
-            }
-            restarts += 1;
-            handles = (0..workers.min(remaining as usize)).filter_map(|_| crate::worker::copier::start(c.id)).collect();
-            if handles.is_empty() {
-                fail_unfinished(c, "no background worker slot is free for a copy worker (max_worker_processes)");
-                break;
-            }
-        }
-        if !crate::worker::wait(Duration::from_millis(250)) {
-            for h in handles {
-                let _ = h.terminate();
-            }
-            return false;
-        }
-    }
-    finish_tables(c);
-    drop(snap);
-    true
-}
-
-/// Build the key and mark copied every table whose ranges are all loaded.
-fn finish_tables(c: &Connector) {
-    let finished = match in_transaction(|| ranges::finished_tables(c.id, false)) {
-        Ok(Ok(f)) => f,
+    match resume::settle(&t, source) {
+        resume::Settled::Ready => {}
         _ => return,
-    };
-    for (id, rows, bytes) in finished {
-        finish_table(id, rows, bytes);
     }
-}
-
-/// Build table `id`'s key and other indexes once all its ranges are loaded, and mark it copied
-/// — or, when the stream ran during its copy (`spooled`), `loaded`: the stream then replays its
-/// spooled changes and marks it copied. Called by the coordinator (batches copied with the
-/// stream stopped) and by the copy worker that loaded a spooled table's last range (the key
-/// build would otherwise hold the stream up).
-pub fn finish_table(id: i32, rows: i64, bytes: i64) {
     let r = in_transaction(|| -> crate::error::Result<()> {
         // One finisher per table: two copy workers loading its last ranges at once both get
         // here; the second waits for the first's commit and finds it no longer copying.
@@ -389,9 +346,16 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64) {
         if state.as_deref() != Some("copying") {
             return Ok(());
         }
-        // Crash-sensitive: the key and the 'copied' (or 'loaded') mark, with the snapshot's LSN,
-        // commit together; before this commit the table's changes are not applied.
+        // Crash-sensitive: the key and the 'loaded' mark, with the snapshot's LSN, commit
+        // together; before this commit the table's changes are only spooled.
         let Some(t) = tables::by_id(id)? else { return Ok(()) };
+        // Every range reads as of one snapshot (settle made it so): the spool before it goes.
+        if let Some((oldest, newest)) = ranges::snapshot_span(id)? {
+            if oldest != newest {
+                return Ok(()); // a range was moved meanwhile; its copy worker finishes
+            }
+            tables::settle_spool(id, &newest)?;
+        }
         if let Some(key) = &t.build_key {
             let target_q = target::qualified(&t.target_schema, &t.target_name);
             Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary))
@@ -412,11 +376,7 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64) {
                 pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
             }
         }
-        if t.spooled {
-            tables::mark_loaded(id, rows, bytes)?;
-        } else {
-            tables::mark_copied(id, rows, bytes)?;
-        }
+        tables::mark_loaded(id, rows, bytes)?;
         pgrx::log!(
             "livesync: copied {rows} rows of {} into {}",
             qualified(&t.source_schema, &t.source_name),
@@ -435,20 +395,51 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64) {
     }
 }
 
-/// Tables being copied while the connector's stream runs, under one exported snapshot: the
-/// exporting connection must stay open (and idle) until every range is loaded, and copy workers
-/// must be running while ranges remain. Kept by the connector's worker across stream restarts.
-pub struct Batch {
+/// One exported snapshot of a batch: its connection stays open (and idle) while ranges are
+/// still to be read under it.
+struct Snap {
     snap: snapshot::ExportedSnapshot,
+    born: Instant,
+}
+
+/// The copies running beside the connector's stream: the snapshots ranges are read under and
+/// the copy workers reading them. Kept by the connector's worker across stream restarts (a lost
+/// source connection drops the snapshots: [`Batches::clear`]).
+#[derive(Default)]
+pub struct Batches {
+    snaps: Vec<Snap>,
     workers: Vec<DynamicBackgroundWorker>,
     restarts: u32,
 }
 
-/// Start copying the connector's due tables while its stream runs (its permanent slot exists):
-/// the snapshot comes from a temporary slot, and the stream spools the tables' changes from the
-/// snapshot's LSN on (see the hand-off in `src/apply/`). Returns false if the worker must exit.
-pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime, batches: &mut Vec<Batch>) -> bool {
-    let live: Vec<String> = batches.iter().map(|b| b.snap.name.clone()).collect();
+impl Batches {
+    /// The source connection was lost: the snapshots with it. The copies under way go on under
+    /// new ones (`resume`); the copy workers keep what they are loading.
+    pub fn clear(&mut self) {
+        self.snaps.clear();
+    }
+
+    fn live(&self) -> Vec<String> {
+        self.snaps.iter().map(|s| s.snap.name.clone()).collect()
+    }
+
+    fn start_workers(&mut self, c: &Connector, n: usize) {
+        self.workers.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
+        let want = crate::guc::copy_workers().min(n.max(1));
+        while self.workers.len() < want {
+            match crate::worker::copier::start(c.id) {
+                Some(h) => self.workers.push(h),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Start copying the connector's due tables beside its stream: the snapshot comes from a
+/// temporary slot, and the stream spools the tables' changes from the snapshot's LSN on (see the
+/// hand-off in `src/apply/`). Returns false if the worker must exit.
+pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime, batches: &mut Batches) -> bool {
+    let live = batches.live();
     let due = match in_transaction(|| tables::due_for_copy_excluding(c.id, &live)) {
         Ok(Ok(d)) => d,
         _ => return true,
@@ -456,60 +447,78 @@ pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &to
     if due.is_empty() {
         return true;
     }
-    match prepare_batch(c, conninfo, info, rt, due, true, &live) {
+    match prepare_batch(c, conninfo, info, rt, due, &live) {
         Prepared::Exit => false,
         Prepared::Nothing => true,
         Prepared::Batch { snap, ranges } => {
-            let n = crate::guc::copy_workers().min(ranges).max(1);
-            let workers = (0..n).filter_map(|_| crate::worker::copier::start(c.id)).collect();
-            batches.push(Batch { snap, workers, restarts: 0 });
+            batches.snaps.push(Snap { snap, born: Instant::now() });
+            batches.start_workers(c, ranges);
             true
         }
     }
 }
 
-/// Finish the tables loaded beside the stream whose finisher (a copy worker) died before
-/// building their key while this worker, which would have restarted one, was not running: their
-/// ranges and spool are complete. Called when the stream starts; while a batch runs,
-/// [`tend_batches`] gives it copy workers, which finish such tables themselves.
-pub fn finish_orphans(c: &Connector) {
-    if let Ok(Ok(unfinished)) = in_transaction(|| ranges::finished_tables(c.id, true)) {
-        for (id, rows, bytes) in unfinished {
-            finish_table(id, rows, bytes);
-        }
-    }
-}
-
-/// Look after the running batches: a batch whose tables are all loaded (or failed) lets its
-/// snapshot go; one with tables still copying but no live copy worker gets new ones (at most
-/// [`MAX_WORKER_RESTARTS`] times, then its unfinished tables go to `error`, retried later).
-pub fn tend_batches(c: &Connector, batches: &mut Vec<Batch>) {
-    if batches.is_empty() {
-        return;
-    }
+/// Look after the running copies: a snapshot with no range left to read under it goes; one
+/// older than `livesync.max_snapshot_age` hands its ranges not started yet to a fresh snapshot
+/// (tables that can be put right by key; see `resume`); ranges to load, or loaded tables whose
+/// finisher died, with no live copy worker get new ones (at most [`MAX_WORKER_RESTARTS`] times
+/// in a row, then the unfinished tables go to `error`, retried later).
+pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
     let remaining = match in_transaction(|| ranges::remaining_by_snapshot(c.id)) {
         Ok(Ok(r)) => r,
         _ => return,
     };
-    batches.retain_mut(|b| {
-        let (ranges, left) = remaining.iter().find(|(s, _, _)| s == &b.snap.name).map_or((0, 0), |(_, n, l)| (*n, *l));
-        if ranges == 0 {
-            // Every table of the batch is loaded (or failed): its snapshot can go.
-            return false;
-        }
-        b.workers.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
-        if b.workers.is_empty() {
-            if b.restarts >= MAX_WORKER_RESTARTS {
-                fail_unfinished(c, "the copy workers kept failing");
-                return false;
+    let left_under = |name: &str| remaining.iter().find(|(s, _, _)| s == name).map_or(0, |(_, _, l)| *l);
+    batches.snaps.retain(|s| left_under(&s.snap.name) > 0);
+
+    let max_age = Duration::from_secs(crate::guc::MAX_SNAPSHOT_AGE.get().max(1) as u64);
+    let old: Vec<String> = batches.snaps.iter().filter(|s| s.born.elapsed() >= max_age).map(|s| s.snap.name.clone()).collect();
+    for name in old {
+        let fresh = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &temporary_slot_name(c, "copy"), true) {
+            Ok(s) => s,
+            Err(e) => {
+                pgrx::log!("livesync connector \"{}\": could not export a fresh copy snapshot: {e}", c.name);
+                break;
             }
-            b.restarts += 1;
-            // Ranges left to load, or a loaded table whose finisher died: a copy worker does both.
-            let n = crate::guc::copy_workers().min(left.max(1) as usize).max(1);
-            b.workers = (0..n).filter_map(|_| crate::worker::copier::start(c.id)).collect();
+        };
+        match in_transaction(|| ranges::rotate(c.id, &name, &fresh.name, &fresh.lsn)) {
+            Ok(Ok(n)) if n > 0 => {
+                pgrx::log!("livesync connector \"{}\": {n} range(s) move to a fresh snapshot at {}", c.name, fresh.lsn);
+                batches.snaps.push(Snap { snap: fresh, born: Instant::now() });
+            }
+            _ => {}
         }
-        true
-    });
+        // The old snapshot stays while ranges are read under it (tables without a key, ranges
+        // being loaded); otherwise it goes now.
+        let still = in_transaction(|| ranges::remaining_by_snapshot(c.id)).ok().and_then(|r| r.ok()).unwrap_or_default();
+        if !still.iter().any(|(s, _, l)| s == &name && *l > 0) {
+            batches.snaps.retain(|s| s.snap.name != name);
+        } else if let Some(s) = batches.snaps.iter_mut().find(|s| s.snap.name == name) {
+            // Tried again after another max age.
+            s.born = Instant::now();
+        }
+    }
+
+    // Work a copy worker could take now: ranges under a live snapshot nobody alive is loading,
+    // or tables loaded but not finished.
+    let live = batches.live();
+    let claimable = in_transaction(|| ranges::claimable(c.id, &live)).ok().and_then(|r| r.ok()).unwrap_or(0);
+    let unfinished = in_transaction(|| ranges::finished_tables(c.id, true)).ok().and_then(|r| r.ok()).map_or(0, |v| v.len());
+    let left = claimable as usize;
+    batches.workers.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
+    if left > 0 || unfinished > 0 {
+        if batches.workers.is_empty() {
+            if batches.restarts >= MAX_WORKER_RESTARTS {
+                batches.restarts = 0;
+                fail_unfinished(c, "the copy workers kept failing");
+                return;
+            }
+            batches.restarts += 1;
+            batches.start_workers(c, left.max(unfinished));
+        }
+    } else {
+        batches.restarts = 0;
+    }
 }
 
 fn fail_unfinished(c: &Connector, why: &str) {

@@ -7,7 +7,7 @@
 //! identity index) is built after the data is loaded, which is several times faster than
 //! maintaining it row by row.
 
-use super::quote_ident;
+use super::{quote_ident, quote_literal};
 
 /// Reads one table's identity and shape. `$1` is the user's spelling of the table, resolved by the
 /// source exactly as `regclass` would (so `"Weird ""Name"""` works).
@@ -362,6 +362,44 @@ impl TableDef {
     /// whole table. A partitioned table is read through a query (COPY cannot read one directly)
     /// and is never split: ctids are per partition. So is a source hypertable, whose rows are in
     /// its chunks (inheritance children, which only a query includes).
+    /// The key by which a copy read under several snapshots can be put right
+    /// (`src/copy/resume.rs`): one that every change's old tuple carries whole — the primary key
+    /// under the default or full replica identity, the replica identity index under `USING
+    /// INDEX`. None for a table copied as one range anyway (partitioned, hypertable: a restart
+    /// copies it again whole) or without such a key.
+    pub fn resume_key(&self) -> Option<Vec<String>> {
+        if self.key.is_empty() || self.has_children() {
+            return None;
+        }
+        let whole = match self.replica_identity.as_str() {
+            "d" | "f" => self.key_is_primary,
+            "i" => !self.key_is_primary,
+            _ => false,
+        };
+        whole.then(|| self.key.clone())
+    }
+
+    /// `COPY (SELECT … WHERE key IN …) TO STDOUT`: the current rows of the given keys (each a
+    /// list of key column values as text, in `key` order). The values are quoted literals of
+    /// type unknown, so the source resolves them to the key columns' own types (and an index
+    /// lookup): `k = ANY ('{…}')` for one column, `(a, b) IN (('…', '…'), …)` for several.
+    pub fn copy_keys_sql(&self, key: &[String], keys: &[Vec<String>], binary: bool) -> String {
+        let format = if binary { " (FORMAT binary)" } else { "" };
+        let cols = self.column_list();
+        let select_cols = &cols[1..cols.len() - 1];
+        let cond = if key.len() == 1 {
+            let elems: Vec<String> =
+                keys.iter().map(|k| format!("\"{}\"", k[0].replace('\\', "\\\\").replace('"', "\\\""))).collect();
+            format!("{} = ANY ({})", quote_ident(&key[0]), quote_literal(&format!("{{{}}}", elems.join(","))))
+        } else {
+            let cols: Vec<String> = key.iter().map(|c| quote_ident(c)).collect();
+            let rows: Vec<String> =
+                keys.iter().map(|k| format!("({})", k.iter().map(|v| quote_literal(v)).collect::<Vec<_>>().join(", "))).collect();
+            format!("({}) IN ({})", cols.join(", "), rows.join(", "))
+        };
+        format!("COPY (SELECT {select_cols} FROM {} WHERE {cond}) TO STDOUT{format}", self.qualified())
+    }
+
     pub fn copy_out_sql(&self, pages: Option<(i64, Option<i64>)>, binary: bool) -> String {
         let format = if binary { " (FORMAT binary)" } else { "" };
         let cols = self.column_list();

@@ -94,7 +94,7 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
     // commits past what failed).
     let mut retry = Backoff::new(MAX_RECONNECT_BACKOFF);
     // Copies running beside the stream: their exported snapshots stay open across reconnects.
-    let mut batches: Vec<crate::copy::Batch> = Vec::new();
+    let mut batches = crate::copy::Batches::default();
     loop {
         let Verdict::Run { name, conninfo, publication, connector } = read_verdict(id) else { break };
         let app = application_name(&name);
@@ -171,35 +171,31 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                 current_name = name;
             }
             if !slot_ready {
-                match block_on_until_shutdown(&rt, crate::copy::slot_status(&client, &connector.slot_name)) {
-                    None => return,
-                    Some(Ok(status)) => {
-                        if crate::copy::report_if_slot_lost(&connector, &status) {
-                            // Loud and stuck until the user resyncs the tables (or drops the
-                            // connector): check again now and then.
-                            if !super::wait(MAX_RECONNECT_BACKOFF) {
-                                return;
-                            }
-                            continue;
+                // The stream starts from the connector's permanent slot: created here when
+                // missing. Copies run beside the stream (stream::run, copy::start_batch).
+                match crate::copy::ensure_slot(&connector, &conninfo, &client, &rt) {
+                    Ok(true) => slot_ready = true,
+                    Ok(false) => {
+                        // Lost while tables depend on it: loud and stuck until the user resyncs
+                        // them (or drops the connector); check again now and then.
+                        if !super::wait(MAX_RECONNECT_BACKOFF) {
+                            return;
                         }
-                        slot_ready = status == crate::copy::SlotStatus::Usable;
-                        if !slot_ready {
-                            // The connector's first copy creates its permanent slot (the stream
-                            // starts from it), so it runs here, with no stream yet. Later copies
-                            // run beside the stream (stream::run, copy::start_batch).
-                            if !crate::copy::copy_due_tables(&connector, &conninfo, &info, &rt) {
-                                return;
-                            }
-                        }
+                        continue;
                     }
-                    Some(Err(e)) => break e.to_string(),
+                    Err(e) => break e,
                 }
             }
             if slot_ready {
                 match super::stream::run(&connector, &conninfo, &application_name(&current_name), &rt, &client, &mut retry, &info, &mut batches) {
                     super::stream::Outcome::Stop => return,
                     super::stream::Outcome::CopyDue | super::stream::Outcome::Restart => continue,
-                    super::stream::Outcome::Failed(e) => break e,
+                    super::stream::Outcome::Failed(e) => {
+                        // The source connection is gone, and the copy snapshots with it: the
+                        // copies go on under new ones.
+                        batches.clear();
+                        break e;
+                    }
                     super::stream::Outcome::Retry(reason) => {
                         let delay = retry.next_delay();
                         pgrx::log!(

@@ -1,11 +1,14 @@
-//! A copy worker: loads ranges of a connector's initial-copy batch (see `src/copy/`).
+//! A copy worker: loads ranges of a connector's tables (see `src/copy/`).
 //!
-//! Started by the connector's worker for one batch. It claims ranges one at a time
-//! (`livesync.copy_range`), opens a source transaction that imports the batch's exported
-//! snapshot, and streams each range's `COPY … TO STDOUT` into the target with COPY FROM — the
-//! rows and the range's "done" mark committed in one target transaction, with
-//! `session_replication_role = replica`. A failing range puts its table in `error` (the other
-//! tables go on) and the worker moves on. It exits when no range is left.
+//! Started by the connector's worker while ranges are to be loaded. It claims ranges one at a
+//! time (`livesync.copy_range`), opens a source transaction that imports the range's exported
+//! snapshot, and streams the range's `COPY … TO STDOUT` into the target with COPY FROM — the
+//! rows and the range's "done" mark (with the source table's file node under that snapshot)
+//! committed in one target transaction, with `session_replication_role = replica`. When the
+//! source goes away mid-range (a restart, a lost connection) or the snapshot is gone, the range
+//! is given back, to be loaded under a newer snapshot; a range that fails on the target puts its
+//! table in `error` (the other tables go on). The worker loading a table's last range finishes
+//! the table (`copy::finish_table`: put right, key, `loaded`). It exits when no range is left.
 
 use std::collections::HashMap;
 
@@ -58,16 +61,25 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
     // The source transaction importing the current snapshot, and table definitions read in it.
     let mut session: Option<(String, tokio_postgres::Client)> = None;
     let mut defs: HashMap<i32, TableDef> = HashMap::new();
+    // Snapshots found gone: their ranges wait for the connector's worker to move them.
+    let mut dead: Vec<String> = Vec::new();
+    let slot = match super::in_transaction(|| catalog::connector_by_id(connector_id)) {
+        Ok(Ok(Some(c))) => c.slot_name,
+        _ => return,
+    };
+    let app = format!("livesync copy {name}");
+    let source = crate::copy::resume::Source { conninfo: &conninfo, info: &info, rt: &rt, app: &app, slot: &slot };
+    let mut backoff = super::Backoff::new(std::time::Duration::from_secs(10));
 
     while !crate::runtime::shutdown_requested() {
-        let claimed = match super::in_transaction(|| ranges::claim_next(connector_id)) {
+        let claimed = match super::in_transaction(|| ranges::claim_next(connector_id, &dead)) {
             Ok(Ok(Some(c))) => c,
             _ => {
-                // Nothing left to load: finish tables copied beside the stream whose last range
-                // is in but whose finisher died before building their key.
+                // Nothing left to load: finish tables whose last range is in but whose finisher
+                // died first (or could not put them right yet).
                 if let Ok(Ok(unfinished)) = super::in_transaction(|| ranges::finished_tables(connector_id, true)) {
                     for (id, rows, bytes) in unfinished {
-                        crate::copy::finish_table(id, rows, bytes);
+                        crate::copy::finish_table(id, rows, bytes, Some(&source));
                     }
                 }
                 break;
@@ -93,8 +105,12 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 None => break,
                 Some(Ok(client)) => session = Some((claimed.snapshot.clone(), client)),
                 Some(Err(e)) => {
-                    // Typically "invalid snapshot identifier": the coordinator is gone.
-                    fail(claimed.table_id, &format!("could not import the copy snapshot: {e}"));
+                    // Typically "invalid snapshot identifier": the connector's worker that
+                    // exported it is gone, or the source restarted. The range waits for a newer
+                    // snapshot (the loaded ranges are kept; see copy::resume).
+                    pgrx::log!("livesync: could not import copy snapshot {}: {e}; range left for a newer one", claimed.snapshot);
+                    let _ = super::in_transaction(|| ranges::release(claimed.table_id, claimed.range_no));
+                    dead.push(claimed.snapshot.clone());
                     session = None;
                     continue;
                 }
@@ -120,6 +136,15 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             }
         }
         let def = &defs[&t.id];
+        // The file node under this snapshot: a rewrite between two snapshots moves every row.
+        let file_node = match block_on_until_shutdown(
+            &rt,
+            client.query_one("SELECT pg_catalog.pg_relation_filenode($1::text::regclass)::int8", &[&def.qualified()]),
+        ) {
+            None => break,
+            Some(Ok(r)) => r.get::<_, Option<i64>>(0),
+            Some(Err(_)) => None,
+        };
         let pages = (!claimed.whole_table).then_some((claimed.start_page, claimed.end_page));
         let copy_sql = def.copy_out_sql(pages, claimed.binary);
         let columns: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
@@ -150,17 +175,27 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             };
             let route = load::route_for(relid);
             let (rows, bytes) = load::load(&rt, relid, route, &columns, stream, claimed.binary);
-            ranges::mark_done(claimed.table_id, claimed.range_no, rows, bytes).map_err(|e| e.message)?;
+            ranges::mark_done(claimed.table_id, claimed.range_no, rows, bytes, file_node).map_err(|e| e.message)?;
             Ok(())
         });
+        // The source went away mid-range (restart, lost connection): not the table's fault.
+        let source_lost = session.as_ref().is_some_and(|(_, c)| c.is_closed());
+        if source_lost && !matches!(result, Ok(Ok(()))) {
+            pgrx::log!("livesync: the source went away while copying a range of table {}; it is loaded again later", t.id);
+            let _ = super::in_transaction(|| ranges::release(claimed.table_id, claimed.range_no));
+            session = None;
+            if !super::wait(backoff.next_delay()) {
+                break;
+            }
+            continue;
+        }
         match result {
             Ok(Ok(())) => {
-                // A table copied while the stream runs: the worker loading its last range builds
-                // its key (the stream must not wait for that) and marks it loaded.
-                if t.spooled {
-                    if let Ok(Ok(Some((rows, bytes)))) = super::in_transaction(|| ranges::table_finished(t.id)) {
-                        crate::copy::finish_table(t.id, rows, bytes);
-                    }
+                backoff.reset();
+                // The worker loading a table's last range builds its key (the stream must not
+                // wait for that) and marks it loaded.
+                if let Ok(Ok(Some((rows, bytes)))) = super::in_transaction(|| ranges::table_finished(t.id)) {
+                    crate::copy::finish_table(t.id, rows, bytes, Some(&source));
                 }
                 // The coordinator builds the key and marks the table copied once its last range
                 // is in (or the stream replays a loaded table's spool): tell it now rather than

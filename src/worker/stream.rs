@@ -219,7 +219,7 @@ pub fn run(
     client: &tokio_postgres::Client,
     retry: &mut Backoff,
     info: &crate::source::conninfo::SourceConninfo,
-    batches: &mut Vec<crate::copy::Batch>,
+    batches: &mut crate::copy::Batches,
 ) -> Outcome {
     let start = match super::in_transaction(|| {
         Spi::run("SET session_replication_role = replica").expect("SET failed");
@@ -229,9 +229,6 @@ pub fn run(
         Err(e) => return Outcome::Failed(format!("could not set up replication origin: {e}")),
     };
 
-    if batches.is_empty() {
-        crate::copy::finish_orphans(c);
-    }
     let mut conn = match ReplicationConn::connect(conninfo, application_name) {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e),
@@ -428,7 +425,7 @@ pub fn run(
                         Some(o) => return o,
                         None => {}
                     }
-                    crate::copy::tend_batches(c, batches);
+                    crate::copy::tend_batches(c, conninfo, batches);
                     applier.reload_tables = true;
                     // Tables whose copy is loaded: replay what was spooled for them, in a target
                     // transaction of its own, which marks them copied.
