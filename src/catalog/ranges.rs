@@ -112,11 +112,15 @@ pub fn snapshot_span(table_id: i32) -> Result<Option<(String, String)>> {
     .map_err(spi_err)
 }
 
-/// Every range of the table now reads as of `lsn` (its copy was put right to that position).
-pub fn settle_at(table_id: i32, lsn: &str) -> Result<()> {
+/// Every range of the table now reads as of `lsn` (its copy was put right to that position,
+/// which changed its row count by `rows_delta`: counted on its last range, so that the ranges'
+/// rows add up to the table's).
+pub fn settle_at(table_id: i32, lsn: &str, rows_delta: i64) -> Result<()> {
     Spi::run_with_args(
-        "UPDATE livesync.copy_range SET snapshot_lsn = $2::pg_lsn WHERE table_id = $1",
-        &[table_id.into(), lsn.into()],
+        "UPDATE livesync.copy_range SET snapshot_lsn = $2::pg_lsn,
+                rows = rows + CASE WHEN range_no = (SELECT max(range_no) FROM livesync.copy_range WHERE table_id = $1) THEN $3 ELSE 0 END
+          WHERE table_id = $1",
+        &[table_id.into(), lsn.into(), rows_delta.into()],
     )
     .map_err(spi_err)
 }

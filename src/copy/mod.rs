@@ -376,6 +376,8 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Sour
                 pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
             }
         }
+        // The ranges' sums once put right (a resumed copy read some keys again).
+        let (rows, bytes) = ranges::table_finished(id)?.unwrap_or((rows, bytes));
         tables::mark_loaded(id, rows, bytes)?;
         pgrx::log!(
             "livesync: copied {rows} rows of {} into {}",

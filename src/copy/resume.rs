@@ -215,9 +215,9 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
         let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("target table {target_q} does not exist"))?;
-        let mut read = 0i64;
+        let (mut read, mut deleted) = (0i64, 0i64);
         for chunk in keys.chunks(KEYS_PER_QUERY) {
-            delete_keys(relid, &target_q, &key, chunk)?;
+            deleted += delete_keys(relid, &target_q, &key, chunk)?;
             let text: Vec<Vec<String>> = chunk.iter().map(|k| k.iter().map(|v| to_utf8(v)).collect()).collect();
             let sql = def.copy_keys_sql(&key, &text, binary);
             let stream = match block_on_until_shutdown(src.rt, client.copy_out(sql.as_str())) {
@@ -229,7 +229,7 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
         }
         // Crash-sensitive: the rows read again, the ranges' new position and the spool cut at it
         // commit together.
-        ranges::settle_at(t.id, &snap.lsn).map_err(|e| e.message)?;
+        ranges::settle_at(t.id, &snap.lsn, read - deleted).map_err(|e| e.message)?;
         tables::settle_spool(t.id, &snap.lsn).map_err(|e| e.message)?;
         Ok(read)
     });
@@ -292,7 +292,7 @@ fn wait_for_stream(src: &Source, lsn: &str) -> Option<bool> {
 /// Delete the rows of the given keys from the target (every version: the patchwork may hold
 /// two), in one statement joining on the key columns' own types (the target has no key index
 /// yet). The values travel as bytes in the database's encoding.
-fn delete_keys(relid: pg_sys::Oid, target_q: &str, key: &[String], keys: &[Vec<Vec<u8>>]) -> Result<(), String> {
+fn delete_keys(relid: pg_sys::Oid, target_q: &str, key: &[String], keys: &[Vec<Vec<u8>>]) -> Result<i64, String> {
     let mut selects = Vec::new();
     let mut conds = Vec::new();
     let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::new();
@@ -319,7 +319,7 @@ fn delete_keys(relid: pg_sys::Oid, target_q: &str, key: &[String], keys: &[Vec<V
         unnest.join(", "),
         names.join(", ")
     );
-    Spi::run_with_args(&sql, &args).map_err(|e| spi_err(e).message)
+    Spi::connect_mut(|c| c.update(&sql, None, &args).map(|t| t.len() as i64)).map_err(|e| spi_err(e).message)
 }
 
 /// Text in the database's encoding as UTF8 (what the source connection speaks).

@@ -15,6 +15,7 @@ mod support;
 
 mod check_source;
 mod copy_beside_stream;
+mod copy_resume;
 mod errors;
 mod extension;
 mod hostile;

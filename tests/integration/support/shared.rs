@@ -398,6 +398,8 @@ impl<'a> TestDb<'a> {
                FROM pg_stat_activity
               WHERE datname = {} AND application_name LIKE 'livesync%'
                 AND pid <> pg_backend_pid()
+                -- each connector also streams from its slot (a walsender): SQL sessions only
+                AND backend_type <> 'walsender'
               ORDER BY pid",
             lit(&self.name)
         ))
@@ -408,12 +410,13 @@ impl<'a> TestDb<'a> {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Source sessions of this database logged in as `user`.
+    /// SQL sessions (not walsenders) on this source database logged in as `user`.
     pub fn source_sessions_of(&self, user: &str) -> Vec<Row> {
         self.source_rows(&format!(
             "SELECT pid, application_name, usename, backend_type
                FROM pg_stat_activity
               WHERE datname = {} AND usename = {} AND pid <> pg_backend_pid()
+                AND backend_type <> 'walsender'
               ORDER BY pid",
             lit(&self.name),
             lit(user)
