@@ -10,6 +10,7 @@
 #   BENCH_PERF=<file>                 # record `perf` system-wide while livesync applies
 #   BENCH_RUNS=3                      # runs of native and of livesync's default copy (medians compared)
 #   BENCH_SKIP_LAG=1                  # skip the lag of a synced table while metrics is copied beside the stream
+#   BENCH_SKIP_RESUME=1               # skip the crash halfway through metrics' copy and the snapshot-age runs
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
 # 56432 (source) and 56433 (target). Results are printed as a Markdown table.
@@ -339,6 +340,10 @@ print(f'| $label | {n} | {tn:.1f} | {n/tn:,.0f} | {$RSS_native/1024:.0f} | {tl:.
   printf '%s\n' "${results[@]}"
 fi
 
+# The oldest snapshot held on the source, in seconds: a transaction's (copy sessions) or, for a
+# walsender exporting one, its connection's age (each export is a connection of its own).
+SNAPAGE_SQL="SELECT coalesce(extract(epoch FROM max(now() - coalesce(xact_start, backend_start))), 0)::int FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"
+
 if [ -z "${BENCH_SKIP_LAG:-}" ]; then
   # ---- lag: a synced table receiving 200 single-row transactions/s while metrics is copied ------
   # beside the connector's stream (issue 11, case (a)). Each row carries its source commit-ish time
@@ -355,7 +360,7 @@ if [ -z "${BENCH_SKIP_LAG:-}" ]; then
   printf 'INSERT INTO ticks DEFAULT VALUES;\n' > "$W/tick.sql"; chmod a+r "$W/tick.sql"
   as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 1 -R 200 -T 600 -f "$W/tick.sql" bench >/dev/null 2>&1 & tick_pid=$!
   ( peak=0; while :; do
-      a=$(src -d bench -At -c "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::int FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()" 2>/dev/null || echo 0)
+      a=$(src -d bench -At -c "$SNAPAGE_SQL" 2>/dev/null || echo 0)
       [ "${a:-0}" -gt "$peak" ] && peak=$a && echo "$peak" > "$W/snapage"; sleep 1; done ) & age_pid=$!
   echo 0 > "$W/snapage"
   sleep 10
@@ -382,4 +387,63 @@ if [ -z "${BENCH_SKIP_LAG:-}" ]; then
   echo "| during the copy of metrics ($(python3 -c "print(f'{$t1-$t0:.1f}')") s, add_table until ready) | $DN | $D99 | $DMAX |"
   echo
   echo "Oldest transaction holding a snapshot on the source during the copy: $(cat "$W/snapage") s"
+fi
+
+if [ -z "${BENCH_SKIP_RESUME:-}" ]; then
+  # ---- (b) a target crash halfway through metrics' copy: what is copied again -------------------
+  # Just before the crash (`pg_ctl stop -m immediate`), the COPYs in flight report the bytes they
+  # have loaded (pg_stat_progress_copy): those are lost with the crash and read again; the ranges
+  # committed before it are kept. Reported against one range per copy worker (the goal).
+  say "a target crash halfway through metrics' copy"
+  MET=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
+  tgt -d postgres -c "DROP DATABASE IF EXISTS crash WITH (FORCE)" -c "CREATE DATABASE crash"
+  tgt -d crash -c "CREATE EXTENSION livesync" -c "SELECT livesync.add_connector('$SRC_CONNINFO', 'crash')" >/dev/null
+  RANGE_MB=$(tgt -d crash -At -c "SHOW livesync.copy_range_mb" | tr -dc 0-9)
+  WORKERS=$(tgt -d crash -At -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'livesync copy'")
+  settle; t0=$(now)
+  tgt -d crash -c "SELECT livesync.add_table('public.metrics')" >/dev/null
+  wait_sql crash "SELECT coalesce((SELECT sum(bytes) FROM livesync.copy_range WHERE done), 0) >= $MET / 2"
+  read -r INFLIGHT WORKERS <<< "$(tgt -d crash -At -F ' ' -c "SELECT coalesce(sum(p.bytes_processed), 0), count(*) FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'livesync copy'")"
+  as_pg "$BIN/pg_ctl" -D "$W/target" -m immediate -w stop >/dev/null
+  t_crash=$(now)
+  as_pg "$BIN/pg_ctl" -D "$W/target" -l "$W/target.log" -w start >/dev/null
+  KEPT=$(tgt -d crash -At -c "SELECT coalesce(sum(bytes), 0) FROM livesync.copy_range WHERE done")
+  wait_sql crash "SELECT state = 'ready' FROM livesync.table_progress WHERE source_table = 'public.metrics'"
+  t1=$(now)
+  a=$(src -d bench -At -c "SELECT count(*), md5(string_agg(x::text, ',' ORDER BY device_id, time)) FROM metrics x")
+  b=$(tgt -d crash -At -c "SELECT count(*), md5(string_agg(x::text, ',' ORDER BY device_id, time)) FROM metrics x")
+  [ "$a" = "$b" ] || echo "WARNING: metrics differs from the source after the crash" >&2
+  echo
+  echo "### A target crash halfway through the copy of metrics ($(python3 -c "print(round($MET/1e6))") MB)"
+  echo
+  echo "| copy range | copy workers in flight | kept at the crash MB | in flight (copied again) MB | copied again / (workers × range) | add_table to crash s | crash to ready s | rows equal |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+  echo "| ${RANGE_MB} MB | $WORKERS | $(python3 -c "print(round($KEPT/1e6))") | $(python3 -c "print(round($INFLIGHT/1e6))") | $(python3 -c "print(f'{$INFLIGHT/(max($WORKERS,1)*$RANGE_MB*1048576):.2f}')") | $(python3 -c "print(f'{$t_crash-$t0:.1f}')") | $(python3 -c "print(f'{$t1-$t_crash:.1f}')") | $([ "$a" = "$b" ] && echo yes || echo NO) |"
+
+  # ---- (c) the oldest source snapshot during a copy, with and without a short max age -----------
+  # metrics copied in 32 MB ranges: with livesync.max_snapshot_age = 5 s the ranges not started
+  # yet move to a fresh snapshot every 5 s; a range being read keeps its own to its end.
+  echo
+  echo "### The oldest snapshot on the source while metrics is copied (32 MB ranges)"
+  echo
+  echo "| livesync.max_snapshot_age | copy s (add_table to ready) | oldest snapshot s | snapshots exported |"
+  echo "| ---: | ---: | ---: | ---: |"
+  for age in 300 5; do
+    tgt -d postgres -c "ALTER SYSTEM SET livesync.max_snapshot_age = $age" -c "ALTER SYSTEM SET livesync.copy_range_mb = 32" -c "SELECT pg_reload_conf()" >/dev/null
+    tgt -d postgres -c "DROP DATABASE IF EXISTS age WITH (FORCE)" -c "CREATE DATABASE age"
+    tgt -d age -c "CREATE EXTENSION livesync" -c "SELECT livesync.add_connector('$SRC_CONNINFO', 'age')" >/dev/null
+    echo 0 > "$W/snapage"
+    ( peak=0; while :; do
+        a=$(src -d bench -At -c "$SNAPAGE_SQL" 2>/dev/null || echo 0)
+        [ "${a:-0}" -gt "$peak" ] && peak=$a && echo "$peak" > "$W/snapage"; sleep 0.5; done ) & age_pid=$!
+    settle; t0=$(now)
+    tgt -d age -c "SELECT livesync.add_table('public.metrics')" >/dev/null
+    wait_sql age "SELECT state = 'ready' FROM livesync.table_progress WHERE source_table = 'public.metrics'"
+    t1=$(now)
+    kill $age_pid 2>/dev/null || true; wait $age_pid 2>/dev/null || true
+    SNAPS=$(grep -c "move to a fresh snapshot" "$W/target.log" || true)
+    echo "| $age s | $(python3 -c "print(f'{$t1-$t0:.1f}')") | $(cat "$W/snapage") | $((SNAPS + 1)) |"
+    : > "$W/target.log"
+  done
+  tgt -d postgres -c "ALTER SYSTEM RESET livesync.max_snapshot_age" -c "ALTER SYSTEM RESET livesync.copy_range_mb" -c "SELECT pg_reload_conf()" >/dev/null
 fi

@@ -31,22 +31,21 @@
 //! replays it here as one ordinary source transaction (`Begin` at its commit LSN … `Commit`).
 //!
 //! # Hand-off with the initial copy
-//! A connector's *first* copy runs with no stream (it creates the permanent slot the stream
-//! starts from, exporting the snapshot the copy reads). Every later copy — tables added to a
-//! streaming connector, `resync_table`, retries — runs **beside the stream**: the worker exports
-//! a snapshot from a temporary slot (consistent point `L`), copy workers load the table under it,
-//! and the stream never stops. Table states (`src/catalog/tables.rs`) and what the stream does
-//! with a change of table T in a source transaction committing at `final_lsn`:
-//! - `pending` (or `copying` without a spool, in the first copy): skipped — T's copy reads a
-//!   snapshot taken later, at the source's current WAL position, which contains every commit the
-//!   stream has already decoded;
-//! - `copying`/`loaded` with a spool (`spooled`): skipped when `final_lsn < L` (in the snapshot),
-//!   else **spooled**: the raw message goes into `livesync.spooled_change` in the stream's own
-//!   apply transaction, so it commits with the replication origin's progress (exactly once across
+//! Every copy runs **beside the stream** (the connector's permanent slot is created when its
+//! worker starts): the worker exports a snapshot from a temporary slot (consistent point `L`),
+//! copy workers load the table under it, and the stream never stops. Table states
+//! (`src/catalog/tables.rs`) and what the stream does with a change of table T in a source
+//! transaction committing at `final_lsn`:
+//! - `pending`: skipped — T's copy reads a snapshot taken later, at the source's current WAL
+//!   position, which contains every commit the stream has already decoded;
+//! - `copying`/`loaded`: skipped when `final_lsn < L` (in the snapshot), else **spooled**: the
+//!   raw message goes into `livesync.spooled_change`, with `final_lsn`, in the stream's own apply
+//!   transaction, so it commits with the replication origin's progress (exactly once across
 //!   crashes) and the slot keeps advancing;
 //! - `loaded` → `copied`: once the last range is loaded and the key built (by a copy worker, so
-//!   the stream does not wait for it), the stream replays T's spool in order, in one target
-//!   transaction that also marks T copied and empties the spool;
+//!   the stream does not wait for it), the stream replays T's spool in order — the changes at or
+//!   after T's `snapshot_lsn` — in one target transaction that also marks T copied and empties
+//!   the spool;
 //! - `copied`: skipped when `final_lsn < L` (in the copy), applied when `final_lsn >= L`;
 //! - `error`: skipped and counted.
 //!
@@ -57,15 +56,16 @@
 //!                c3,c4 spooled (>= L) while T is copied; T loaded → spool replayed: c3,c4
 //!                c5 applied (T copied)
 //! ```
-//! Copy ahead of stream (first copy, or stream behind after a restart):
+//! Copy ahead of stream (stream behind after a restart):
 //! ```text
 //!   source WAL:  ──P=stream position──c1(T)──L=snapshot of T──c2(T)──▶
 //!   stream:      c1 skipped (< L, in the copy), c2 spooled or applied
 //! ```
-//! A crash loses the exported snapshot, not the spool: the table's copy starts over from a new
-//! snapshot (its target truncated, its spool emptied in the transaction planning it), while the
-//! stream resumes at its origin.
-//!
+//! A crash loses the exported snapshot, not the spool nor the loaded ranges: the copy goes on
+//! under a new snapshot `L2`, spooling still from `L`; once loaded, the table is put right at one
+//! position `Lf ≥ L2` by key, from the spool (`src/copy/resume.rs`), which moves `snapshot_lsn`
+//! to `Lf` — the spool before it is in the copy.
+
 //! # Errors, per table
 //! A change that cannot be applied aborts the target transaction (nothing half-applied); its table
 //! is put in `error` with the reason and a hint, and the worker restarts the stream from the

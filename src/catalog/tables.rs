@@ -3,31 +3,34 @@
 //! # Table sync states
 //!
 //! ```text
-//!  add_table ──► pending ──► copying ──► copied
-//!                   ▲           │
-//!                   │           ▼
-//!                   └──────── error   (retried with back-off: 2, 4, 8 … 300 s)
+//!  add_table ──► pending ──► copying ──► loaded ──► copied
+//!                 ▲  ▲          │  ▲
+//!                 │  │          ▼  │ (restart: goes on under a new snapshot)
+//!                 │  └──────── error   (retried with back-off: 2, 4, 8 … 300 s)
+//!                 └── (restart of a table without key, slot created anew: starts over)
 //! ```
 //!
-//! - `pending` — set by `add_table` (which has already created the target table if needed and
-//!   put the source table into the connector's publication). Durable. The connector worker picks
-//!   up every pending table whose `next_attempt_at` has passed.
-//! - `copying` — set by the connector worker in its own committed transaction just before the
-//!   COPY starts, so `livesync.table_progress` can show the running COPY (joined with
-//!   `pg_stat_progress_copy`). If the worker dies mid-copy, the row stays `copying` while the
-//!   load's transaction is rolled back: the worker treats `copying` rows like `pending` at its
-//!   next start, and the copy starts over (nothing of the aborted load is visible).
-//! - `copied` — set once every range of the table is loaded (each range commits its rows with
-//!   its "done" mark in `livesync.copy_range`), **in the same transaction that builds the key**;
-//!   `snapshot_lsn`, the position of the exported snapshot the copy read, was set when the copy
-//!   was planned. A crash can never leave a table marked copied without all its rows and its key.
-//!   Changes to the table committed on the source after `snapshot_lsn` belong to the change
-//!   stream (`src/apply/`), those before it are in the copy.
+//! - `pending` — set by `add_table`. Durable. The connector worker picks up every pending table
+//!   whose `next_attempt_at` has passed.
+//! - `copying` — set by the connector worker in its own committed transaction as the table's
+//!   batch starts (`snapshot_lsn`: the position of its first snapshot, from which the stream
+//!   spools its changes; `spooled` is set). Each range commits its rows with its "done" mark and
+//!   the position of the snapshot it was read under (`livesync.copy_range`). If a worker or the
+//!   server dies mid-copy, the row stays `copying` and the aborted range's load is rolled back:
+//!   the next batch keeps the loaded ranges and reads the others under a new snapshot — when
+//!   the table has a `resume_key`; otherwise it truncates the target and starts over.
+//! - `loaded` — set once every range is loaded, **in the same transaction that builds the
+//!   key**, after the table was put right at one position if its ranges were read under
+//!   different snapshots (`src/copy/resume.rs`, which moves `snapshot_lsn` there). A crash can
+//!   never leave a table loaded without all its rows and its key.
+//! - `copied` — set by the stream in the transaction that replays the table's spool. Changes to
+//!   the table committed on the source after `snapshot_lsn` belong to the change stream
+//!   (`src/apply/`), those before it are in the copy.
 //! - `error` — the copy failed; `last_error`/`last_error_hint` say why and what to do (with
 //!   `last_error_sqlstate`, `last_error_detail`, `last_error_context`). Other tables are not
-//!   affected. Retried automatically after `next_attempt_at`. A change the stream cannot apply
-//!   (a data error) also sets `error`, with `next_attempt_at = 'infinity'`: only `resync_table`
-//!   brings the table back.
+//!   affected. Retried automatically after `next_attempt_at`, from scratch (the spool stops while
+//!   in `error`). A change the stream cannot apply (a data error) also sets `error`, with
+//!   `next_attempt_at = 'infinity'`: only `resync_table` brings the table back.
 //!
 //! Not states of their own, but shown by `livesync.table_progress`: `catching up`/`ready` (a
 //! `copied` table before/after the stream passed its `snapshot_lsn`) and `retrying` (a `copied`

@@ -1,32 +1,32 @@
 //! The initial copy of a connector's tables (table states documented in
-//! `src/catalog/tables.rs`).
+//! `src/catalog/tables.rs`). Every copy runs **beside the connector's stream**, which starts as
+//! soon as the connector's permanent slot exists ([`ensure_slot`], at the worker's start).
 //!
-//! The connector's worker coordinates a *batch* whenever tables are due ([`copy_due_tables`]):
-//! 1. it exports one snapshot for the whole batch (see [`snapshot`]), so tables added in quick
-//!    succession share it; the first batch exports it from the connector's permanent slot, so
-//!    the change stream starts exactly where the copies end;
+//! The connector's worker starts a *batch* whenever tables are due ([`start_batch`], from the
+//! stream's housekeeping):
+//! 1. it exports one snapshot from a temporary slot (see [`snapshot`]), so tables added in quick
+//!    succession share it;
 //! 2. for each table it reads the source definition under that snapshot, checks or creates the
 //!    target ([`target`]), decides the COPY format (binary when every column type is built in,
-//!    text otherwise) and splits large tables into ctid ranges ([`plan`]);
-//! 3. it starts up to `livesync.max_copy_workers` copy workers (`src/worker/copier.rs`; by
-//!    default half the target's CPUs), which claim ranges (biggest tables first), import the
-//!    snapshot and stream each range's `COPY … TO STDOUT` into the target through [`load`] —
-//!    each range loaded and marked done in one target transaction;
-//! 4. it keeps the exporting connection open (the snapshot lives as long as it does) until every
-//!    range is loaded, then builds each table's key and marks it copied, in one transaction per
-//!    table, with the snapshot's LSN.
+//!    text otherwise) and splits large tables into ctid ranges ([`plan`]); the stream spools the
+//!    table's changes from the snapshot's LSN on (see the hand-off in `src/apply/`);
+//! 3. up to `livesync.max_copy_workers` copy workers (`src/worker/copier.rs`; by default half
+//!    the target's CPUs) claim ranges (biggest tables first), import the range's snapshot and
+//!    stream its `COPY … TO STDOUT` into the target through [`load`] — each range loaded and
+//!    marked done, with its snapshot's position, in one target transaction;
+//! 4. the copy worker loading a table's last range finishes it ([`finish_table`]): puts it right
+//!    if its ranges were read under different snapshots ([`resume`]), builds its key and marks
+//!    it `loaded`; the stream then replays its spool and marks it copied.
 //!
-//! The connector's first batch ([`copy_due_tables`]) runs before its stream exists: it creates the
-//! permanent slot the stream starts from. Every later batch ([`start_batch`]) runs beside the
-//! stream, from a temporary slot's snapshot: the connector's worker keeps its exporting
-//! connection open ([`Batch`], looked after by [`tend_batches`]) while copy workers load the
-//! ranges, the stream spools the tables' changes from the snapshot on, the copy worker loading a
-//! table's last range builds its key and marks it `loaded`, and the stream replays the spool (see
-//! the hand-off in `src/apply/`). A range whose copy worker died is taken over by another copy
-//! worker under the same snapshot, keeping the ranges already committed. A range that fails puts
-//! its table in `error`; like a table whose snapshot is gone (the connector's worker ended, e.g. a
-//! server restart), it is retried by a later batch, which truncates what was loaded and starts the
-//! table over from a new snapshot.
+//! The exporting connections stay open while ranges are to be read under them ([`Batches`],
+//! looked after by [`tend_batches`]). A copy survives anything: after a restart of the target,
+//! of the connector's worker or of the source, a pause or a lost connection, a table that has a
+//! key to put it right by keeps its loaded ranges and reads the others under a new snapshot;
+//! and a snapshot older than `livesync.max_snapshot_age` hands the ranges not started yet to a
+//! fresh one, so no snapshot pins the source's xmin for long. A table without such a key starts
+//! over after a restart (its target truncated, from a new snapshot) and keeps one snapshot to
+//! the end of its copy. A range that fails on the target puts its table in `error`, retried
+//! later from scratch.
 
 pub mod guard;
 pub mod load;

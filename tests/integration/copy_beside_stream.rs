@@ -81,8 +81,8 @@ fn the_stream_never_stops_for_a_copy() {
 }
 
 /// The connector's worker killed while a table is copied beside the stream: the table's copy
-/// starts over from a new snapshot (its spool emptied with it), the stream resumes at its
-/// origin, and everything ends equal — no change lost or applied twice.
+/// goes on under a new snapshot (its spool kept), the stream resumes at its origin, and
+/// everything ends equal — no change lost or applied twice.
 #[test]
 fn a_copy_beside_the_stream_survives_the_workers_death() {
     let target = dedicated_target("beside_kill_tgt");
