@@ -594,6 +594,34 @@ mod tests {
     }
 
     #[test]
+    fn resume_keys_and_key_lookups() {
+        let mut t = metrics();
+        assert_eq!(t.resume_key(), Some(vec!["time".to_string()]));
+        // A replica identity index other than the primary key: old tuples carry that index only.
+        t.replica_identity = "i".into();
+        assert_eq!(t.resume_key(), None);
+        t.key_is_primary = false;
+        assert_eq!(t.resume_key(), Some(vec!["time".to_string()]));
+        t.replica_identity = "f".into();
+        assert_eq!(t.resume_key(), None, "FULL without a primary key");
+        t.kind = "p".into();
+        t.key_is_primary = true;
+        assert_eq!(t.resume_key(), None, "partitioned: one range");
+
+        let t = metrics();
+        let one = t.copy_keys_sql(&["time".into()], &[vec!["2026-01-01 00:00:00+00".into()], vec![r#"a"b\c'd"#.into()]], true);
+        assert_eq!(
+            one,
+            r#"COPY (SELECT "time", "value" FROM "public"."Weird ""Name""" WHERE "time" = ANY ('{"2026-01-01 00:00:00+00","a\"b\\c''d"}')) TO STDOUT (FORMAT binary)"#
+        );
+        let two = t.copy_keys_sql(&["time".into(), "value".into()], &[vec!["t1".into(), "1".into()], vec!["t'2".into(), "2".into()]], false);
+        assert_eq!(
+            two,
+            r#"COPY (SELECT "time", "value" FROM "public"."Weird ""Name""" WHERE ("time", "value") IN (('t1', '1'), ('t''2', '2'))) TO STDOUT"#
+        );
+    }
+
+    #[test]
     fn copy_statements() {
         let mut t = metrics();
         assert_eq!(
