@@ -95,6 +95,27 @@ pub fn rotate(connector_id: i32, old: &str, snapshot: &str, lsn: &str) -> Result
     .map_err(spi_err)
 }
 
+/// Ranges of resumable tables left under a snapshot that is gone (not one of `live`: a copy
+/// worker found it could not import it, after the table's other ranges had moved on), nobody
+/// loading them: moved to `snapshot` (at `lsn`). Returns how many moved.
+pub fn adopt_orphans(connector_id: i32, live: &[String], snapshot: &str, lsn: &str) -> Result<i64> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            &format!(
+                "UPDATE livesync.copy_range r SET snapshot = $3, snapshot_lsn = $4::pg_lsn, claimed_by = NULL
+                  FROM livesync.sync_table t
+                 WHERE t.id = r.table_id AND t.connector_id = $1 AND t.state = 'copying' AND t.resume_key IS NOT NULL
+                   AND r.snapshot <> ALL ($2) AND NOT r.done AND {UNCLAIMED}
+                   AND EXISTS (SELECT 1 FROM livesync.copy_range o WHERE o.table_id = r.table_id AND o.snapshot = ANY ($2))"
+            ),
+            None,
+            &[connector_id.into(), live.to_vec().into(), snapshot.into(), lsn.into()],
+        )?;
+        Ok(t.len() as i64)
+    })
+    .map_err(spi_err)
+}
+
 /// The positions of the snapshots the table's ranges were read under: (oldest, newest) as
 /// `pg_lsn` text.
 pub fn snapshot_span(table_id: i32) -> Result<Option<(String, String)>> {
@@ -248,6 +269,18 @@ pub fn remaining_by_snapshot(connector_id: i32) -> Result<Vec<(String, i64, i64)
             .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)
+}
+
+/// Ranges of the connector's copying tables not loaded and nobody alive loading them.
+pub fn claimable_any(connector_id: i32) -> Result<i64> {
+    Ok(first_value::<i64>(
+        &format!(
+            "SELECT count(*) FROM livesync.copy_range r JOIN livesync.sync_table t ON t.id = r.table_id
+              WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT r.done AND {UNCLAIMED}"
+        ),
+        &[connector_id.into()],
+    )?
+    .unwrap_or(0))
 }
 
 /// Ranges of the connector's copying tables that a copy worker could claim now: not loaded,

@@ -127,6 +127,8 @@ enum Prepared {
     Exit,
     /// Nothing to copy now (no due table, or every one failed and is recorded in `error`).
     Nothing,
+    /// The source could not be reached or export a snapshot: try again after a back-off.
+    Failed,
     /// Ranges planned under this exported snapshot, which must stay open until they are loaded.
     Batch { snap: snapshot::ExportedSnapshot, ranges: usize },
 }
@@ -191,8 +193,9 @@ fn prepare_batch(
         None => return Prepared::Exit,
         Some(Ok(client)) => client,
         Some(Err(e)) => {
-            record_errors(&due, &format!("could not reach the source: {e}"), None);
-            return Prepared::Nothing;
+            // The stream notices too and reconnects; copies under way keep what they loaded.
+            pgrx::log!("livesync connector \"{}\": could not reach the source to start a copy: {e}", c.name);
+            return Prepared::Failed;
         }
     };
     // Crash-sensitive: a table must be in the publication before the snapshot it is copied from
@@ -221,12 +224,16 @@ fn prepare_batch(
     let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &temporary_slot_name(c, "copy"), true) {
         Ok(s) => s,
         Err(e) => {
+            // A copy under way keeps what it loaded (it is tried again after a back-off, see
+            // `Batches`); the others go to `error`, retried from scratch.
+            let fresh: Vec<SyncTable> = due.into_iter().filter(|t| !resumed.contains(&t.id)).collect();
             record_errors(
-                &due,
+                &fresh,
                 &format!("could not export a snapshot from the source: {e}"),
                 Some("Check that the source has a free replication slot and WAL sender (livesync.check_source)."),
             );
-            return Prepared::Nothing;
+            pgrx::log!("livesync connector \"{}\": could not export a copy snapshot: {e}", c.name);
+            return Prepared::Failed;
         }
     };
 
@@ -337,10 +344,11 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Sour
         _ => return,
     }
     let r = in_transaction(|| -> crate::error::Result<()> {
-        // One finisher per table: two copy workers loading its last ranges at once both get
-        // here; the second waits for the first's commit and finds it no longer copying.
+        // One finisher per table: two copy workers may get here at once (both loading its last
+        // ranges, or one finding it unfinished); the second skips it rather than wait for the
+        // key build (and time out on the lock).
         let state = crate::catalog::first_value_rw::<String>(
-            "SELECT state FROM livesync.sync_table WHERE id = $1 FOR UPDATE",
+            "SELECT state FROM livesync.sync_table WHERE id = $1 FOR UPDATE SKIP LOCKED",
             &[id.into()],
         )?;
         if state.as_deref() != Some("copying") {
@@ -411,7 +419,15 @@ struct Snap {
 pub struct Batches {
     snaps: Vec<Snap>,
     workers: Vec<DynamicBackgroundWorker>,
+    /// Copy workers restarted with no range loaded since (a copy worker also hands its ranges
+    /// over to one it starts itself, while it builds a key: then the ones started here are
+    /// gone without anything having failed).
     restarts: u32,
+    /// Ranges loaded at the last look (any change is progress).
+    last_done: i64,
+    /// No batch starts before this (the last one could not reach the source), and the back-off.
+    retry_at: Option<Instant>,
+    failures: u32,
 }
 
 impl Batches {
@@ -441,6 +457,9 @@ impl Batches {
 /// temporary slot, and the stream spools the tables' changes from the snapshot's LSN on (see the
 /// hand-off in `src/apply/`). Returns false if the worker must exit.
 pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime, batches: &mut Batches) -> bool {
+    if batches.retry_at.is_some_and(|at| Instant::now() < at) {
+        return true;
+    }
     let live = batches.live();
     let due = match in_transaction(|| tables::due_for_copy_excluding(c.id, &live)) {
         Ok(Ok(d)) => d,
@@ -451,8 +470,19 @@ pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &to
     }
     match prepare_batch(c, conninfo, info, rt, due, &live) {
         Prepared::Exit => false,
-        Prepared::Nothing => true,
+        Prepared::Nothing => {
+            batches.failures = 0;
+            batches.retry_at = None;
+            true
+        }
+        Prepared::Failed => {
+            batches.failures = (batches.failures + 1).min(6);
+            batches.retry_at = Some(Instant::now() + Duration::from_secs(1 << batches.failures));
+            true
+        }
         Prepared::Batch { snap, ranges } => {
+            batches.failures = 0;
+            batches.retry_at = None;
             batches.snaps.push(Snap { snap, born: Instant::now() });
             batches.start_workers(c, ranges);
             true
@@ -470,6 +500,11 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
         Ok(Ok(r)) => r,
         _ => return,
     };
+    let done: i64 = remaining.iter().map(|(_, n, l)| n - l).sum();
+    if done != batches.last_done {
+        batches.last_done = done;
+        batches.restarts = 0;
+    }
     let left_under = |name: &str| remaining.iter().find(|(s, _, _)| s == name).map_or(0, |(_, _, l)| *l);
     batches.snaps.retain(|s| left_under(&s.snap.name) > 0);
 
@@ -501,9 +536,18 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
         }
     }
 
+    // A range whose snapshot went while its table's other ranges moved on (given back by a copy
+    // worker that could not import it): under the newest snapshot with them.
+    let live = batches.live();
+    if let Some(newest) = batches.snaps.last() {
+        if let Ok(Ok(n)) = in_transaction(|| ranges::adopt_orphans(c.id, &live, &newest.snap.name, &newest.snap.lsn)) {
+            if n > 0 {
+                pgrx::log!("livesync connector \"{}\": {n} range(s) of a snapshot that is gone move to {}", c.name, newest.snap.lsn);
+            }
+        }
+    }
     // Work a copy worker could take now: ranges under a live snapshot nobody alive is loading,
     // or tables loaded but not finished.
-    let live = batches.live();
     let claimable = in_transaction(|| ranges::claimable(c.id, &live)).ok().and_then(|r| r.ok()).unwrap_or(0);
     let unfinished = in_transaction(|| ranges::finished_tables(c.id, true)).ok().and_then(|r| r.ok()).map_or(0, |v| v.len());
     let left = claimable as usize;

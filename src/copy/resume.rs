@@ -200,10 +200,10 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
     let columns: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
     let started = Instant::now();
     let done = in_transaction(|| -> Result<i64, String> {
-        // One fixer per table: a second one waits here for the first's commit and finds the
-        // table settled (or no longer copying).
+        // One fixer per table: a second one skips it (the first one is putting it right, or
+        // building its key).
         let state = crate::catalog::first_value_rw::<String>(
-            "SELECT state FROM livesync.sync_table WHERE id = $1 FOR UPDATE",
+            "SELECT state FROM livesync.sync_table WHERE id = $1 FOR UPDATE SKIP LOCKED",
             &[t.id.into()],
         )
         .map_err(|e| e.message)?;

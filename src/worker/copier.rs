@@ -70,13 +70,16 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
     let app = format!("livesync copy {name}");
     let source = crate::copy::resume::Source { conninfo: &conninfo, info: &info, rt: &rt, app: &app, slot: &slot };
     let mut backoff = super::Backoff::new(std::time::Duration::from_secs(10));
+    // Another copy worker took over the ranges left while this one built a key: exit after it.
+    let mut handed_over = false;
 
     while !crate::runtime::shutdown_requested() {
         let claimed = match super::in_transaction(|| ranges::claim_next(connector_id, &dead)) {
             Ok(Ok(Some(c))) => c,
             _ => {
                 // Nothing left to load: finish tables whose last range is in but whose finisher
-                // died first (or could not put them right yet).
+                // died first (or could not put them right yet) — without holding a snapshot.
+                drop(session.take());
                 if let Ok(Ok(unfinished)) = super::in_transaction(|| ranges::finished_tables(connector_id, true)) {
                     for (id, rows, bytes) in unfinished {
                         crate::copy::finish_table(id, rows, bytes, Some(&source));
@@ -193,9 +196,20 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             Ok(Ok(())) => {
                 backoff.reset();
                 // The worker loading a table's last range builds its key (the stream must not
-                // wait for that) and marks it loaded.
+                // wait for that) and marks it loaded — while a new copy worker takes over the
+                // ranges still to load, so that loading goes on during the key build (as many
+                // processes busy as before: this one, building, and its successor, loading).
                 if let Ok(Ok(Some((rows, bytes)))) = super::in_transaction(|| ranges::table_finished(t.id)) {
+                    // The source transaction (and the snapshot it holds) is not needed for that.
+                    session = None;
+                    let more = super::in_transaction(|| ranges::claimable_any(connector_id)).ok().and_then(|r| r.ok()).unwrap_or(0);
+                    if more > 0 && start(connector_id).is_some() {
+                        handed_over = true;
+                    }
                     crate::copy::finish_table(t.id, rows, bytes, Some(&source));
+                    if handed_over {
+                        break;
+                    }
                 }
                 // The coordinator builds the key and marks the table copied once its last range
                 // is in (or the stream replays a loaded table's spool): tell it now rather than
