@@ -146,7 +146,7 @@ if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   wait
   t1=$(now)
   RAW_PAR=$(python3 -c "print($t1-$t0)")
-  row "raw binary pipes in parallel (one per table), each table's primary key built after its data" "$RAW_PAR"
+  row "raw binary pipes in parallel (one per table), each primary key built after its data" "$RAW_PAR"
 
   # The two headline methods run BENCH_RUNS times each (default 3), alternating, and are compared
   # by their medians: a single native run here varies by ~20% (25-30 s).
