@@ -149,6 +149,30 @@ CREATE TABLE livesync.spooled_change (
     PRIMARY KEY (table_id, seq)
 );
 
+-- Sequences kept in step with the source (src/catalog/sequences.rs): those owned by a synced
+-- table's columns (serial, identity; table_id set, dropped with the table) and those added with
+-- add_sequence. The values last seen on each side, and when.
+CREATE TABLE livesync.sync_sequence (
+    id              int4 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    connector_id    int4 NOT NULL REFERENCES livesync.connector (id) ON DELETE CASCADE,
+    table_id        int4 REFERENCES livesync.sync_table (id) ON DELETE CASCADE,
+    source_schema   text NOT NULL,
+    source_name     text NOT NULL,
+    target_schema   text NOT NULL,
+    target_name     text NOT NULL,
+    -- The next value nextval() would return, on the source and on the target, at the last sync.
+    source_next     int8,
+    target_next     int8,
+    synced_at       timestamptz,
+    last_error      text,
+    last_error_at   timestamptz,
+    added_at        timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (connector_id, source_schema, source_name),
+    UNIQUE (target_schema, target_name)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('livesync.sync_sequence', '');
+
 -- Tables remove_table took out of sync, still to be dropped from the connector's publication by
 -- its worker (after this commit; a rolled-back remove_table leaves the source as it was).
 CREATE TABLE livesync.unpublish (

@@ -68,6 +68,22 @@ EXCEPTION
 END
 $$;
 
+-- Sequences kept in step (see livesync.add_sequence and livesync.sync_sequences).
+CREATE VIEW livesync.sequences AS
+SELECT c.name AS connector,
+       pg_catalog.format('%I.%I', q.source_schema, q.source_name) AS source_sequence,
+       pg_catalog.format('%I.%I', q.target_schema, q.target_name) AS target_sequence,
+       CASE WHEN t.id IS NOT NULL THEN pg_catalog.format('%I.%I', t.source_schema, t.source_name) END AS owned_by_table,
+       q.source_next,
+       q.target_next,
+       q.synced_at,
+       q.last_error,
+       q.last_error_at
+  FROM livesync.sync_sequence q
+  JOIN livesync.connector c ON c.id = q.connector_id
+  LEFT JOIN livesync.sync_table t ON t.id = q.table_id
+ ORDER BY 1, 2;
+
 -- Rows of the load in progress, for the executor route that loads TimescaleDB hypertables
 -- (src/copy/load.rs): INSERT INTO target SELECT * FROM livesync._copy_rows(NULL::target).
 -- Internal to livesync's workers; an error anywhere else.
@@ -157,4 +173,5 @@ SELECT c.name AS connector,
  ORDER BY 1, 2;
 
 GRANT SELECT ON livesync.table_progress TO PUBLIC;
-GRANT SELECT ON livesync.sync_table, livesync.copy_range, livesync.unpublish, livesync.spooled_change TO livesync_admin;
+GRANT SELECT ON livesync.sequences TO PUBLIC;
+GRANT SELECT ON livesync.sync_table, livesync.copy_range, livesync.unpublish, livesync.spooled_change, livesync.sync_sequence TO livesync_admin;

@@ -27,6 +27,10 @@ pub static COPY_RANGE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
 /// end (`src/copy/resume.rs`). A range already being read keeps its snapshot to its end.
 pub static MAX_SNAPSHOT_AGE: GucSetting<i32> = GucSetting::<i32>::new(300);
 
+/// How often (seconds) a streaming connector brings its target sequences up to the source's
+/// values; 0: only when a table finishes its copy and on `livesync.sync_sequences()`.
+pub static SEQUENCE_SYNC_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 /// Stream large transactions of PostgreSQL 14+ sources while they run (protocol 2). Off by
 /// default, like native subscriptions: measured here, it costs 10–20% on streams of small
 /// transactions and on huge ones (spooled, then replayed), and pays off where the source's disk
@@ -65,6 +69,16 @@ pub fn register() {
         64,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.sequence_sync_interval",
+        c"How often a streaming connector brings its target sequences up to the source's values.",
+        c"Sequences owned by synced tables' columns and those added with livesync.add_sequence() are set to the source's value when a table finishes its copy, then every this many seconds while the connector streams (never moving backwards on the target); 0 turns the periodic refresh off. livesync.sync_sequences() does it on demand.",
+        &SEQUENCE_SYNC_INTERVAL,
+        0,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"livesync.max_snapshot_age",

@@ -18,6 +18,7 @@ pub mod copy;
 pub mod error;
 pub mod guc;
 pub mod runtime;
+pub mod sequences;
 pub mod source;
 pub mod timescale;
 pub mod walrcv;

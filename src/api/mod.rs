@@ -5,4 +5,5 @@
 //! granted to `livesync_admin` (superusers can always call them).
 
 pub mod connectors;
+pub mod sequences;
 pub mod tables;

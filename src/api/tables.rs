@@ -19,7 +19,7 @@ use crate::timescale::HypertableSpec;
 use crate::source::{connect, publication};
 
 /// The connector named `name`, or the only one when `name` is NULL.
-fn resolve_connector(name: Option<&str>) -> Result<catalog::Connector> {
+pub(crate) fn resolve_connector(name: Option<&str>) -> Result<catalog::Connector> {
     if let Some(n) = name {
         return catalog::lock_connector_by_name(n);
     }
@@ -50,7 +50,7 @@ fn lock_table_set(c: &catalog::Connector) {
 }
 
 /// Split a (possibly quoted) qualified name with the target's own parser.
-fn parse_qualified(spelled: &str, default_schema: &str) -> Result<(String, String)> {
+pub(crate) fn parse_qualified(spelled: &str, default_schema: &str) -> Result<(String, String)> {
     let parts = Spi::get_one_with_args::<Vec<String>>("SELECT pg_catalog.parse_ident($1)", &[spelled.into()])
         .map_err(|_| LivesyncError::invalid_parameter(format!("invalid table name \"{spelled}\""))
             .hint("Write schema.table; quote names with special characters: 'public.\"Weird Name\"'."))?
@@ -74,7 +74,7 @@ fn wake_worker_after_commit(c: &catalog::Connector) {
 }
 
 /// Run `f` against the connector's source.
-fn with_source<R>(
+pub(crate) fn with_source<R>(
     c: &catalog::Connector,
     f: impl AsyncFnOnce(&tokio_postgres::Client, &SourceConninfo) -> Result<R>,
 ) -> Result<R> {
@@ -312,7 +312,55 @@ fn add_table(
         .map_err(catalog::spi_err)
         .or_raise()
         .unwrap_or(true);
+    // Sequences owned by its columns (serial, identity): created on the target (in the target
+    // table's schema, under their source names) before the table, so that a `nextval` default
+    // builds there; kept in step once the table is copied (src/sequences.rs).
+    let source_q = def.qualified();
+    let owned = with_source(&c, async |client, info| {
+        crate::sequences::owned_by(client, &source_q).await.map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))
+    })
+    .or_raise();
+    let mut owned_targets = Vec::new();
+    for s in &owned {
+        if let Some(other) = catalog::sequences::find_by_target(&tschema, &s.name).or_raise() {
+            pgrx::notice!(
+                "sequence {} is not kept in step: target sequence {} already follows {}",
+                qualified(&s.schema, &s.name),
+                qualified(&tschema, &s.name),
+                qualified(&other.source_schema, &other.source_name)
+            );
+            continue;
+        }
+        if crate::sequences::create_on_target(s, &tschema, &s.name).or_raise() {
+            pgrx::notice!("created sequence {} on the target", qualified(&tschema, &s.name));
+        }
+        owned_targets.push(s.clone());
+    }
     let mut build_key = target::prepare(&def, &tschema, &tname, spec.as_ref()).or_raise();
+    if created {
+        // A column the sequence belongs to draws from it on the target too (an identity column
+        // becomes a plain column with that default; a serial default the target could not
+        // resolve is set again, schema-qualified).
+        for s in &owned_targets {
+            let Some((col, _)) = &s.owner_column else { continue };
+            let has_default = catalog::first_value_rw::<bool>(
+                "SELECT atthasdef FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2",
+                &[target_q.as_str().into(), col.as_str().into()],
+            )
+            .or_raise()
+            .unwrap_or(true);
+            if !has_default {
+                let seq_q = qualified(&tschema, &s.name);
+                Spi::run(&format!(
+                    "ALTER TABLE {target_q} ALTER COLUMN {} SET DEFAULT pg_catalog.nextval({}::regclass)",
+                    spi::quote_identifier(col),
+                    spi::quote_literal(&seq_q)
+                ))
+                .map_err(catalog::spi_err)
+                .or_raise();
+            }
+        }
+    }
     let mut build_indexes = None;
     match indexes {
         _ if !created && indexes != "key" => pgrx::notice!(
@@ -431,7 +479,7 @@ fn add_table(
         .report(PgLogLevel::WARNING);
     }
 
-    tables::insert(&tables::NewSyncTable {
+    let table_id = tables::insert(&tables::NewSyncTable {
         connector_id: c.id,
         source_schema: &def.schema,
         source_name: &def.name,
@@ -448,6 +496,9 @@ fn add_table(
         append_only,
     })
     .or_raise();
+    for s in &owned_targets {
+        catalog::sequences::insert(c.id, Some(table_id), (&s.schema, &s.name), (&tschema, &s.name)).or_raise();
+    }
     wake_worker_after_commit(&c);
 }
 

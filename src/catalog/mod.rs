@@ -18,6 +18,7 @@ use pgrx::spi::SpiResult;
 use crate::error::{LivesyncError, Result};
 
 pub mod ranges;
+pub mod sequences;
 pub mod tables;
 
 /// A connector as the workers and the API need it.

@@ -263,6 +263,8 @@ pub fn run(
     };
     let mut last_feedback = Instant::now();
     let mut last_housekeeping = Instant::now();
+    // The first refresh of the sequences comes with the first housekeeping.
+    let mut last_sequences: Option<Instant> = None;
     let mut last_source_check = Instant::now();
     let mut waiter: Option<Waiter> = None;
     // The last wait for the socket ended without data: commit now.
@@ -430,6 +432,7 @@ pub fn run(
                     // Tables whose copy is loaded: replay what was spooled for them, in a target
                     // transaction of its own, which marks them copied.
                     let loaded = super::in_transaction(|| tables::loaded_spooled(c.id)).ok().and_then(|r| r.ok()).unwrap_or_default();
+                    let copied_now = !loaded.is_empty();
                     for id in loaded {
                         match guarded(&mut applier, |a| a.replay_spool(id)) {
                             Ok(Ok(n)) => pgrx::log!("livesync: replayed {n} spooled changes of table {id}"),
@@ -439,6 +442,13 @@ pub fn run(
                         if let Err(o) = commit(&mut applier, &mut p) {
                             return o;
                         }
+                    }
+                    // Sequences: set when a table finishes its copy, then refreshed now and then
+                    // (src/sequences.rs); outside the apply transaction (none is open here).
+                    let every = crate::guc::SEQUENCE_SYNC_INTERVAL.get();
+                    if copied_now || (every > 0 && last_sequences.is_none_or(|t| t.elapsed() >= Duration::from_secs(every as u64))) {
+                        last_sequences = Some(Instant::now());
+                        crate::sequences::sync_connector(c.id, client, rt);
                     }
                 }
                 if waiter.as_ref().is_none_or(|w| w.fd != fd) {

@@ -25,6 +25,7 @@ mod privileges;
 mod restarts;
 mod robustness;
 mod secrets;
+mod sequences;
 mod smoke;
 mod source_settings;
 mod source_versions;
