@@ -141,6 +141,15 @@ SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)
  ORDER BY i.indisprimary DESC
  LIMIT 1";
 
+/// The replica identity index's columns of table `$1`.
+pub const IDENTITY_KEY_QUERY: &str = "\
+SELECT array_agg(a.attname::text ORDER BY k.ord)
+  FROM pg_catalog.pg_index i
+  CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+ WHERE i.indrelid = $1::int8::oid AND i.indisreplident
+ GROUP BY i.indexrelid";
+
 /// The other indexes of table `$1` (its qualified name; neither the primary key nor the replica
 /// identity index, valid ones only), as catalog fields: name, unique, access method, NULLS NOT
 /// DISTINCT, number of key columns, predicate text, and per column its name (empty for an
@@ -320,6 +329,8 @@ pub struct TableDef {
     /// Primary key columns, or the replica identity index's; empty if neither.
     pub key: Vec<String>,
     pub key_is_primary: bool,
+    /// The replica identity index's columns when it is not the primary key (`USING INDEX`).
+    pub identity_key: Vec<String>,
     /// `pg_class.relreplident`: d(efault), n(othing), f(ull), i(ndex).
     pub replica_identity: String,
     pub est_rows: f64,
@@ -371,12 +382,13 @@ impl TableDef {
         if self.key.is_empty() || self.has_children() {
             return None;
         }
-        let whole = match self.replica_identity.as_str() {
-            "d" | "f" => self.key_is_primary,
-            "i" => !self.key_is_primary,
-            _ => false,
-        };
-        whole.then(|| self.key.clone())
+        match self.replica_identity.as_str() {
+            "d" | "f" if self.key_is_primary => Some(self.key.clone()),
+            "i" if !self.key_is_primary => Some(self.key.clone()),
+            // A primary key and another replica identity index: old tuples carry the latter.
+            "i" if !self.identity_key.is_empty() => Some(self.identity_key.clone()),
+            _ => None,
+        }
     }
 
     /// `COPY (SELECT … WHERE key IN …) TO STDOUT`: the current rows of the given keys (each a
@@ -472,6 +484,7 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
         generated: Vec::new(),
         key: Vec::new(),
         key_is_primary: false,
+        identity_key: Vec::new(),
         source_hypertable: None,
     };
     let has_timescale: bool = client
@@ -517,6 +530,11 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
     if let Some(k) = client.query_opt(KEY_QUERY, &[&oid]).await? {
         t.key_is_primary = k.get(0);
         t.key = k.get(1);
+    }
+    if t.replica_identity == "i" && t.key_is_primary {
+        if let Some(k) = client.query_opt(IDENTITY_KEY_QUERY, &[&oid]).await? {
+            t.identity_key = k.get(0);
+        }
     }
     Ok(Some(t))
 }
@@ -564,6 +582,7 @@ mod tests {
             generated: Vec::new(),
             key: vec!["time".into()],
             key_is_primary: true,
+            identity_key: Vec::new(),
             replica_identity: "d".into(),
             est_rows: 10.0,
             size_bytes: 8192,
@@ -599,7 +618,10 @@ mod tests {
         assert_eq!(t.resume_key(), Some(vec!["time".to_string()]));
         // A replica identity index other than the primary key: old tuples carry that index only.
         t.replica_identity = "i".into();
-        assert_eq!(t.resume_key(), None);
+        assert_eq!(t.resume_key(), None, "identity index columns unknown");
+        t.identity_key = vec!["value".into()];
+        assert_eq!(t.resume_key(), Some(vec!["value".to_string()]), "by the identity index");
+        t.identity_key.clear();
         t.key_is_primary = false;
         assert_eq!(t.resume_key(), Some(vec!["time".to_string()]));
         t.replica_identity = "f".into();

@@ -241,6 +241,7 @@ mod tests {
             generated: Vec::new(),
             key: key.iter().map(|s| s.to_string()).collect(),
             key_is_primary: true,
+            identity_key: Vec::new(),
             replica_identity: "d".into(),
             est_rows: 0.0,
             size_bytes: 0,

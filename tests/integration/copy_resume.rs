@@ -259,6 +259,11 @@ fn a_table_without_key_starts_over_and_says_so() {
     let notices = out.notices.iter().map(|w| w.message.clone()).collect::<Vec<_>>().join("\n");
     assert_contains(&notices, "a restart during its copy starts it over", "add_table's notices");
     out.ok("add nk");
+    // A primary key and another replica identity index: resumable by the latter, no notice.
+    db.src("CREATE TABLE pi (id int PRIMARY KEY, u int NOT NULL UNIQUE); ALTER TABLE pi REPLICA IDENTITY USING INDEX pi_u_key");
+    let out = db.add_table("pi", None, None);
+    assert!(!out.notices.iter().any(|n| n.message.contains("starts it over")), "{:?}", out.notices);
+    out.ok("add pi");
     wait_until("some of nk's ranges loaded", WAIT, || {
         let r = db.try_progress("public.nk")?;
         let done = r.get("ranges_done").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
