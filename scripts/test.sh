@@ -12,6 +12,7 @@ fi
 
 bash scripts/setup.sh
 bash scripts/source-versions.sh
+bash scripts/monitoring-tools.sh
 
 echo "==> unit tests"
 cargo test --lib

@@ -21,6 +21,7 @@ mod extension;
 mod hostile;
 mod hostile_source;
 mod lifecycle;
+mod monitoring;
 mod privileges;
 mod restarts;
 mod robustness;
