@@ -58,62 +58,56 @@ pub fn partly_done(table_id: i32) -> Result<bool> {
 const UNCLAIMED: &str = "(r.claimed_by IS NULL OR NOT EXISTS (
       SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = r.claimed_by AND a.backend_type = 'livesync copy'))";
 
-/// Move the table's ranges still to load (and not being loaded) to `snapshot` (at `lsn`): its
-/// copy goes on under a newer snapshot, keeping what is loaded. Returns how many moved.
-pub fn resume(table_id: i32, snapshot: &str, lsn: &str) -> Result<i64> {
+/// Move the ranges still to load, nobody alive loading them, that `filter` selects — a condition
+/// on `r` (copy_range) and `t` (their sync_table), with its own parameters from `$3` on — to
+/// `snapshot` (at `lsn`). Returns how many moved.
+fn move_ranges(snapshot: &str, lsn: &str, filter: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Result<i64> {
+    let mut all: Vec<pgrx::datum::DatumWithOid> = vec![snapshot.into(), lsn.into()];
+    all.extend(args);
     Spi::connect_mut(|c| {
         let t = c.update(
             &format!(
-                "UPDATE livesync.copy_range r SET snapshot = $2, snapshot_lsn = $3::pg_lsn, claimed_by = NULL
-                  WHERE r.table_id = $1 AND NOT r.done AND {UNCLAIMED}"
+                "UPDATE livesync.copy_range r SET snapshot = $1, snapshot_lsn = $2::pg_lsn, claimed_by = NULL
+                  FROM livesync.sync_table t
+                 WHERE t.id = r.table_id AND NOT r.done AND {UNCLAIMED} AND ({filter})"
             ),
             None,
-            &[table_id.into(), snapshot.into(), lsn.into()],
+            &all,
         )?;
         Ok(t.len() as i64)
     })
     .map_err(spi_err)
+}
+
+/// Move the table's ranges still to load (and not being loaded) to `snapshot` (at `lsn`): its
+/// copy goes on under a newer snapshot, keeping what is loaded. Returns how many moved.
+pub fn resume(table_id: i32, snapshot: &str, lsn: &str) -> Result<i64> {
+    move_ranges(snapshot, lsn, "r.table_id = $3", vec![table_id.into()])
 }
 
 /// A snapshot grew old (`livesync.max_snapshot_age`): move the ranges still to load under it,
 /// of tables that can resume under a newer one (`resume_key`), to `snapshot` (at `lsn`).
 /// Returns how many moved; ranges being loaded keep their snapshot to their end.
 pub fn rotate(connector_id: i32, old: &str, snapshot: &str, lsn: &str) -> Result<i64> {
-    Spi::connect_mut(|c| {
-        let t = c.update(
-            &format!(
-                "UPDATE livesync.copy_range r SET snapshot = $3, snapshot_lsn = $4::pg_lsn, claimed_by = NULL
-                  FROM livesync.sync_table t
-                 WHERE t.id = r.table_id AND t.connector_id = $1 AND t.state = 'copying' AND t.resume_key IS NOT NULL
-                   AND r.snapshot = $2 AND NOT r.done AND {UNCLAIMED}"
-            ),
-            None,
-            &[connector_id.into(), old.into(), snapshot.into(), lsn.into()],
-        )?;
-        Ok(t.len() as i64)
-    })
-    .map_err(spi_err)
+    move_ranges(
+        snapshot,
+        lsn,
+        "t.connector_id = $3 AND t.state = 'copying' AND t.resume_key IS NOT NULL AND r.snapshot = $4",
+        vec![connector_id.into(), old.into()],
+    )
 }
 
 /// Ranges of resumable tables left under a snapshot that is gone (not one of `live`: a copy
 /// worker found it could not import it, after the table's other ranges had moved on), nobody
 /// loading them: moved to `snapshot` (at `lsn`). Returns how many moved.
 pub fn adopt_orphans(connector_id: i32, live: &[String], snapshot: &str, lsn: &str) -> Result<i64> {
-    Spi::connect_mut(|c| {
-        let t = c.update(
-            &format!(
-                "UPDATE livesync.copy_range r SET snapshot = $3, snapshot_lsn = $4::pg_lsn, claimed_by = NULL
-                  FROM livesync.sync_table t
-                 WHERE t.id = r.table_id AND t.connector_id = $1 AND t.state = 'copying' AND t.resume_key IS NOT NULL
-                   AND r.snapshot <> ALL ($2) AND NOT r.done AND {UNCLAIMED}
-                   AND EXISTS (SELECT 1 FROM livesync.copy_range o WHERE o.table_id = r.table_id AND o.snapshot = ANY ($2))"
-            ),
-            None,
-            &[connector_id.into(), live.to_vec().into(), snapshot.into(), lsn.into()],
-        )?;
-        Ok(t.len() as i64)
-    })
-    .map_err(spi_err)
+    move_ranges(
+        snapshot,
+        lsn,
+        "t.connector_id = $3 AND t.state = 'copying' AND t.resume_key IS NOT NULL AND r.snapshot <> ALL ($4)
+         AND EXISTS (SELECT 1 FROM livesync.copy_range o WHERE o.table_id = r.table_id AND o.snapshot = ANY ($4))",
+        vec![connector_id.into(), live.to_vec().into()],
+    )
 }
 
 /// The positions of the snapshots the table's ranges were read under: (oldest, newest) as
@@ -271,27 +265,16 @@ pub fn remaining_by_snapshot(connector_id: i32) -> Result<Vec<(String, i64, i64)
     .map_err(spi_err)
 }
 
-/// Ranges of the connector's copying tables not loaded and nobody alive loading them.
-pub fn claimable_any(connector_id: i32) -> Result<i64> {
-    Ok(first_value::<i64>(
-        &format!(
-            "SELECT count(*) FROM livesync.copy_range r JOIN livesync.sync_table t ON t.id = r.table_id
-              WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT r.done AND {UNCLAIMED}"
-        ),
-        &[connector_id.into()],
-    )?
-    .unwrap_or(0))
-}
-
 /// Ranges of the connector's copying tables that a copy worker could claim now: not loaded,
-/// under one of the `live` snapshots, and nobody alive loading them.
-pub fn claimable(connector_id: i32, live: &[String]) -> Result<i64> {
+/// nobody alive loading them, and — when `live` is given — under one of those snapshots.
+pub fn claimable(connector_id: i32, live: Option<&[String]>) -> Result<i64> {
     Ok(first_value::<i64>(
         &format!(
             "SELECT count(*) FROM livesync.copy_range r JOIN livesync.sync_table t ON t.id = r.table_id
-              WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT r.done AND r.snapshot = ANY ($2) AND {UNCLAIMED}"
+              WHERE t.connector_id = $1 AND t.state = 'copying' AND NOT r.done
+                AND ($2::text[] IS NULL OR r.snapshot = ANY ($2)) AND {UNCLAIMED}"
         ),
-        &[connector_id.into(), live.to_vec().into()],
+        &[connector_id.into(), live.map(|l| l.to_vec()).into()],
     )?
     .unwrap_or(0))
 }

@@ -130,6 +130,19 @@ pub enum Route {
 
 /// The route for table `relid`: the executor for TimescaleDB hypertables, `CopyFrom` otherwise.
 /// Needs a transaction.
+/// Prepare this transaction for loading rows copied from the source into `target_q` (the copy's
+/// ranges, and the rows a resumed copy reads again): the replica role (no user triggers or
+/// foreign keys fire) and UTF8 as the client encoding — the source sends text as UTF8 (livesync's
+/// SQL connections ask it to), and COPY FROM converts it to the database's encoding, text fields
+/// through the COPY's encoding and binary ones through the client encoding, refusing a character
+/// it lacks. Returns the target's OID.
+pub fn begin(target_q: &str) -> Result<pg_sys::Oid, String> {
+    Spi::run("SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = 'UTF8'").map_err(|e| e.to_string())?;
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.into()])
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("target table {target_q} does not exist"))
+}
+
 pub fn route_for(relid: pg_sys::Oid) -> Route {
     if crate::timescale::time_column(relid).is_some() {
         Route::Executor

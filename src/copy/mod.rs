@@ -44,7 +44,7 @@ use crate::catalog::tables::{self, SyncTable};
 use crate::catalog::{ranges, Connector};
 use crate::runtime::block_on_until_shutdown;
 use crate::source::conninfo::SourceConninfo;
-use crate::source::{connect, publication, quote_ident, quote_literal};
+use crate::source::{connect, publication, quote_ident};
 use crate::worker::in_transaction;
 
 /// A copy worker that fails is relaunched at most this many times per batch.
@@ -260,14 +260,7 @@ fn prepare_batch(
     // Read every table's definition under the snapshot: the shape the copy will have.
     let app = format!("livesync copy {}", c.name);
     let described = block_on_until_shutdown(rt, async {
-        let client = connect::connect(info, &app).await.map_err(|e| e.to_string())?;
-        client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                quote_literal(&snap.name)
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = snapshot::import(info, &app, &snap.name).await?;
         let version: i32 = client
             .query_one("SELECT current_setting('server_version_num')::int4", &[])
             .await
@@ -507,6 +500,11 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
     }
     let left_under = |name: &str| remaining.iter().find(|(s, _, _)| s == name).map_or(0, |(_, _, l)| *l);
     batches.snaps.retain(|s| left_under(&s.snap.name) > 0);
+    if remaining.is_empty() {
+        // No table is copying (the stream's usual case): nothing to rotate, adopt or finish.
+        batches.restarts = 0;
+        return;
+    }
 
     let max_age = Duration::from_secs(crate::guc::MAX_SNAPSHOT_AGE.get().max(1) as u64);
     let old: Vec<String> = batches.snaps.iter().filter(|s| s.born.elapsed() >= max_age).map(|s| s.snap.name.clone()).collect();
@@ -548,7 +546,7 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
     }
     // Work a copy worker could take now: ranges under a live snapshot nobody alive is loading,
     // or tables loaded but not finished.
-    let claimable = in_transaction(|| ranges::claimable(c.id, &live)).ok().and_then(|r| r.ok()).unwrap_or(0);
+    let claimable = in_transaction(|| ranges::claimable(c.id, Some(&live))).ok().and_then(|r| r.ok()).unwrap_or(0);
     let unfinished = in_transaction(|| ranges::finished_tables(c.id, true)).ok().and_then(|r| r.ok()).map_or(0, |v| v.len());
     let left = claimable as usize;
     batches.workers.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));

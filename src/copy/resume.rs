@@ -38,7 +38,7 @@ use crate::copy::{load, snapshot, target};
 use crate::runtime::block_on_until_shutdown;
 use crate::source::conninfo::SourceConninfo;
 use crate::source::pgoutput::{ColumnValue, Decoder, LogicalMessage, TupleData};
-use crate::source::{connect, quote_ident, quote_literal};
+use crate::source::{connect, quote_ident};
 use crate::worker::in_transaction;
 
 /// Keys read again per `COPY` from the source.
@@ -174,14 +174,7 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
     // Read the changed keys' rows under the fresh snapshot, and swap them in on the target.
     let source_q = format!("{}.{}", quote_ident(&t.source_schema), quote_ident(&t.source_name));
     let opened = block_on_until_shutdown(src.rt, async {
-        let client = connect::connect(src.info, src.app).await.map_err(|e| e.to_string())?;
-        client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                quote_literal(&snap.name)
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = snapshot::import(src.info, src.app, &snap.name).await?;
         let def = crate::source::table::describe(&client, &source_q).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((client, def))
     });
@@ -211,10 +204,7 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
         if state.as_deref() != Some("copying") || span.is_none_or(|(a, b)| a == b) {
             return Ok(-1);
         }
-        Spi::run("SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = 'UTF8'").map_err(|e| e.to_string())?;
-        let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("target table {target_q} does not exist"))?;
+        let relid = load::begin(&target_q)?;
         let (mut read, mut deleted) = (0i64, 0i64);
         for chunk in keys.chunks(KEYS_PER_QUERY) {
             deleted += delete_keys(relid, &target_q, &key, chunk)?;

@@ -7,6 +7,8 @@
 //! commit order and is not a substitute.) The snapshot stays importable only while the exporting
 //! connection stays open and idle, so [`ExportedSnapshot`] keeps it open until dropped.
 
+use crate::source::conninfo::SourceConninfo;
+use crate::source::{connect, quote_literal};
 use crate::walrcv::{format_lsn, ReplicationConn};
 
 pub struct ExportedSnapshot {
@@ -25,4 +27,16 @@ impl ExportedSnapshot {
         let name = name.ok_or_else(|| "the source exported no snapshot".to_string())?;
         Ok(ExportedSnapshot { _conn: conn, name, lsn: format_lsn(lsn) })
     }
+}
+
+/// A new SQL connection to the source whose transaction (REPEATABLE READ, read-only) reads under
+/// exported snapshot `name`. The error is the source's message (e.g. "invalid snapshot
+/// identifier": the exporting connection is gone).
+pub async fn import(info: &SourceConninfo, application_name: &str, name: &str) -> Result<tokio_postgres::Client, String> {
+    let client = connect::connect(info, application_name).await.map_err(|e| e.to_string())?;
+    client
+        .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(name)))
+        .await
+        .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
+    Ok(client)
 }

@@ -21,7 +21,7 @@ use crate::copy::{load, target};
 use crate::runtime::{block_on_until_shutdown, new_runtime};
 use crate::source::conninfo::SourceConninfo;
 use crate::source::table::TableDef;
-use crate::source::{connect, quote_ident, quote_literal};
+use crate::source::quote_ident;
 
 /// Start a copy worker for connector `connector_id` (called by its connector worker, which
 /// relaunches failed ones itself).
@@ -93,17 +93,7 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
         if session.as_ref().is_none_or(|(s, _)| s != &claimed.snapshot) {
             defs.clear();
             let app = format!("livesync copy {name}");
-            let opened = block_on_until_shutdown(&rt, async {
-                let client = connect::connect(&info, &app).await.map_err(|e| e.to_string())?;
-                client
-                    .batch_execute(&format!(
-                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                        quote_literal(&claimed.snapshot)
-                    ))
-                    .await
-                    .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
-                Ok::<_, String>(client)
-            });
+            let opened = block_on_until_shutdown(&rt, crate::copy::snapshot::import(&info, &app, &claimed.snapshot));
             match opened {
                 None => break,
                 Some(Ok(client)) => session = Some((claimed.snapshot.clone(), client)),
@@ -165,13 +155,7 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             if current != Some(true) {
                 return Ok(());
             }
-            // The source sends text as UTF8 (this worker's SQL connection asks it to): COPY FROM
-            // converts it to the database's encoding — text fields through the COPY's encoding,
-            // binary ones through the client encoding — and refuses a character it lacks.
-            Spi::run("SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = 'UTF8'").map_err(|e| e.to_string())?;
-            let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("target table {target_q} does not exist"))?;
+            let relid = load::begin(&target_q)?;
             let stream = match block_on_until_shutdown(&rt, client.copy_out(copy_sql.as_str())) {
                 None => return Err("copy worker shutting down".into()),
                 Some(r) => r.map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?,
@@ -202,7 +186,7 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 if let Ok(Ok(Some((rows, bytes)))) = super::in_transaction(|| ranges::table_finished(t.id)) {
                     // The source transaction (and the snapshot it holds) is not needed for that.
                     session = None;
-                    let more = super::in_transaction(|| ranges::claimable_any(connector_id)).ok().and_then(|r| r.ok()).unwrap_or(0);
+                    let more = super::in_transaction(|| ranges::claimable(connector_id, None)).ok().and_then(|r| r.ok()).unwrap_or(0);
                     if more > 0 && start(connector_id).is_some() {
                         handed_over = true;
                     }

@@ -57,6 +57,18 @@ fn sequences_follow_the_source_and_the_cutover_has_no_collisions() {
     let e = db.target_sql("SELECT livesync.add_sequence('public.nope')").err("unknown sequence");
     assert_sqlstate(&e, "42P01");
     assert_message_starts(&e, "sequence \"public.nope\" does not exist on the source");
+    // A target name taken by something else, an owned sequence removed on its own, an unknown one.
+    db.src("CREATE SEQUENCE other_seq");
+    db.tgt("CREATE TABLE not_a_seq (x int)");
+    let e = db.target_sql("SELECT livesync.add_sequence('public.other_seq', target => 'public.not_a_seq')").err("target not a sequence");
+    assert_sqlstate(&e, "42809");
+    assert_message_eq(&e, "public.not_a_seq is not a sequence on the target");
+    let e = db.target_sql("SELECT livesync.remove_sequence('public.s_serial_id_seq')").err("owned sequence");
+    assert_sqlstate(&e, "55000");
+    assert_message_eq(&e, "sequence public.s_serial_id_seq is owned by a synced table's column");
+    let e = db.target_sql("SELECT livesync.remove_sequence('public.other_seq')").err("sequence not kept in step");
+    assert_sqlstate(&e, "42704");
+    assert_message_eq(&e, "sequence public.other_seq is not kept in step by connector \"c\"");
     db.wait_ready("public.s_serial");
     db.wait_ready("public.s_ident");
 
