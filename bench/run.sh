@@ -310,7 +310,7 @@ if [ -z "${BENCH_SKIP_APPLY:-}" ]; then
     sleep 2
     "$@"
     local lsn changes
-    lsn=$(src -d apply -At -c "SELECT pg_current_wal_lsn()")
+    lsn=$(src -d apply -At -c "SELECT pg_current_wal_insert_lsn()")
     changes="$CHANGES"
     for who in native ls; do
       local slot t0 t1 pattern

@@ -208,9 +208,12 @@ impl TestDb<'_> {
         self.wait_table_state(source_table, "ready", Duration::from_secs(90))
     }
 
-    /// `pg_current_wal_lsn()` of the source.
+    /// The source's WAL insert position: past every commit made so far. (Not
+    /// `pg_current_wal_lsn()`, the *write* position: test clusters run with
+    /// `synchronous_commit = off`, so it can still be short of a commit just made, and a
+    /// wait for it would return before that commit reached the target.)
     pub fn source_lsn(&self) -> String {
-        self.src("SELECT pg_current_wal_lsn()::text AS lsn")[0]
+        self.src("SELECT pg_current_wal_insert_lsn()::text AS lsn")[0]
             .text("lsn")
             .to_string()
     }
