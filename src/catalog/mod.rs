@@ -20,6 +20,7 @@ use crate::error::{LivesyncError, Result};
 pub mod ranges;
 pub mod sequences;
 pub mod tables;
+pub mod verification;
 
 /// A connector as the workers and the API need it.
 #[derive(Debug, Clone)]

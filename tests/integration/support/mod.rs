@@ -156,6 +156,12 @@ impl Row {
             .unwrap_or_else(|e| panic!("column {col:?} is not an integer ({e}): {self:?}"))
     }
 
+    pub fn float(&self, col: &str) -> f64 {
+        self.text(col)
+            .parse()
+            .unwrap_or_else(|e| panic!("column {col:?} is not a number ({e}): {self:?}"))
+    }
+
     /// Any column containing `needle` (for "no password here" checks).
     pub fn any_contains(&self, needle: &str) -> Option<(&str, &str)> {
         self.0.iter().find_map(|(k, v)| match v {
