@@ -7,11 +7,13 @@
 # The previous release is the version the newest upgrade script to this tree's version starts from
 # (sql/livesync--<previous>--<this>.sql). It is built from its git tag v<previous>, or in a clone
 # without tags from the commit listed in RELEASE_COMMITS below. All of it goes under target/upgrade/:
-#   src/      the previous release's source (git archive of its commit)
-#   build/    its cargo target dir, seeded with this tree's compiled dependencies (target/debug)
-#   from/     `cargo pgrx package --debug` output of the previous release (kept while from.commit is its commit)
-#   to/       the same for this tree (reuses the debug build scripts/setup.sh made)
-#   pg/       a copy of the system's PostgreSQL installation (bin, lib, share) without livesync
+#   src/, build/  the previous release's source (git archive) and its cargo target dir, seeded with
+#                 copies of this tree's compiled dependencies (target/debug stays as it is);
+#                 both removed once from/ is made
+#   from/         `cargo pgrx package --debug` output of the previous release, kept and reused
+#                 while from.commit names its commit
+#   to/           the same for this tree (reuses the debug build scripts/setup.sh made)
+#   pg/           a copy of the system's PostgreSQL installation (bin, lib, share) without livesync
 # The system's PostgreSQL is only read: the test installs both releases into pg/.
 # Environment: PG_CONFIG (PostgreSQL 15's pg_config).
 set -euo pipefail
@@ -66,6 +68,8 @@ build it with cargo-pgrx $want_pgrx (cargo install cargo-pgrx --version $want_pg
   say "building livesync $FROM (cargo pgrx package --debug)"
   (cd "$OUT/src" && CARGO_TARGET_DIR="$OUT/build" cargo pgrx package --debug --pg-config "$PG_CONFIG" --out-dir "$OUT/from" >&2)
   echo "$COMMIT" > "$OUT/from.commit"
+  # The package is all the test needs; the build's copy of the dependencies is large.
+  rm -rf "$OUT/build" "$OUT/src"
 fi
 say "previous release ready in $((SECONDS - started)) s"
 

@@ -154,8 +154,8 @@ fn acl(expr: &str) -> String {
 /// One line per property of every object of the extension in database `db`: its members, and in
 /// its schema the functions (arguments, result, volatility, strictness, security definer,
 /// parallel safety, cost, settings, C symbol or body, owner, ACL), relations (kind, options, row
-/// security, owner, ACL), columns (position, type, NOT NULL, default, identity, generation,
-/// collation, ACL), sequences, constraints, indexes, views (each line of the definition and a
+/// security, owner, ACL), columns (type, NOT NULL, default, identity, generation, collation, ACL;
+/// and each relation's column order, in a line of its own), sequences, constraints, indexes, views (each line of the definition and a
 /// digest of all of it), triggers, policies, types and enum labels; the extension's configuration
 /// tables, its members' initial privileges (what pg_dump restores) and comments.
 fn extension_objects(cluster: &Cluster, db: &str) -> Vec<String> {
@@ -199,8 +199,7 @@ fn extension_objects(cluster: &Cluster, db: &str) -> Vec<String> {
             acl("c.relacl")
         ),
         format!(
-            "SELECT format('column %s.%s (#%s): %s%s%s%s%s, acl %s', a.attrelid::regclass, quote_ident(a.attname),
-                    row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum),
+            "SELECT format('column %s.%s: %s%s%s%s%s, acl %s', a.attrelid::regclass, quote_ident(a.attname),
                     format_type(a.atttypid, a.atttypmod),
                     CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END,
                     CASE WHEN a.attgenerated = 's' THEN ' GENERATED ALWAYS AS (' || pg_get_expr(d.adbin, d.adrelid) || ') STORED'
@@ -214,6 +213,11 @@ fn extension_objects(cluster: &Cluster, db: &str) -> Vec<String> {
               WHERE a.attnum > 0 AND NOT a.attisdropped AND r.relkind NOT IN ('i', 'I', 'S')",
             acl("a.attacl")
         ),
+        "SELECT format('columns of %s in order: %s', a.attrelid::regclass, string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum))
+           FROM pg_attribute a JOIN rels r ON r.oid = a.attrelid
+          WHERE a.attnum > 0 AND NOT a.attisdropped AND r.relkind NOT IN ('i', 'I', 'S')
+          GROUP BY a.attrelid"
+            .to_string(),
         "SELECT format('sequence %s: %s, start %s, increment %s, min %s, max %s, cache %s, cycle %s, owned by %s',
                 s.seqrelid::regclass, s.seqtypid::regtype, s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache,
                 s.seqcycle,
@@ -441,9 +445,9 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
         panic!(
             "livesync {from} updated to {to} (sql/livesync--{from}--{to}.sql) differs from a fresh CREATE EXTENSION livesync of {to} \
              (sql/bootstrap.sql, the #[pg_extern] functions, sql/finalize.sql):\n\
-             only in a fresh install ({} lines; the upgrade script lacks them):\n  {}\n\
-             only after the upgrade ({} lines; the upgrade script leaves or makes them, a fresh install does not):\n  {}\n\
-             (columns are compared with their position: add a column at the end of its table in sql/bootstrap.sql too)",
+             only in a fresh install (the upgrade script lacks them; {} lines):\n  {}\n\
+             only after the upgrade (the upgrade script leaves or makes them, a fresh install does not; {} lines):\n  {}\n\
+             (the order of a table's columns counts: a column an upgrade script adds goes at the end of its table in sql/bootstrap.sql)",
             missing.len(),
             missing.join("\n  "),
             extra.len(),
