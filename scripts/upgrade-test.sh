@@ -39,11 +39,18 @@ mkdir -p "$OUT"
 CURRENT="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 FROM="$(ls sql | sed -n "s/^livesync--\(.*\)--${CURRENT//./\\.}\.sql\$/\1/p" | sort -V | tail -1)"
 [ -n "$FROM" ] || die "no upgrade script sql/livesync--<previous>--$CURRENT.sql: every version after the first release needs one"
-COMMIT="$(git rev-parse -q --verify "refs/tags/v$FROM^{commit}" 2>/dev/null || true)"
-if [ -z "$COMMIT" ]; then
-  COMMIT="${RELEASE_COMMITS[$FROM]:-}"
-  [ -n "$COMMIT" ] || die "no tag v$FROM and no commit for $FROM in RELEASE_COMMITS"
-  git cat-file -e "$COMMIT^{commit}" 2>/dev/null || die "no tag v$FROM and commit $COMMIT is not in this clone (git fetch --tags)"
+# The commit of release $1: its tag's, else the one in RELEASE_COMMITS if this clone has it.
+release_commit() {
+  local c
+  if c="$(git rev-parse -q --verify "refs/tags/v$1^{commit}" 2>/dev/null)"; then echo "$c"; return 0; fi
+  c="${RELEASE_COMMITS[$1]:-}"
+  if [ -n "$c" ] && git cat-file -e "$c^{commit}" 2>/dev/null; then echo "$c"; return 0; fi
+  return 1
+}
+if ! COMMIT="$(release_commit "$FROM")"; then
+  # A shallow clone: fetch the tag (best effort; fails fast without a network).
+  timeout 60 git fetch -q --depth=1 origin "refs/tags/v$FROM:refs/tags/v$FROM" 2>/dev/null || true
+  COMMIT="$(release_commit "$FROM")" || die "neither tag v$FROM nor its commit (RELEASE_COMMITS) is in this clone; git fetch --tags"
 fi
 say "upgrade test: livesync $FROM (commit ${COMMIT:0:12}) -> $CURRENT"
 
