@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: bash scripts/test.sh [extra args for the integration run]
 # Installs what is missing, builds and installs the extension (debug), then
-# runs the unit tests and the integration tests (real PostgreSQL clusters).
+# runs the unit tests, the integration tests (real PostgreSQL clusters) and the
+# upgrade test (scripts/upgrade-test.sh: the previous release upgraded in place).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,3 +20,6 @@ cargo test --lib
 
 echo "==> integration tests"
 cargo test --test integration -- --test-threads 4 "$@"
+
+echo "==> upgrade test (the previous release upgraded in place, on a private copy of PostgreSQL)"
+bash scripts/upgrade-test.sh
