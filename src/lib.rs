@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 pub mod api;
 pub mod apply;
 pub mod catalog;
+pub mod citus;
 pub mod copy;
 pub mod error;
 pub mod guc;

@@ -410,6 +410,9 @@ pub fn prepare(def: &TableDef, schema: &str, name: &str, hypertable: Option<&Hyp
     let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
         .map_err(catalog::spi_err)?;
     if let Some(relid) = relid {
+        if let Some(t) = crate::citus::table(relid) {
+            crate::citus::refuse(&target_q, &t)?;
+        }
         check_existing_target(def, &target_q)?;
         if let Some(spec) = hypertable {
             if crate::timescale::time_column(relid).is_none() {
