@@ -128,6 +128,9 @@ CREATE TABLE livesync.sync_table (
     changes_skipped  int8 NOT NULL DEFAULT 0,
     -- UPDATEs and DELETEs that found no row on the target: it diverged from the source.
     changes_missing  int8 NOT NULL DEFAULT 0,
+    -- add_table(distributed_by => column): the target is (re)created as a Citus table distributed
+    -- by this column (src/citus.rs).
+    distributed_by   text,
     UNIQUE (connector_id, source_schema, source_name),
     UNIQUE (target_schema, target_name)
 );

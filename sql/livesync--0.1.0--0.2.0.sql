@@ -120,3 +120,24 @@ GRANT SELECT ON livesync.verification TO PUBLIC;
 GRANT SELECT ON livesync.verification_differences, livesync.verification_run, livesync.verification_difference TO livesync_admin;
 REVOKE ALL ON FUNCTION livesync.verify_table(text, text), livesync.verify_tables(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION livesync.verify_table(text, text), livesync.verify_tables(text) TO livesync_admin;
+
+-- Citus targets (issue 15): add_table(distributed_by => column) creates the target as a Citus
+-- distributed table; sync_table.distributed_by keeps the column for a target made again.
+ALTER TABLE livesync.sync_table ADD COLUMN distributed_by text;
+
+DROP FUNCTION livesync.add_table(text, text, text, bool, text, text, text, bool);
+CREATE FUNCTION livesync."add_table"(
+	"source_table" TEXT, /* & str */
+	"target" TEXT DEFAULT NULL, /* Option < & str > */
+	"connector" TEXT DEFAULT NULL, /* Option < & str > */
+	"hypertable" bool DEFAULT NULL, /* Option < bool > */
+	"time_column" TEXT DEFAULT NULL, /* Option < & str > */
+	"chunk_interval" TEXT DEFAULT NULL, /* Option < & str > */
+	"indexes" TEXT DEFAULT 'key', /* & str */
+	"append_only" bool DEFAULT false, /* bool */
+	"distributed_by" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS void
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_table_wrapper';
+REVOKE ALL ON FUNCTION livesync.add_table(text, text, text, bool, text, text, text, bool, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION livesync.add_table(text, text, text, bool, text, text, text, bool, text) TO livesync_admin;

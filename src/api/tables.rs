@@ -189,6 +189,7 @@ fn add_table(
     chunk_interval: default!(Option<&str>, "NULL"),
     indexes: default!(&str, "'key'"),
     append_only: default!(bool, "false"),
+    distributed_by: default!(Option<&str>, "NULL"),
 ) {
     if !matches!(indexes, "key" | "all" | "none") {
         LivesyncError::invalid_parameter(format!("invalid value for indexes: \"{indexes}\""))
@@ -202,8 +203,16 @@ fn add_table(
             .raise();
     }
     let req = HypertableRequest { wanted: hypertable.unwrap_or(ht_options), time_column, chunk_interval };
+    if req.wanted && distributed_by.is_some() {
+        LivesyncError::invalid_parameter("a target cannot be both a hypertable and a Citus distributed table")
+            .hint("Pass either hypertable => true or distributed_by => 'column'.")
+            .raise();
+    }
     if req.wanted {
         crate::timescale::check_available().or_raise();
+    }
+    if distributed_by.is_some() {
+        crate::citus::check_available().or_raise();
     }
     // Suggest a hypertable only where one could be made, and only to a caller who did not say.
     let suggest = hypertable.is_none() && !req.wanted && crate::timescale::installed();
@@ -308,10 +317,26 @@ fn add_table(
         .raise();
     }
 
-    let created = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regclass($1) IS NULL", &[target_q.as_str().into()])
+    let target_relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
         .map_err(catalog::spi_err)
-        .or_raise()
-        .unwrap_or(true);
+        .or_raise();
+    let created = target_relid.is_none();
+    // A Citus table cannot have one of several equal rows picked by its ctid, which is how
+    // changes of a table without a key (REPLICA IDENTITY FULL) are applied.
+    let citus_target = distributed_by.is_some() || target_relid.and_then(crate::citus::table).is_some();
+    if citus_target && def.key.is_empty() && !append_only {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("source table {} has no primary key or replica identity index, which a Citus target needs", def.qualified()),
+        )
+        .detail("Under REPLICA IDENTITY FULL livesync changes one of several equal rows, picked by its ctid; a statement on a Citus table cannot pick rows by ctid.")
+        .hint(format!(
+            "On the source: add a primary key to {}, then add the table again; or, for a table that only ever receives inserts: SELECT livesync.add_table('{}', append_only => true);",
+            def.qualified(),
+            def.qualified().replace('\'', "''")
+        ))
+        .raise();
+    }
     // Sequences owned by its columns (serial, identity): created on the target (in the target
     // table's schema, under their source names) before the table, so that a `nextval` default
     // builds there; kept in step once the table is copied (src/sequences.rs).
@@ -336,7 +361,7 @@ fn add_table(
         }
         owned_targets.push(s.clone());
     }
-    let mut build_key = target::prepare(&def, &tschema, &tname, spec.as_ref()).or_raise();
+    let mut build_key = target::prepare(&def, &tschema, &tname, spec.as_ref(), distributed_by).or_raise();
     if created {
         // A column the sequence belongs to draws from it on the target too (an identity column
         // becomes a plain column with that default; a serial default the target could not
@@ -494,6 +519,7 @@ fn add_table(
         source_hypertable: def.source_hypertable.clone(),
         published: false,
         append_only,
+        distributed_by: distributed_by.map(str::to_string),
     })
     .or_raise();
     for s in &owned_targets {

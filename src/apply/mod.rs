@@ -128,10 +128,14 @@ struct MappedRelation {
     target: Option<(String, Mapping)>,
     /// The target table's OID, once looked up (batched inserts go through COPY FROM).
     target_oid: Option<pg_sys::Oid>,
-    /// How batched inserts reach the target (the executor for hypertables).
+    /// How batched inserts reach the target (the executor for hypertables and Citus tables).
     route: Route,
-    /// The target hypertable's time column (UPDATEs that change it move the row).
-    time_column: Option<String>,
+    /// The column that says where a row lives — a target hypertable's time column (its chunk),
+    /// a Citus table's distribution column (its shard): UPDATEs that change it move the row.
+    moving_column: Option<String>,
+    /// The target is a Citus table: the transaction writing it prepares its shards' sessions
+    /// first (`citus::prepare_writes`).
+    citus: bool,
     /// The target has a unique index other than one on the key's columns: UPDATEs are then
     /// applied one by one, in order. Coalescing them by key (or applying several in one
     /// statement) could make rows that swap values of that unique column conflict midway.
@@ -227,6 +231,8 @@ pub struct Applier {
     spooled_relations: HashSet<(i32, u32)>,
     /// Replaying this table's spool: its changes apply, every other table's are skipped.
     replaying: Option<i32>,
+    /// The open target transaction has prepared Citus's shard sessions for writing.
+    citus_prepared: bool,
 }
 
 impl Applier {
@@ -253,6 +259,7 @@ impl Applier {
             relation_raw: HashMap::new(),
             spooled_relations: HashSet::new(),
             replaying: None,
+            citus_prepared: false,
         }
     }
 
@@ -283,6 +290,7 @@ impl Applier {
         self.txn_open = true;
         self.txn_started = std::time::Instant::now();
         self.changes_in_txn = 0;
+        self.citus_prepared = false;
         if self.reload_tables {
             // A failed read must not look like "no table is synced": their changes would be
             // skipped while the origin advances past them. Raise instead (the stream restarts).
@@ -367,6 +375,7 @@ impl Applier {
         self.batches.clear();
         self.pending_bytes = 0;
         self.replaying = None;
+        self.citus_prepared = false;
         // A rolled-back transaction may have held spooled RELATION messages.
         self.spooled_relations.clear();
     }
@@ -541,7 +550,15 @@ impl Applier {
             mr.target_oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target.as_str().into()])
                 .ok()
                 .flatten();
-            mr.time_column = mr.target_oid.and_then(crate::timescale::time_column);
+            let citus = mr.target_oid.and_then(crate::citus::table);
+            mr.citus = citus.is_some();
+            mr.moving_column = match &citus {
+                Some(c) => c.distribution_column.clone(),
+                None => mr.target_oid.and_then(crate::timescale::time_column),
+            };
+            if let Some((_, m)) = mr.target.as_mut() {
+                m.pick_by_ctid = !mr.citus;
+            }
             let key: Vec<&str> = mr.remote.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
             mr.other_unique = mr.target_oid.is_some_and(|oid| has_other_unique_index(oid, &key));
             mr.route = if t.source_hypertable.is_some() {
@@ -550,7 +567,9 @@ impl Applier {
                 // that table has no replica identity). Those rows are already here; genuine
                 // inserts never collide with the key, which the source enforces too.
                 Route::ExecutorSkippingExisting
-            } else if mr.time_column.is_some() {
+            } else if mr.citus {
+                Route::Distributed
+            } else if mr.moving_column.is_some() {
                 Route::Executor
             } else {
                 Route::CopyFrom
@@ -619,7 +638,13 @@ impl Applier {
             }
         }
         self.current_table = Some(id);
-        self.resolve(rel_id)
+        let resolved = self.resolve(rel_id)?;
+        if resolved.is_some() && !self.citus_prepared && self.relations[&rel_id].citus {
+            // Before the transaction's first write to a Citus table opens its shards' sessions.
+            crate::citus::prepare_writes().expect("preparing the Citus transaction failed");
+            self.citus_prepared = true;
+        }
+        Ok(resolved)
     }
 
     /// Keep change `raw` of table `id` (remote relation `rel_id`) in the table's spool, in this
@@ -747,7 +772,8 @@ impl Applier {
                         target: None,
                         target_oid: None,
                         route: Route::CopyFrom,
-                        time_column: None,
+                        moving_column: None,
+                        citus: false,
                         other_unique: false,
                     },
                 );
@@ -788,11 +814,12 @@ impl Applier {
                 let Some((t, target)) = self.gate(up.rel_id, raw, streamed)? else { return Ok(()) };
                 let new_present: Vec<bool> = up.new.0.iter().map(|v| !v.is_unchanged()).collect();
                 // Batched when the key did not change and identifies the row (not under
-                // REPLICA IDENTITY FULL), except for hypertables (see hypertable_update_sql).
+                // REPLICA IDENTITY FULL), except for hypertables and distributed tables (see
+                // moving_update_sql).
                 let batchable = {
                     let mr = &self.relations[&up.rel_id];
                     let (_, m) = mr.target.as_ref().unwrap();
-                    (up.old.is_none() && mr.time_column.is_none() && !mr.other_unique)
+                    (up.old.is_none() && mr.moving_column.is_none() && !mr.other_unique)
                         .then(|| BatchShape::for_update(&mr.remote, m, &new_present))
                         .flatten()
                 };
@@ -824,13 +851,13 @@ impl Applier {
                 };
                 let old_present = identity_present(&old, full, &mr.remote);
                 let key_changed = up.old.is_some();
-                let hypertable = mr.time_column.as_deref().and_then(|tc| {
-                    relmap::hypertable_update_sql(&target, &mr.remote, m, &new_present, &old_present, tc, key_changed)
+                let moving = mr.moving_column.as_deref().and_then(|tc| {
+                    relmap::moving_update_sql(&target, &mr.remote, m, &new_present, &old_present, tc, key_changed)
                 });
-                if let Some((stay, moved, set_idx, where_idx)) = hypertable {
+                if let Some((stay, moved, set_idx, where_idx)) = moving {
                     let mut values = values_of(&up.new, &set_idx, t.id)?;
                     values.extend(values_of(&old, &where_idx, t.id)?);
-                    // Most updates keep the row's time (and key); the others move it.
+                    // Most updates keep the row's time or shard (and key); the others move it.
                     let stayed = match stay {
                         Some(stay) => self.exec(&stay, values.clone()) > 0,
                         None => false,
@@ -863,7 +890,7 @@ impl Applier {
                     let full = matches!(del.old, OldTuple::Full(_)) || mr.remote.replica_identity == b'f';
                     let old_present = identity_present(&old, full, &mr.remote);
                     let batchable =
-                        (!full && mr.time_column.is_none()).then(|| BatchShape::for_delete(&mr.remote, m, &old_present)).flatten();
+                        (!full && mr.moving_column.is_none()).then(|| BatchShape::for_delete(&mr.remote, m, &old_present)).flatten();
                     (old_present, batchable)
                 };
                 if let Some(shape) = batchable {

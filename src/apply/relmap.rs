@@ -47,6 +47,11 @@ pub struct Mapping {
     pub target_types: Vec<Option<String>>,
     /// For each remote column: whether rows can be matched on it (see [`TargetColumn`]).
     pub comparable: Vec<bool>,
+    /// Under REPLICA IDENTITY FULL, change one row of those matching (picked by `ctid`), so
+    /// that of two equal rows only one is updated or deleted. Off for Citus tables, where no
+    /// statement can pick a row by `ctid`: livesync syncs into them only tables with a key, so a
+    /// row matching every column is the only one.
+    pub pick_by_ctid: bool,
 }
 
 impl Mapping {
@@ -58,7 +63,7 @@ impl Mapping {
             .collect();
         let comparable =
             remote.columns.iter().map(|c| target.iter().find(|t| t.name == c.name).is_some_and(|t| t.comparable)).collect();
-        Mapping { target_types, comparable }
+        Mapping { target_types, comparable, pick_by_ctid: true }
     }
 
     /// The first remote column missing on the target, if any.
@@ -141,7 +146,7 @@ pub fn update_sql(
     if sets.is_empty() {
         return None;
     }
-    let sql = if remote.replica_identity == b'f' {
+    let sql = if remote.replica_identity == b'f' && m.pick_by_ctid {
         format!("{} UPDATE {target} AS _ls_t SET {} FROM _ls_r {ONE_ROW_JOIN}", one_row(target, &wh), sets.join(", "))
     } else {
         format!("UPDATE {target} SET {} WHERE {wh}", sets.join(", "))
@@ -149,8 +154,11 @@ pub fn update_sql(
     Some((sql, set_idx, where_idx))
 }
 
-/// The two statements of an UPDATE on a hypertable partitioned by `time_column`, which
-/// TimescaleDB cannot apply when the row's time changes (the row would move to another chunk):
+/// The two statements of an UPDATE of a table whose rows live where `time_column` says: a
+/// hypertable partitioned by it, which TimescaleDB cannot update in place when the row's time
+/// changes (the row would move to another chunk), or a Citus table distributed by it, which
+/// refuses to change a row's distribution column (`modifying the partition value of rows is not
+/// allowed`: the row would move to another shard):
 ///
 /// - `stay`: the UPDATE restricted to the row keeping its time (`AND time = $new`), setting
 ///   neither the time column (equal by that condition) nor, when the key did not change, the key
@@ -163,7 +171,7 @@ pub fn update_sql(
 ///   new one, taking unchanged (unsent TOAST) columns from the deleted row.
 ///
 /// Both take the same parameters as [`update_sql`] (some of them unused by `stay`).
-pub fn hypertable_update_sql(
+pub fn moving_update_sql(
     target: &str,
     remote: &RemoteRelation,
     m: &Mapping,
@@ -193,7 +201,7 @@ pub fn hypertable_update_sql(
         }
         _ => None,
     };
-    let delete = if full {
+    let delete = if full && m.pick_by_ctid {
         format!("{}, _ls_d AS (DELETE FROM {target} AS _ls_t USING _ls_r {ONE_ROW_JOIN} RETURNING _ls_t.*)", one_row(target, &wh))
     } else {
         format!("WITH _ls_d AS (DELETE FROM {target} WHERE {wh} RETURNING *)")
@@ -305,7 +313,7 @@ const ONE_ROW_JOIN: &str = "WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _
 
 pub fn delete_sql(target: &str, remote: &RemoteRelation, m: &Mapping, old_present: &[bool]) -> Option<(String, Vec<usize>)> {
     let (wh, idx) = where_sql(remote, m, old_present, 1)?;
-    if remote.replica_identity == b'f' {
+    if remote.replica_identity == b'f' && m.pick_by_ctid {
         return Some((format!("{} DELETE FROM {target} AS _ls_t USING _ls_r {ONE_ROW_JOIN}", one_row(target, &wh)), idx));
     }
     Some((format!("DELETE FROM {target} WHERE {wh}"), idx))
@@ -372,6 +380,24 @@ mod tests {
     }
 
     #[test]
+    fn full_identity_without_ctid_matches_every_equal_row() {
+        // A Citus table: no row can be picked by ctid (livesync syncs only keyed tables into one).
+        let r = rel(b'f');
+        let mut m = Mapping::new(&r, &target());
+        m.pick_by_ctid = false;
+        let (sql, _) = delete_sql("t", &r, &m, &[true, true, true]).unwrap();
+        assert_eq!(sql, "DELETE FROM t WHERE \"id\" IS NOT DISTINCT FROM $1::integer AND \"v\" IS NOT DISTINCT FROM $2::text");
+        let (sql, ..) = update_sql("t", &r, &m, &[true, false, true], &[true, true, true]).unwrap();
+        assert_eq!(
+            sql,
+            "UPDATE t SET \"id\" = $1::integer, \"v\" = $2::text WHERE \"id\" IS NOT DISTINCT FROM $3::integer AND \"v\" IS NOT DISTINCT FROM $4::text"
+        );
+        let (stay, moved, ..) = moving_update_sql("t", &r, &m, &[true, true, true], &[true, true, true], "id", false).unwrap();
+        assert_eq!(stay, None);
+        assert!(moved.starts_with("WITH _ls_d AS (DELETE FROM t WHERE \"id\" IS NOT DISTINCT FROM $4::integer"), "{moved}");
+    }
+
+    #[test]
     fn hypertable_updates_stay_in_the_chunk_or_move() {
         let mut r = rel(b'd');
         r.columns[2].name = "time".into();
@@ -385,7 +411,7 @@ mod tests {
         // Key unchanged and "doc" an unchanged TOASTed value: nothing to set, only whether the
         // row kept its time; moving keeps "doc" from the old row.
         let (stay, moved, set, wh) =
-            hypertable_update_sql("t", &r, &m, &[true, false, true], &[true, false, true], "time", false).unwrap();
+            moving_update_sql("t", &r, &m, &[true, false, true], &[true, false, true], "time", false).unwrap();
         assert_eq!(
             stay.as_deref(),
             Some("SELECT 1 FROM t WHERE \"id\" = $3::integer AND \"time\" = $4::timestamp with time zone AND \"time\" = $2::timestamp with time zone")
@@ -396,9 +422,9 @@ mod tests {
         );
         assert_eq!((set, wh), (vec![0, 2], vec![0, 2]));
         // A changed non-key column is set; a changed key goes straight to the move.
-        let (stay, ..) = hypertable_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", false).unwrap();
+        let (stay, ..) = moving_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", false).unwrap();
         assert!(stay.unwrap().starts_with("UPDATE t SET \"doc\" = $2::json WHERE"));
-        let (stay, ..) = hypertable_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", true).unwrap();
+        let (stay, ..) = moving_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", true).unwrap();
         assert_eq!(stay, None);
     }
 

@@ -77,6 +77,9 @@ pub struct SyncTable {
     /// The source key by which a copy interrupted between snapshots is put right; None: the
     /// table's copy starts over after a restart (see `src/copy/resume.rs`).
     pub resume_key: Option<Vec<String>>,
+    /// `add_table(distributed_by => …)`: the target is (re)created as a Citus table distributed
+    /// by this column.
+    pub distributed_by: Option<String>,
 }
 
 impl SyncTable {
@@ -104,12 +107,13 @@ pub struct NewSyncTable<'a> {
     /// Already in the connector's publication (found there by the worker).
     pub published: bool,
     pub append_only: bool,
+    pub distributed_by: Option<String>,
 }
 
 const COLUMNS: &str = "id, source_schema, source_name, target_schema, target_name, state, build_key, \
                        build_key_primary, coalesce(snapshot_lsn - '0/0'::pg_lsn, 0)::int8, \
                        hypertable_time_column, hypertable_chunk_interval, hypertable_integer, \
-                       source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, spooled, resume_key";
+                       source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, spooled, resume_key, distributed_by";
 
 fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable> {
     Ok(SyncTable {
@@ -139,6 +143,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
         append_only: row.get::<bool>(17)?.unwrap_or(false),
         spooled: row.get::<bool>(18)?.unwrap_or(false),
         resume_key: row.get::<Vec<String>>(19)?,
+        distributed_by: row.get::<String>(20)?,
     })
 }
 
@@ -174,8 +179,8 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
                  (connector_id, source_schema, source_name, target_schema, target_name,
                   build_key, build_key_primary, est_rows, est_bytes,
                   hypertable_time_column, hypertable_chunk_interval, hypertable_integer,
-                  source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, added_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, $16, $17, clock_timestamp())
+                  source_chunk_schema, source_chunk_prefix, build_indexes, published, append_only, distributed_by, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, false), $13, $14, $15, $16, $17, $18, clock_timestamp())
              RETURNING id",
             &[
                 n.connector_id.into(),
@@ -195,6 +200,7 @@ pub fn insert(n: &NewSyncTable) -> Result<i32> {
                 n.build_indexes.clone().into(),
                 n.published.into(),
                 n.append_only.into(),
+                n.distributed_by.clone().into(),
             ],
         )?
         .expect("INSERT RETURNING gave no row"))

@@ -21,6 +21,14 @@
 //!   handled, and continuous-aggregate invalidations are recorded. Each statement takes a bounded
 //!   slice of the stream (at most [`EXECUTOR_SLICE_ROWS`] rows or [`EXECUTOR_SLICE_BYTES`] of
 //!   input), so nothing is staged beyond one slice.
+//! - [`Route::Distributed`]: the same for Citus tables (distributed, reference, single-shard),
+//!   whose coordinator table is a shell: `CopyFrom` would fill it, invisible through the
+//!   distributed table. Citus plans the `INSERT … SELECT` as "pull to coordinator": it runs the
+//!   SELECT here and streams its rows with COPY to the shards, one connection per worker node in
+//!   the transaction's sequential mode (see `citus::prepare_writes`). Its slices are larger: each
+//!   statement starts and ends a COPY on every shard, and 10,000-row slices took about twice as
+//!   long as one statement (8.5 against 4.5 s per million rows, coordinator and 2 workers on one
+//!   2-core machine); 100,000-row slices were as fast as one statement.
 
 use std::cell::RefCell;
 use std::ffi::CString;
@@ -123,28 +131,36 @@ unsafe extern "C-unwind" fn read_copy_data(
 pub enum Route {
     CopyFrom,
     Executor,
+    /// The executor, into a Citus table (larger slices).
+    Distributed,
     /// The executor, with `ON CONFLICT DO NOTHING`: for changes of source hypertables, where
     /// TimescaleDB re-inserts rows it decompresses (see `apply`).
     ExecutorSkippingExisting,
 }
 
-/// The route for table `relid`: the executor for TimescaleDB hypertables, `CopyFrom` otherwise.
-/// Needs a transaction.
 /// Prepare this transaction for loading rows copied from the source into `target_q` (the copy's
 /// ranges, and the rows a resumed copy reads again): the replica role (no user triggers or
 /// foreign keys fire) and UTF8 as the client encoding — the source sends text as UTF8 (livesync's
 /// SQL connections ask it to), and COPY FROM converts it to the database's encoding, text fields
 /// through the COPY's encoding and binary ones through the client encoding, refusing a character
-/// it lacks. Returns the target's OID.
+/// it lacks. A Citus target's shard sessions get the replica role too. Returns the target's OID.
 pub fn begin(target_q: &str) -> Result<pg_sys::Oid, String> {
     Spi::run("SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = 'UTF8'").map_err(|e| e.to_string())?;
-    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.into()])
+    let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.into()])
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("target table {target_q} does not exist"))
+        .ok_or_else(|| format!("target table {target_q} does not exist"))?;
+    if crate::citus::table(relid).is_some() {
+        crate::citus::prepare_writes().map_err(|e| e.to_string())?;
+    }
+    Ok(relid)
 }
 
+/// The route for table `relid`: the executor for Citus tables and TimescaleDB hypertables,
+/// `CopyFrom` otherwise. Needs a transaction.
 pub fn route_for(relid: pg_sys::Oid) -> Route {
-    if crate::timescale::time_column(relid).is_some() {
+    if crate::citus::table(relid).is_some() {
+        Route::Distributed
+    } else if crate::timescale::time_column(relid).is_some() {
         Route::Executor
     } else {
         Route::CopyFrom
@@ -155,6 +171,9 @@ pub fn route_for(relid: pg_sys::Oid) -> Route {
 pub const EXECUTOR_SLICE_ROWS: i64 = 10_000;
 /// Input bytes per `INSERT … SELECT` statement of the executor route.
 pub const EXECUTOR_SLICE_BYTES: i64 = 8 << 20;
+/// Rows and input bytes per statement into a Citus table (see the module header).
+pub const DISTRIBUTED_SLICE_ROWS: i64 = 100_000;
+pub const DISTRIBUTED_SLICE_BYTES: i64 = 64 << 20;
 
 /// Load `stream` (COPY data of `columns`, in that order, text or binary format) into table
 /// `relid`. Returns (rows, bytes). Must run inside a transaction with an active snapshot.
@@ -181,6 +200,9 @@ struct Parser {
     econtext: *mut pg_sys::ExprContext,
     rows: i64,
     done: bool,
+    /// Rows and input bytes per slice.
+    slice_rows: i64,
+    slice_bytes: i64,
 }
 
 thread_local! {
@@ -232,8 +254,7 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
         );
         let rows = match route {
             Route::CopyFrom => pg_sys::CopyFrom(cstate) as i64,
-            Route::Executor => insert_through_executor(cstate, rel, false),
-            Route::ExecutorSkippingExisting => insert_through_executor(cstate, rel, true),
+            Route::Executor | Route::Distributed | Route::ExecutorSkippingExisting => insert_through_executor(cstate, rel, route),
         };
         pg_sys::EndCopyFrom(cstate);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
@@ -245,7 +266,7 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
 
 /// Run `INSERT INTO rel SELECT * FROM livesync._copy_rows(NULL::rel)` until `cstate` is
 /// exhausted; returns the rows inserted.
-unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Relation, skip_existing: bool) -> i64 {
+unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Relation, route: Route) -> i64 {
     // SAFETY: `rel` is the relation `run` opened, and it stays open until after this function returns.
     let relid = unsafe { (*rel).rd_id };
     let target: String = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
@@ -253,13 +274,17 @@ unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Re
         .flatten()
         .expect("target relation has a name");
     let mut sql = format!("INSERT INTO {target} SELECT * FROM livesync._copy_rows(NULL::{target})");
-    if skip_existing {
+    if route == Route::ExecutorSkippingExisting {
         sql.push_str(" ON CONFLICT DO NOTHING");
     }
+    let (slice_rows, slice_bytes) = match route {
+        Route::Distributed => (DISTRIBUTED_SLICE_ROWS, DISTRIBUTED_SLICE_BYTES),
+        _ => (EXECUTOR_SLICE_ROWS, EXECUTOR_SLICE_BYTES),
+    };
     // SAFETY: only allocates an ExprContext in the current (transaction) memory context; it is freed
     // below, after PARSER, its only other user, is cleared.
     let econtext = unsafe { pg_sys::CreateStandaloneExprContext() };
-    PARSER.with(|p| *p.borrow_mut() = Some(Parser { cstate, rel, econtext, rows: 0, done: false }));
+    PARSER.with(|p| *p.borrow_mut() = Some(Parser { cstate, rel, econtext, rows: 0, done: false, slice_rows, slice_bytes }));
     Spi::connect_mut(|client| {
         let stmt = client.prepare_mut(&sql, &[]).expect("prepare INSERT … SELECT");
         loop {
@@ -307,12 +332,13 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
                 "livesync._copy_rows must be called in FROM"
             );
         }
-        let active = PARSER.with(|p| p.borrow().as_ref().map(|p| (p.cstate, p.rel, p.econtext, p.done)));
-        let Some((cstate, rel, econtext, done)) = active else {
+        let active =
+            PARSER.with(|p| p.borrow().as_ref().map(|p| (p.cstate, p.rel, p.econtext, p.done, p.slice_rows, p.slice_bytes)));
+        let Some((cstate, rel, econtext, done, slice_rows, slice_bytes)) = active else {
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "livesync._copy_rows is internal to livesync's loading of hypertables",
+                "livesync._copy_rows is internal to livesync's loading of hypertables and Citus tables",
                 "It returns rows only while a livesync worker loads a table."
             );
         };
@@ -335,7 +361,7 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
         let start_bytes = SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0));
         let mut n = 0i64;
         let mut finished = done;
-        while !finished && n < EXECUTOR_SLICE_ROWS {
+        while !finished && n < slice_rows {
             let prev = pg_sys::MemoryContextSwitchTo(row_cx);
             let more = pg_sys::NextCopyFrom(cstate, econtext, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::MemoryContextSwitchTo(per_query);
@@ -349,7 +375,7 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
             pg_sys::MemoryContextReset(row_cx);
             pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
             let read = SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0)) - start_bytes;
-            if read >= EXECUTOR_SLICE_BYTES {
+            if read >= slice_bytes {
                 break;
             }
         }

@@ -304,7 +304,7 @@ fn prepare_batch(
                 // A previous attempt loaded ranges that cannot be kept (see `resume`).
                 Spi::run(&format!("TRUNCATE {target_q}")).map_err(crate::catalog::spi_err)?;
             }
-            let key = target::prepare(&def, &t.target_schema, &t.target_name, t.hypertable.as_ref())?;
+            let key = target::prepare(&def, &t.target_schema, &t.target_name, t.hypertable.as_ref(), t.distributed_by.as_deref())?;
             let resume_key = def.resume_key();
             tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn, resume_key.as_deref())?;
             ranges::replace(t.id, &planned, &snap.name, &snap.lsn, binary)
@@ -696,6 +696,7 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
                 source_hypertable: None,
                 published: true,
                 append_only,
+                distributed_by: None,
             })?;
             changed = true;
         }

@@ -402,16 +402,24 @@ pub fn qualified(schema: &str, name: &str) -> String {
 }
 
 /// Check or create target `schema.name` for source table `def` — as a hypertable when
-/// `hypertable` says so (an existing empty plain table is converted). Returns the key to build
-/// after the load when the table was created here; a hypertable's key includes its time column,
-/// as TimescaleDB requires of every unique index.
-pub fn prepare(def: &TableDef, schema: &str, name: &str, hypertable: Option<&HypertableSpec>) -> Result<Option<Vec<String>>> {
+/// `hypertable` says so, as a Citus table distributed by `distributed_by` when that is given (an
+/// existing empty plain table is converted). Returns the key to build after the load when the
+/// table was created here; a hypertable's key includes its time column, a distributed table's
+/// its distribution column, as TimescaleDB and Citus require of every unique index.
+pub fn prepare(
+    def: &TableDef,
+    schema: &str,
+    name: &str,
+    hypertable: Option<&HypertableSpec>,
+    distributed_by: Option<&str>,
+) -> Result<Option<Vec<String>>> {
     let target_q = qualified(schema, name);
     let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
         .map_err(catalog::spi_err)?;
     if let Some(relid) = relid {
-        if let Some(t) = crate::citus::table(relid) {
-            crate::citus::refuse(&target_q, &t)?;
+        let citus = crate::citus::table(relid);
+        if let Some(t) = &citus {
+            crate::citus::check_target(def, &target_q, t)?;
         }
         check_existing_target(def, &target_q)?;
         if let Some(spec) = hypertable {
@@ -419,16 +427,32 @@ pub fn prepare(def: &TableDef, schema: &str, name: &str, hypertable: Option<&Hyp
                 crate::timescale::create_hypertable(&target_q, spec)?;
             }
         }
+        if let Some(column) = distributed_by {
+            match &citus {
+                None => {
+                    crate::citus::key_for(def, &target_q, column)?;
+                    crate::citus::distribute(&target_q, column)?;
+                }
+                Some(t) if t.distribution_column.as_deref() == Some(column) => {}
+                Some(t) => return Err(crate::citus::already_citus(&target_q, t, column)),
+            }
+        }
         return Ok(None);
+    }
+    let mut key = def.key.clone();
+    if let Some(column) = distributed_by {
+        key = crate::citus::key_for(def, &target_q, column)?;
     }
     ensure_schema(schema)?;
     create_table(def, &target_q)?;
-    let mut key = def.key.clone();
     if let Some(spec) = hypertable {
         crate::timescale::create_hypertable(&target_q, spec)?;
         if !key.is_empty() && !key.contains(&spec.time_column) {
             key.push(spec.time_column.clone());
         }
+    }
+    if let Some(column) = distributed_by {
+        crate::citus::distribute(&target_q, column)?;
     }
     Ok((!key.is_empty()).then_some(key))
 }
