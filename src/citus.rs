@@ -105,6 +105,19 @@ pub fn prepare_writes() -> std::result::Result<(), pgrx::spi::Error> {
     )
 }
 
+/// Run `truncate` (a `TRUNCATE` of Citus tables) in a transaction prepared by
+/// [`prepare_writes`]. Citus empties the shards from a TRUNCATE trigger on the coordinator's
+/// table, and under `session_replication_role = replica` that trigger does not fire: the
+/// statement would empty the coordinator's shell only, and the shards would keep every row. So
+/// the coordinator's role is `origin` for the statement — set with `set_config`, which Citus does
+/// not propagate: the shards' sessions keep `replica`.
+pub fn truncate(truncate: &str) -> std::result::Result<(), pgrx::spi::Error> {
+    let role = Spi::get_one::<String>("SELECT pg_catalog.current_setting('session_replication_role')")?.unwrap_or_default();
+    Spi::run("SELECT pg_catalog.set_config('session_replication_role', 'origin', true)")?;
+    Spi::run(truncate)?;
+    Spi::run_with_args("SELECT pg_catalog.set_config('session_replication_role', $1, true)", &[role.as_str().into()])
+}
+
 /// An existing Citus table can receive source table `def` when rows can be routed: its
 /// distribution column (if it has one) must be a source column — a column only the target has
 /// would be NULL in every row, which Citus refuses.

@@ -920,7 +920,7 @@ impl Applier {
             }
             LogicalMessage::Truncate(tr) => {
                 self.flush();
-                let mut targets = Vec::new();
+                let (mut targets, mut citus_targets) = (Vec::new(), Vec::new());
                 for rel_id in &tr.rel_ids {
                     // A chunk truncated on its own is not the whole hypertable truncated.
                     if self.is_source_chunk(*rel_id) {
@@ -928,13 +928,21 @@ impl Applier {
                     }
                     if let Some((t, target)) = self.gate(*rel_id, raw, streamed)? {
                         self.count(t.id, true);
-                        targets.push(target);
+                        if self.relations[rel_id].citus {
+                            citus_targets.push(target);
+                        } else {
+                            targets.push(target);
+                        }
                     }
                 }
+                // CASCADE is not propagated: the target's foreign keys are its own business.
+                let restart = if tr.restart_identity() { " RESTART IDENTITY" } else { "" };
                 if !targets.is_empty() {
-                    // CASCADE is not propagated: the target's foreign keys are its own business.
-                    let restart = if tr.restart_identity() { " RESTART IDENTITY" } else { "" };
                     Spi::run(&format!("TRUNCATE {}{restart}", targets.join(", "))).expect("TRUNCATE failed");
+                    self.changes_in_txn += 1;
+                }
+                if !citus_targets.is_empty() {
+                    crate::citus::truncate(&format!("TRUNCATE {}{restart}", citus_targets.join(", "))).expect("TRUNCATE failed");
                     self.changes_in_txn += 1;
                 }
             }

@@ -302,7 +302,7 @@ fn prepare_batch(
             let target_q = target::qualified(&t.target_schema, &t.target_name);
             if ranges::any_done(t.id)? {
                 // A previous attempt loaded ranges that cannot be kept (see `resume`).
-                Spi::run(&format!("TRUNCATE {target_q}")).map_err(crate::catalog::spi_err)?;
+                target::truncate(&target_q)?;
             }
             let key = target::prepare(&def, &t.target_schema, &t.target_name, t.hypertable.as_ref(), t.distributed_by.as_deref())?;
             let resume_key = def.resume_key();

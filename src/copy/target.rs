@@ -396,6 +396,20 @@ fn index_sql(target_q: &str, schema: &str, ix: &IndexDef) -> std::result::Result
     Ok(sql)
 }
 
+/// Empty target `target_q` before its copy starts over (its rows are loaded again), in a
+/// transaction that may run with `session_replication_role = replica`: a Citus table's shards are
+/// truncated too (see `citus::truncate`).
+pub fn truncate(target_q: &str) -> Result<()> {
+    let sql = format!("TRUNCATE {target_q}");
+    let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.into()])
+        .map_err(catalog::spi_err)?;
+    if relid.and_then(crate::citus::table).is_some() {
+        crate::citus::prepare_writes().map_err(catalog::spi_err)?;
+        return crate::citus::truncate(&sql).map_err(catalog::spi_err);
+    }
+    Spi::run(&sql).map_err(catalog::spi_err)
+}
+
 /// `"schema"."name"` quoted for the target.
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", spi::quote_identifier(schema), spi::quote_identifier(name))
