@@ -95,7 +95,15 @@ pub fn table(relid: pg_sys::Oid) -> Option<CitusTable> {
 ///   transaction inserting 10 rows took 150–200 ms, against 3–15 ms in sequential mode; and
 ///   copies load no slower (3.8–4.3 s per million rows against 4.7 s), since the worker nodes
 ///   still load in parallel.
+/// - `synchronous_commit = on` (livesync's workers commit asynchronously otherwise).
+///   Crash-sensitive: Citus commits a transaction that wrote to several worker nodes in two
+///   phases — the nodes prepare, the coordinator commits, then the nodes commit — and the
+///   coordinator's commit (which carries the replication origin's position and the copy's
+///   "done" marks) must be durable before the nodes commit. An asynchronous commit lost in a
+///   crash would leave the shards with rows the coordinator does not know it loaded: copied or
+///   applied again, they would be there twice.
 pub fn prepare_writes() -> std::result::Result<(), pgrx::spi::Error> {
+    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)")?;
     Spi::run(
         "DO $livesync$ BEGIN
            SET LOCAL citus.multi_shard_modify_mode = 'sequential';

@@ -40,6 +40,17 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: process_shared_preload_libraries_in_progress is a backend-local global the server sets while
     // it loads shared_preload_libraries; a plain read on the process's only thread.
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
+        if citus_internal_session() {
+            // A Citus coordinator propagates CREATE EXTENSION to its worker nodes, which need
+            // nothing of livesync: it routes rows to their shards from the coordinator.
+            error::LivesyncError::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "livesync runs on the Citus coordinator only, not on worker nodes",
+            )
+            .detail("The coordinator propagated CREATE EXTENSION livesync to this worker node.")
+            .hint("On the coordinator: SET citus.enable_ddl_propagation = off; CREATE EXTENSION livesync; RESET citus.enable_ddl_propagation;")
+            .raise();
+        }
         error::LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "livesync must be loaded via shared_preload_libraries",
@@ -53,4 +64,19 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     verify::cut::init();
     worker::launcher::register();
+}
+
+/// Whether this session is one a Citus coordinator opened to run its commands on this node (its
+/// application_name is `citus_internal gpid=…`).
+fn citus_internal_session() -> bool {
+    // SAFETY: application_name is a backend-local GUC variable, set from the startup packet before
+    // any library is loaded in a session, and NULL or a NUL-terminated string; read once here.
+    let name = unsafe {
+        let p = pg_sys::application_name;
+        if p.is_null() {
+            return false;
+        }
+        std::ffi::CStr::from_ptr(p)
+    };
+    name.to_bytes().starts_with(b"citus_internal")
 }

@@ -8,12 +8,13 @@
 //! or restart a server get dedicated clusters.
 //!
 //! Environment: LIVESYNC_TEST_WITHOUT_TIMESCALEDB=1 skips the TimescaleDB tests as if it
-//! were not installed; LIVESYNC_KEEP_CLUSTERS=1 keeps clusters and databases for
-//! inspection; LIVESYNC_TEST_TIMEOUT_SECS bounds the whole run (default 1200).
+//! were not installed, LIVESYNC_TEST_WITHOUT_CITUS=1 the Citus tests; LIVESYNC_KEEP_CLUSTERS=1
+//! keeps clusters and databases for inspection; LIVESYNC_TEST_TIMEOUT_SECS bounds the whole run (default 1200).
 
 mod support;
 
 mod check_source;
+mod citus;
 mod copy_beside_stream;
 mod copy_resume;
 mod errors;

@@ -119,6 +119,18 @@ pub fn timescaledb_installed() -> bool {
     })
 }
 
+/// Whether Citus is installed in this PostgreSQL (its library and control file). It is in no
+/// package registry here, so the tests that need it skip when it is absent.
+pub fn citus_installed() -> bool {
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| {
+        // LIVESYNC_TEST_WITHOUT_CITUS=1 runs the suite as a machine without it would.
+        std::env::var_os("LIVESYNC_TEST_WITHOUT_CITUS").is_none()
+            && pg_config_value("--pkglibdir").join("citus.so").exists()
+            && pg_config_value("--sharedir").join("extension/citus.control").exists()
+    })
+}
+
 /// Directory holding initdb, pg_ctl, postgres.
 pub fn pg_bindir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

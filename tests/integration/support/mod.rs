@@ -8,7 +8,7 @@ mod sync;
 
 #[allow(unused_imports)]
 pub use cluster::{
-    base_dir, chown_to_postgres, free_port, keep_clusters, os_superuser, pg_config_value_of, running_as_root, target_dir, timescaledb_installed, Cluster,
+    base_dir, chown_to_postgres, citus_installed, free_port, keep_clusters, os_superuser, pg_config_value_of, running_as_root, target_dir, timescaledb_installed, Cluster,
     ClusterConfig,
 };
 #[allow(unused_imports)]

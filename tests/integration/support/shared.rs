@@ -149,6 +149,18 @@ impl TestDb<'static> {
 
 impl<'a> TestDb<'a> {
     pub fn on(source: &'a Cluster, target: &'a Cluster, test: &str) -> TestDb<'a> {
+        TestDb::on_with(source, target, test, |_| {}, "CREATE EXTENSION livesync")
+    }
+
+    /// Like [`on`](Self::on), with `setup` run in the new target database before the extension
+    /// is created there by `create_extension` (e.g. a Citus coordinator's nodes are added first).
+    pub fn on_with(
+        source: &'a Cluster,
+        target: &'a Cluster,
+        test: &str,
+        setup: impl FnOnce(&mut postgres::Client),
+        create_extension: &str,
+    ) -> TestDb<'a> {
         let name = format!("t_{test}");
         assert!(name.len() <= 63, "database name too long: {name}");
         let db = TestDb {
@@ -170,13 +182,14 @@ impl<'a> TestDb<'a> {
         query(&mut t, &format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"));
         query(&mut t, &format!("CREATE DATABASE {n}"));
         let mut t = target.connect(&db.name);
+        setup(&mut t);
         // Serialized: concurrent CREATE EXTENSION in several databases is a
         // scenario of its own (extension::concurrent_create_extension), not
         // something every test should trip over.
         let _guard = CREATE_EXTENSION_LOCK
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = t.batch_execute("CREATE EXTENSION livesync") {
+        if let Err(e) = t.batch_execute(create_extension) {
             panic!(
                 "CREATE EXTENSION livesync in {} on the target failed:\n{}",
                 db.name,
