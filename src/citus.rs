@@ -103,7 +103,7 @@ pub fn table(relid: pg_sys::Oid) -> Option<CitusTable> {
 ///   crash would leave the shards with rows the coordinator does not know it loaded: copied or
 ///   applied again, they would be there twice.
 pub fn prepare_writes() -> std::result::Result<(), pgrx::spi::Error> {
-    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)")?;
+    commit_durably()?;
     Spi::run(
         "DO $livesync$ BEGIN
            SET LOCAL citus.multi_shard_modify_mode = 'sequential';
@@ -111,6 +111,12 @@ pub fn prepare_writes() -> std::result::Result<(), pgrx::spi::Error> {
            SET LOCAL session_replication_role = replica;
          END $livesync$",
     )
+}
+
+/// Commit the open transaction synchronously: one that changes Citus tables on the worker nodes
+/// (rows, or DDL such as the key built after a copy), see [`prepare_writes`].
+pub fn commit_durably() -> std::result::Result<(), pgrx::spi::Error> {
+    Spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)")
 }
 
 /// Run `truncate` (a `TRUNCATE` of Citus tables) in a transaction prepared by

@@ -357,8 +357,13 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Sour
             }
             tables::settle_spool(id, &newest)?;
         }
+        let target_q = target::qualified(&t.target_schema, &t.target_name);
+        let target_relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
+            .map_err(crate::catalog::spi_err)?;
+        if target_relid.and_then(crate::citus::table).is_some() {
+            crate::citus::commit_durably().map_err(crate::catalog::spi_err)?;
+        }
         if let Some(key) = &t.build_key {
-            let target_q = target::qualified(&t.target_schema, &t.target_name);
             Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary))
                 .map_err(crate::catalog::spi_err)?;
         }
