@@ -41,7 +41,12 @@ fn setup(name: &str) -> u64 {
         if id == 0 {
             id = pg_sys::replorigin_create(c.as_ptr());
         }
+        // PostgreSQL 16 added `acquired_by` (the pid of a leader sharing its origin with parallel
+        // apply workers); 0: this process acquires the origin for itself, as 15 always did.
+        #[cfg(feature = "pg15")]
         pg_sys::replorigin_session_setup(id);
+        #[cfg(feature = "pg18")]
+        pg_sys::replorigin_session_setup(id, 0);
         SESSION_BOUND.store(true, Ordering::Relaxed);
         pg_sys::replorigin_session_origin = id;
         pg_sys::replorigin_session_get_progress(false)
