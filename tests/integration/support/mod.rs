@@ -8,7 +8,8 @@ mod sync;
 
 #[allow(unused_imports)]
 pub use cluster::{
-    base_dir, chown_to_postgres, free_port, keep_clusters, origin_limit_setting, os_superuser, pg_major, running_as_root, server_has_libxml, target_dir,
+    base_dir, chown_to_postgres, free_port, keep_clusters, origin_limit_setting, os_superuser, pg_major, running_as_root, server_has_libxml, server_has_ssl,
+    target_dir,
     timescaledb_installed, Cluster, ClusterConfig,
 };
 #[allow(unused_imports)]
