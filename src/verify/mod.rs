@@ -98,11 +98,12 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
         verification::finish(id, &summary)
     });
     pgrx::log!(
-        "livesync: verified {} in {:.1} s: {} ({} differences)",
+        "livesync: verified {} in {:.1} s: {} ({} differences){}",
         qualified(&t.source_schema, &t.source_name),
         started.elapsed().as_secs_f64(),
         summary.state,
-        summary.differences
+        summary.differences,
+        summary.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
     );
 }
 
@@ -125,7 +126,6 @@ struct SourceCut {
     _exported: ExportedSnapshot,
     client: tokio_postgres::Client,
     lsn: u64,
-    lsn_text: String,
 }
 
 fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str) -> Result<Summary, String> {
@@ -135,25 +135,37 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str) -
     let source_rel = qualified(&t.source_schema, &t.source_name);
     let target_rel = qualified(&t.target_schema, &t.target_name);
 
-    // 1–2: a source snapshot at L, and the stream stopped at L while the target's is taken.
+    // 1–2: a source snapshot at L, and the stream stopped at L while the target's is taken. The
+    // cut is asked for the moment L is known — before anything else, as the stream must not have
+    // begun a transaction past L by the time it looks — and the source session imports the
+    // snapshot only afterwards (the exported snapshot stays valid while its slot's connection lives).
+    let Some(pid) = crate::worker::in_transaction(|| catalog::live_worker_pid(c.id)).ok().and_then(|r| r.ok()).flatten() else {
+        return Err(format!("connector \"{}\" is not streaming (paused, or its worker is down); resume it and try again", c.name));
+    };
     let mut attempts = 0;
-    let (src, pause) = loop {
+    let (exported, pause) = loop {
         attempts += 1;
         let slot = format!("livesync_verify_{}_{}", id, attempts);
         let exported = ExportedSnapshot::create(conninfo, &app, &slot, true).map_err(|e| format!("could not export a snapshot on the source: {e}"))?;
-        let client = block_on_until_shutdown(&rt, snapshot::import(&info, &app, &exported.name))
-            .ok_or("the server is shutting down")?
-            .map_err(|e| format!("could not read under the source snapshot: {e}"))?;
-        let lsn = parse_lsn(&exported.lsn);
-        let lsn_text = exported.lsn.clone();
-        let _ = crate::worker::in_transaction(|| verification::set_cut(id, &lsn_text, attempts));
-        let src = SourceCut { _exported: exported, client, lsn, lsn_text };
-        match take_target_snapshot(c, src.lsn)? {
-            Some(pause) => break (src, pause),
+        match take_target_snapshot(c, pid, parse_lsn(&exported.lsn))? {
+            Some(pause) => break (exported, pause),
             None if attempts < CUT_ATTEMPTS => continue,
             None => return Err(format!("the stream passed the cut {CUT_ATTEMPTS} times in a row; try again when the source is less busy")),
         }
     };
+    let client = match block_on_until_shutdown(&rt, snapshot::import(&info, &app, &exported.name)) {
+        Some(Ok(c)) => c,
+        r => {
+            // SAFETY: ends the transaction take_target_snapshot began (nothing was done in it).
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            return Err(match r {
+                Some(Err(e)) => format!("could not read under the source snapshot: {e}"),
+                _ => "the server is shutting down".into(),
+            });
+        }
+    };
+    let lsn = parse_lsn(&exported.lsn);
+    let src = SourceCut { _exported: exported, client, lsn };
 
     // From here on this process is inside the REPEATABLE READ transaction of the cut.
     let r = crate::error::catch(|| compare(&rt, &src, t, &source_rel, &target_rel));
@@ -166,8 +178,8 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str) -
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(e.message),
     };
-    let _ = &src.lsn_text;
     s.attempts = attempts;
+    s.cut_lsn = Some(crate::walrcv::format_lsn(src.lsn));
     s.pause_ms = Some(pause.as_secs_f64() * 1000.0);
     Ok(s)
 }
@@ -175,10 +187,7 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str) -
 /// Ask the stream for the cut at `lsn` and, once it holds there, begin this process's REPEATABLE
 /// READ transaction (its snapshot is the target side). Some(pause) on success, None when the
 /// stream had already passed `lsn` (try again), Err when it does not come.
-fn take_target_snapshot(c: &catalog::Connector, lsn: u64) -> Result<Option<Duration>, String> {
-    let Some(pid) = crate::worker::in_transaction(|| catalog::live_worker_pid(c.id)).ok().and_then(|r| r.ok()).flatten() else {
-        return Err(format!("connector \"{}\" is not streaming (paused, or its worker is down); resume it and try again", c.name));
-    };
+fn take_target_snapshot(c: &catalog::Connector, pid: i32, lsn: u64) -> Result<Option<Duration>, String> {
     let req = cut::Request::new(c.id, lsn).ok_or("too many verifications run at once; try again later")?;
     crate::worker::wake(pid);
     let start = Instant::now();
