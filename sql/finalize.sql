@@ -84,6 +84,37 @@ SELECT c.name AS connector,
   LEFT JOIN livesync.sync_table t ON t.id = q.table_id
  ORDER BY 1, 2;
 
+-- Verifications (livesync.verify_table): the latest first; `duration` runs on while one runs.
+CREATE VIEW livesync.verification AS
+SELECT v.id,
+       c.name AS connector,
+       v.source_table,
+       v.target_table,
+       v.state,
+       v.started_at,
+       coalesce(v.finished_at, pg_catalog.clock_timestamp()) - v.started_at AS duration,
+       v.cut_lsn,
+       v.method,
+       v.ranges,
+       v.ranges_differing,
+       v.rows_source,
+       v.rows_target,
+       v.differences,
+       v.pause_ms,
+       v.attempts,
+       v.error,
+       v.note
+  FROM livesync.verification_run v
+  JOIN livesync.connector c ON c.id = v.connector_id
+ ORDER BY v.id DESC;
+
+-- The rows each verification found different (they hold row data: admins only).
+CREATE VIEW livesync.verification_differences AS
+SELECT d.verification_id, v.source_table, d.n, d.kind, d.key, d.source_row, d.target_row
+  FROM livesync.verification_difference d
+  JOIN livesync.verification_run v ON v.id = d.verification_id
+ ORDER BY d.verification_id DESC, d.n;
+
 -- Rows of the load in progress, for the executor route that loads TimescaleDB hypertables
 -- (src/copy/load.rs): INSERT INTO target SELECT * FROM livesync._copy_rows(NULL::target).
 -- Internal to livesync's workers; an error anywhere else.
@@ -174,4 +205,6 @@ SELECT c.name AS connector,
 
 GRANT SELECT ON livesync.table_progress TO PUBLIC;
 GRANT SELECT ON livesync.sequences TO PUBLIC;
+GRANT SELECT ON livesync.verification TO PUBLIC;
+GRANT SELECT ON livesync.verification_differences, livesync.verification_run, livesync.verification_difference TO livesync_admin;
 GRANT SELECT ON livesync.sync_table, livesync.copy_range, livesync.unpublish, livesync.spooled_change, livesync.sync_sequence TO livesync_admin;

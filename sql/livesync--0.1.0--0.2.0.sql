@@ -2,3 +2,123 @@
 -- 0.1.0 is the first release (git tag v0.1.0). Once 0.2.0 is released this file is never edited
 -- again; later changes go to livesync--0.2.0--<next>.sql.
 \echo Use "ALTER EXTENSION livesync UPDATE" to load this file. \quit
+
+-- verify_table (issue 13): the verification catalog, its views and functions.
+-- Verifications (livesync.verify_table, src/verify/): one row per table verified, written by its
+-- verify worker — 'running' while it runs, then 'equal', 'different' or 'failed' — and the rows
+-- it found different, named by key (at most 1,000 per verification; all are counted).
+CREATE TABLE livesync.verification_run (
+    id               int8 PRIMARY KEY,   -- from verification_run_id_seq, taken by verify_table
+    connector_id     int4 NOT NULL REFERENCES livesync.connector (id) ON DELETE CASCADE,
+    table_id         int4 REFERENCES livesync.sync_table (id) ON DELETE SET NULL,
+    source_table     text NOT NULL,
+    target_table     text NOT NULL,
+    state            text NOT NULL CHECK (state IN ('running', 'equal', 'different', 'failed')),
+    method           text,               -- how rows were bucketed (key ranges, hash buckets)
+    cut_lsn          pg_lsn,             -- both sides were read as of this source position
+    attempts         int4,               -- cuts tried (the stream may pass one before it is set)
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz,
+    ranges           int4,
+    ranges_differing int4,
+    rows_source      int8,
+    rows_target      int8,
+    differences      int8,
+    pause_ms         float8,             -- how long the stream waited at the cut
+    error            text,
+    note             text
+);
+CREATE SEQUENCE livesync.verification_run_id_seq OWNED BY livesync.verification_run.id;
+
+CREATE TABLE livesync.verification_difference (
+    verification_id int8 NOT NULL REFERENCES livesync.verification_run (id) ON DELETE CASCADE,
+    n               int4 NOT NULL,
+    kind            text NOT NULL CHECK (kind IN ('missing on target', 'extra on target', 'different')),
+    key             jsonb,               -- NULL for a table without a key (the rows say which)
+    source_row      text,
+    target_row      text,
+    PRIMARY KEY (verification_id, n)
+);
+
+-- Verifications (livesync.verify_table): the latest first; `duration` runs on while one runs.
+CREATE VIEW livesync.verification AS
+SELECT v.id,
+       c.name AS connector,
+       v.source_table,
+       v.target_table,
+       v.state,
+       v.started_at,
+       coalesce(v.finished_at, pg_catalog.clock_timestamp()) - v.started_at AS duration,
+       v.cut_lsn,
+       v.method,
+       v.ranges,
+       v.ranges_differing,
+       v.rows_source,
+       v.rows_target,
+       v.differences,
+       v.pause_ms,
+       v.attempts,
+       v.error,
+       v.note
+  FROM livesync.verification_run v
+  JOIN livesync.connector c ON c.id = v.connector_id
+ ORDER BY v.id DESC;
+
+-- The rows each verification found different (they hold row data: admins only).
+CREATE VIEW livesync.verification_differences AS
+SELECT d.verification_id, v.source_table, d.n, d.kind, d.key, d.source_row, d.target_row
+  FROM livesync.verification_difference d
+  JOIN livesync.verification_run v ON v.id = d.verification_id
+ ORDER BY d.verification_id DESC, d.n;
+
+CREATE FUNCTION livesync."verify_table"(
+	"source_table" TEXT, /* & str */
+	"connector" TEXT DEFAULT NULL, /* Option < & str > */
+	"by_text" bool DEFAULT false /* bool */
+) RETURNS TABLE (
+	"verification_id" bigint,  /* i64 */
+	"source_table" TEXT,  /* String */
+	"state" TEXT,  /* String */
+	"cut_lsn" TEXT,  /* Option < String > */
+	"method" TEXT,  /* Option < String > */
+	"ranges" INT,  /* Option < i32 > */
+	"ranges_differing" INT,  /* Option < i32 > */
+	"rows_source" bigint,  /* Option < i64 > */
+	"rows_target" bigint,  /* Option < i64 > */
+	"differences" bigint,  /* Option < i64 > */
+	"duration_ms" double precision,  /* Option < f64 > */
+	"pause_ms" double precision,  /* Option < f64 > */
+	"error" TEXT,  /* Option < String > */
+	"note" TEXT  /* Option < String > */
+)
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'verify_table_wrapper';
+
+CREATE FUNCTION livesync."verify_tables"(
+	"connector" TEXT DEFAULT NULL, /* Option < & str > */
+	"by_text" bool DEFAULT false /* bool */
+) RETURNS TABLE (
+	"verification_id" bigint,  /* i64 */
+	"source_table" TEXT,  /* String */
+	"state" TEXT,  /* String */
+	"cut_lsn" TEXT,  /* Option < String > */
+	"method" TEXT,  /* Option < String > */
+	"ranges" INT,  /* Option < i32 > */
+	"ranges_differing" INT,  /* Option < i32 > */
+	"rows_source" bigint,  /* Option < i64 > */
+	"rows_target" bigint,  /* Option < i64 > */
+	"differences" bigint,  /* Option < i64 > */
+	"duration_ms" double precision,  /* Option < f64 > */
+	"pause_ms" double precision,  /* Option < f64 > */
+	"error" TEXT,  /* Option < String > */
+	"note" TEXT  /* Option < String > */
+)
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'verify_tables_wrapper';
+
+REVOKE ALL ON livesync.verification_run, livesync.verification_difference, livesync.verification,
+    livesync.verification_differences FROM PUBLIC;
+GRANT SELECT ON livesync.verification TO PUBLIC;
+GRANT SELECT ON livesync.verification_differences, livesync.verification_run, livesync.verification_difference TO livesync_admin;
+REVOKE ALL ON FUNCTION livesync.verify_table(text, text, bool), livesync.verify_tables(text, bool) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION livesync.verify_table(text, text, bool), livesync.verify_tables(text, bool) TO livesync_admin;

@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod sequences;
 pub mod source;
 pub mod timescale;
+pub mod verify;
 pub mod walrcv;
 pub mod worker;
 
@@ -49,5 +50,6 @@ pub extern "C-unwind" fn _PG_init() {
         .raise();
     }
     guc::register();
+    verify::cut::init();
     worker::launcher::register();
 }

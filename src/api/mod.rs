@@ -7,3 +7,4 @@
 pub mod connectors;
 pub mod sequences;
 pub mod tables;
+pub mod verify;

@@ -20,6 +20,7 @@ use crate::error::{LivesyncError, Result};
 pub mod ranges;
 pub mod sequences;
 pub mod tables;
+pub mod verification;
 
 /// A connector as the workers and the API need it.
 #[derive(Debug, Clone)]
@@ -132,6 +133,41 @@ pub fn installed() -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+/// The version of this library, which is also the version of the SQL objects (`livesync--<v>.sql`,
+/// or an upgrade script to it) it was built with.
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version of livesync's SQL objects in this database (`pg_extension.extversion`): differs
+/// from [`LIBRARY_VERSION`] between a server restart that loaded a new library and `ALTER
+/// EXTENSION livesync UPDATE` (or after an UPDATE run before the restart). None when livesync is
+/// not installed.
+pub fn installed_version() -> Option<String> {
+    Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'livesync'")
+        .ok()
+        .flatten()
+}
+
+/// Live `livesync connector` processes of this database, whoever started them (the manager
+/// stops them all while the catalog and the library versions differ).
+pub fn connector_processes() -> Result<Vec<i32>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT pid FROM pg_catalog.pg_stat_activity
+              WHERE backend_type = 'livesync connector' AND datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for row in t {
+            if let Some(pid) = row.get::<i32>(1)? {
+                out.push(pid);
+            }
+        }
+        Ok(out)
+    })
+    .map_err(spi_err)
 }
 
 const CONNECTOR_COLUMNS: &str =

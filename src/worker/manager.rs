@@ -6,7 +6,10 @@
 //!   recently: then it waits out a capped exponential back-off (1 s, 2 s, ... 60 s), so a worker
 //!   that crashes on start cannot crash-loop;
 //! - a live worker of a paused or dropped connector is told to stop (SIGTERM);
-//! - when the extension is dropped, it stops every worker and exits for good.
+//! - when the extension is dropped, it stops every worker and exits for good;
+//! - while the extension's version in the database differs from the library's (a server restarted
+//!   with a new library before `ALTER EXTENSION livesync UPDATE`), it runs no connector and logs
+//!   one WARNING saying what to run; the connectors start once the versions match.
 //!
 //! Workers survive a manager restart: the next manager adopts them (it finds them through the
 //! catalog's `worker_pid` and `pg_stat_activity`) instead of starting duplicates.
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker};
 use pgrx::prelude::*;
+use pgrx::PgLogLevel;
 
 use super::{Backoff, BACKEND_TYPE_CONNECTOR, BACKEND_TYPE_MANAGER, LOCK_CLASS_MANAGER};
 use crate::catalog;
@@ -100,14 +104,36 @@ pub extern "C-unwind" fn livesync_manager_main(_arg: pg_sys::Datum) {
     log!("livesync manager started");
 
     let mut children: HashMap<i32, Child> = HashMap::new();
+    // The catalog version last found different from the library's (reported once).
+    let mut mismatch: Option<Option<String>> = None;
     loop {
         match super::in_transaction(|| {
             if !catalog::installed() {
                 return Ok(None);
             }
-            catalog::connector_worker_states().map(Some)
+            let version = catalog::installed_version();
+            if version.as_deref() != Some(catalog::LIBRARY_VERSION) {
+                return catalog::connector_processes().map(|pids| Some(Catalog::OtherVersion(version, pids)));
+            }
+            catalog::connector_worker_states().map(|s| Some(Catalog::Current(s)))
         }) {
-            Ok(Ok(Some(states))) => reconcile(&mut children, &states),
+            Ok(Ok(Some(Catalog::Current(states)))) => {
+                if let Some(v) = mismatch.take() {
+                    log!(
+                        "livesync extension in this database is now at version {} (was {}); starting its connectors",
+                        catalog::LIBRARY_VERSION,
+                        v.as_deref().unwrap_or("unknown")
+                    );
+                }
+                reconcile(&mut children, &states)
+            }
+            Ok(Ok(Some(Catalog::OtherVersion(version, pids)))) => {
+                hold_for_update(&mut children, &pids);
+                if mismatch.as_ref() != Some(&version) {
+                    report_version_mismatch(version.as_deref());
+                    mismatch = Some(version);
+                }
+            }
             Ok(Ok(None)) => {
                 log!("livesync was dropped from this database; manager exiting");
                 for (_, c) in children.drain() {
@@ -125,6 +151,44 @@ pub extern "C-unwind" fn livesync_manager_main(_arg: pg_sys::Datum) {
         }
     }
     log!("livesync manager shutting down");
+}
+
+/// What the manager found in its database's catalog.
+enum Catalog {
+    /// The catalog is at this library's version: the connectors' desired and actual states.
+    Current(Vec<catalog::ConnectorWorkerState>),
+    /// The catalog is at another version (or none is recorded), and these connector processes run.
+    OtherVersion(Option<String>, Vec<i32>),
+}
+
+/// The library and the catalog are of different versions: a server restarted with a new library
+/// before `ALTER EXTENSION livesync UPDATE`, or an UPDATE run before the restart. Neither this
+/// code on that catalog nor the old code on the new catalog is known to work, so no connector runs
+/// until they match; the replication slots keep the source's changes meanwhile.
+fn hold_for_update(children: &mut HashMap<i32, Child>, pids: &[i32]) {
+    for (_, c) in children.drain() {
+        if let Some(h) = c.handle {
+            let _ = h.terminate();
+        }
+    }
+    for &pid in pids {
+        terminate_pid(pid);
+    }
+}
+
+fn report_version_mismatch(version: Option<&str>) {
+    crate::error::LivesyncError::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "livesync library version {} does not match the extension's version {} in this database; its connectors wait",
+            catalog::LIBRARY_VERSION,
+            version.unwrap_or("(none)")
+        ),
+    )
+    .hint(
+        "After installing a new livesync package, restart the server, then run ALTER EXTENSION livesync UPDATE in every database that has livesync.",
+    )
+    .report(PgLogLevel::WARNING);
 }
 
 fn reconcile(children: &mut HashMap<i32, Child>, states: &[catalog::ConnectorWorkerState]) {

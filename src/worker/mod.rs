@@ -45,6 +45,7 @@ pub const BACKEND_TYPE_LAUNCHER: &str = "livesync launcher";
 pub const BACKEND_TYPE_MANAGER: &str = "livesync manager";
 pub const BACKEND_TYPE_CONNECTOR: &str = "livesync connector";
 pub const BACKEND_TYPE_COPY: &str = "livesync copy";
+pub const BACKEND_TYPE_VERIFY: &str = "livesync verify";
 
 /// Start a dynamic livesync worker in this database (or database `dboid`): `function` is its
 /// entry point, `arg` its argument. `restart`: None for workers their parent restarts itself;
@@ -57,6 +58,34 @@ pub fn launch(
     function: &str,
     arg: i32,
     dboid: pg_sys::Oid,
+    restart: Option<Duration>,
+    notify: bool,
+) -> Option<DynamicBackgroundWorker> {
+    launch_extra(name, backend_type, function, arg, &dboid.to_u32().to_string(), restart, notify)
+}
+
+/// [`launch`] in this database, with `tail` passed to the worker beside the database
+/// ([`worker_extra_tail`]).
+pub fn launch_with(
+    name: &str,
+    backend_type: &str,
+    function: &str,
+    arg: i32,
+    tail: &str,
+    restart: Option<Duration>,
+    notify: bool,
+) -> Option<DynamicBackgroundWorker> {
+    // SAFETY: MyDatabaseId is a backend-local global set when this backend connected; a plain read.
+    let db = unsafe { pg_sys::MyDatabaseId };
+    launch_extra(name, backend_type, function, arg, &format!("{}:{tail}", db.to_u32()), restart, notify)
+}
+
+fn launch_extra(
+    name: &str,
+    backend_type: &str,
+    function: &str,
+    arg: i32,
+    extra: &str,
     restart: Option<Duration>,
     notify: bool,
 ) -> Option<DynamicBackgroundWorker> {
@@ -73,7 +102,7 @@ pub fn launch(
                 .set_start_time(BgWorkerStartTime::RecoveryFinished)
                 .set_restart_time(restart)
                 .set_argument(arg.into_datum())
-                .set_extra(&dboid.to_u32().to_string());
+                .set_extra(extra);
             if notify {
                 b = b.set_notify_pid(pg_sys::MyProcPid);
             }
@@ -91,7 +120,14 @@ pub fn launch(
 
 /// The database a livesync worker serves (its `bgw_extra`).
 pub fn worker_database() -> pg_sys::Oid {
-    pg_sys::Oid::from(BackgroundWorker::get_extra().parse::<u32>().expect("livesync worker needs a database OID"))
+    let extra = BackgroundWorker::get_extra();
+    let db = extra.split(':').next().unwrap_or_default();
+    pg_sys::Oid::from(db.parse::<u32>().expect("livesync worker needs a database OID"))
+}
+
+/// What [`launch_with`] passed beside the database.
+pub fn worker_extra_tail() -> String {
+    BackgroundWorker::get_extra().split_once(':').map(|(_, t)| t.to_string()).unwrap_or_default()
 }
 
 /// Run `f` in its own transaction. A PostgreSQL ERROR (or Rust panic) inside aborts the

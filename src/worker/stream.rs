@@ -184,6 +184,9 @@ struct Progress<'r> {
     flushed: u64,
     source_wal_end: u64,
     last_commit_time: i64,
+    connector_id: i32,
+    /// The commit LSN of the last source transaction begun (for a verification's cut).
+    last_begin_final: u64,
 }
 
 impl Progress<'_> {
@@ -265,6 +268,8 @@ pub fn run(
         flushed: start,
         source_wal_end: 0,
         last_commit_time: 0,
+        connector_id: c.id,
+        last_begin_final: 0,
     };
     let mut last_feedback = Instant::now();
     let mut last_housekeeping = Instant::now();
@@ -332,6 +337,17 @@ pub fn run(
                                 return abort(&mut applier, Outcome::Failed(format!("could not spool a streamed transaction: {e}")))
                             }
                         }
+                        let begins = match &decoded {
+                            LogicalMessage::Begin(b) => Some(b.final_lsn.0),
+                            LogicalMessage::StreamCommit(sc) => Some(sc.commit_lsn.0),
+                            _ => None,
+                        };
+                        if let Some(final_lsn) = begins {
+                            if let Err(o) = cut_before(&mut applier, &mut p, Some(final_lsn)) {
+                                return o;
+                            }
+                            p.last_begin_final = p.last_begin_final.max(final_lsn);
+                        }
                         if let LogicalMessage::StreamCommit(sc) = decoded {
                             if let Err(o) = replay(&mut applier, &mut spool, &sc, &mut conn, &mut p) {
                                 return o;
@@ -371,6 +387,19 @@ pub fn run(
             Received::WouldBlock(fd) => {
                 socket = Some(fd);
                 let mut timeout_ms: i64 = 1000;
+                // A verification's cut on a quiet source: everything before it has arrived once
+                // the source has sent a position past it with no transaction open; ask for that
+                // position often meanwhile.
+                if crate::verify::cut::pending(c.id).is_some() {
+                    if let Err(o) = cut_before(&mut applier, &mut p, None) {
+                        return o;
+                    }
+                    if crate::verify::cut::pending(c.id).is_some() && last_feedback.elapsed() >= CUT_POLL {
+                        p.feedback(&mut conn, !applier.txn_open, true);
+                        last_feedback = Instant::now();
+                    }
+                    timeout_ms = CUT_POLL.as_millis() as i64;
+                }
                 // A busy stream (many messages per wake-up) is read in larger pieces: the socket
                 // then wakes us when a good amount of data is there, or after BUSY_WAIT at the
                 // latest; a wait that ends with less goes back to waking on every byte.
@@ -476,6 +505,36 @@ pub fn run(
             Received::End => return abort(&mut applier, Outcome::Failed("the source ended the replication stream".into())),
         }
     }
+}
+
+/// While a verification waits for its cut, the stream asks the source for its position this often.
+const CUT_POLL: Duration = Duration::from_millis(10);
+
+/// A verification's cut (`src/verify/cut.rs`): before a source transaction committing at
+/// `final_lsn` (Some) is applied, or while waiting for data (None). At the cut `L` — the next
+/// transaction commits at or after `L`, or everything up to `L` has arrived and no source
+/// transaction is open — commit what the target transaction holds (source transactions before
+/// `L` only) and hold while the verifier takes its snapshot. A stream that already began a
+/// transaction at or past `L` cannot make that cut: it says so, and the verifier tries anew.
+fn cut_before(applier: &mut Applier, p: &mut Progress, final_lsn: Option<u64>) -> Result<(), Outcome> {
+    let Some(cut) = crate::verify::cut::pending(p.connector_id) else { return Ok(()) };
+    if p.last_begin_final >= cut.lsn || p.committed_remote > cut.lsn {
+        crate::verify::cut::missed(cut);
+        return Ok(());
+    }
+    let at_cut = match final_lsn {
+        Some(f) => f >= cut.lsn,
+        None => p.received >= cut.lsn && !applier.in_source_txn(),
+    };
+    if !at_cut {
+        return Ok(());
+    }
+    if applier.txn_open {
+        commit(applier, p)?;
+    }
+    let paused = crate::verify::cut::hold(cut);
+    pgrx::debug1!("livesync: held the stream {paused:?} at a verification's cut");
+    Ok(())
 }
 
 /// Apply a committed streamed transaction from the spool, as one source transaction. Feedback

@@ -37,4 +37,5 @@ mod sync_copy;
 mod sync_stream;
 mod sync_crash;
 mod tls;
+mod verify;
 mod timescale;

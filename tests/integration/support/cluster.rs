@@ -94,11 +94,16 @@ fn pg_config() -> String {
 }
 
 fn pg_config_value(flag: &str) -> PathBuf {
-    let out = Command::new(pg_config())
+    pg_config_value_of(&pg_config(), flag)
+}
+
+/// A directory of the installation `pg_config` describes (`--sharedir`, `--pkglibdir`, ...).
+pub fn pg_config_value_of(pg_config: &str, flag: &str) -> PathBuf {
+    let out = Command::new(pg_config)
         .arg(flag)
         .output()
-        .unwrap_or_else(|e| panic!("running {} {flag}: {e}", pg_config()));
-    assert!(out.status.success(), "{} {flag} failed", pg_config());
+        .unwrap_or_else(|e| panic!("running {pg_config} {flag}: {e}"));
+    assert!(out.status.success(), "{pg_config} {flag} failed");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -172,17 +177,21 @@ pub fn pg_bindir() -> &'static Path {
 /// Panics with a helpful message when the extension is not installed.
 pub fn assert_extension_installed() {
     static CHECK: Once = Once::new();
-    CHECK.call_once(|| {
-        let control = pg_config_value("--sharedir").join("extension/livesync.control");
-        let lib = pg_config_value("--pkglibdir").join("livesync.so");
-        assert!(
-            control.exists() && lib.exists(),
-            "the livesync extension is not installed ({} / {} missing); \
-             run `bash scripts/setup.sh` (or `bash scripts/test.sh`) first",
-            control.display(),
-            lib.display()
-        );
-    });
+    CHECK.call_once(|| assert_extension_installed_in(&pg_config()));
+}
+
+/// Panics with a helpful message when the extension is not installed in the installation
+/// `pg_config` describes.
+fn assert_extension_installed_in(pg_config: &str) {
+    let control = pg_config_value_of(pg_config, "--sharedir").join("extension/livesync.control");
+    let lib = pg_config_value_of(pg_config, "--pkglibdir").join("livesync.so");
+    assert!(
+        control.exists() && lib.exists(),
+        "the livesync extension is not installed ({} / {} missing); \
+         run `bash scripts/setup.sh` (or `bash scripts/test.sh`) first",
+        control.display(),
+        lib.display()
+    );
 }
 
 /// A command running a PostgreSQL program as the OS user owning the clusters.
@@ -463,7 +472,11 @@ impl Cluster {
     /// initdb + configure + start a new cluster.
     pub fn start_new(name: &str, config: ClusterConfig) -> Cluster {
         if config.preload_livesync {
-            assert_extension_installed();
+            match &config.bindir {
+                // Another installation (a test's own): its pg_config says where livesync must be.
+                Some(bindir) => assert_extension_installed_in(&bindir.join("pg_config").to_string_lossy()),
+                None => assert_extension_installed(),
+            }
         }
         let base = base_dir();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;

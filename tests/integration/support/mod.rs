@@ -8,9 +8,8 @@ mod sync;
 
 #[allow(unused_imports)]
 pub use cluster::{
-    base_dir, chown_to_postgres, free_port, keep_clusters, origin_limit_setting, os_superuser, pg_major, running_as_root, server_has_libxml, server_has_ssl,
-    target_dir,
-    timescaledb_installed, Cluster, ClusterConfig,
+    base_dir, chown_to_postgres, free_port, keep_clusters, origin_limit_setting, os_superuser, pg_config_value_of, pg_major, running_as_root,
+    server_has_libxml, server_has_ssl, target_dir, timescaledb_installed, Cluster, ClusterConfig,
 };
 #[allow(unused_imports)]
 pub use shared::{
@@ -156,6 +155,12 @@ impl Row {
         self.text(col)
             .parse()
             .unwrap_or_else(|e| panic!("column {col:?} is not an integer ({e}): {self:?}"))
+    }
+
+    pub fn float(&self, col: &str) -> f64 {
+        self.text(col)
+            .parse()
+            .unwrap_or_else(|e| panic!("column {col:?} is not a number ({e}): {self:?}"))
     }
 
     /// Any column containing `needle` (for "no password here" checks).
