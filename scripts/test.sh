@@ -16,7 +16,7 @@ fi
 
 # Integration test filters run against PostgreSQL 18 (module names: sync_add_table,
 # sync_copy, sync_stream, sync_crash, errors, robustness, restarts, hostile, hostile_source, ...).
-PG18_SCENARIOS=(extension sync_ errors robustness restarts hostile)
+PG18_SCENARIOS=(extension sync_ errors robustness restarts hostile verify)
 
 bash scripts/setup.sh
 bash scripts/source-versions.sh
