@@ -11,6 +11,7 @@
 #   BENCH_RUNS=3                      # runs of native and of livesync's default copy (medians compared)
 #   BENCH_SKIP_LAG=1                  # skip the lag of a synced table while metrics is copied beside the stream
 #   BENCH_SKIP_RESUME=1               # skip the crash halfway through metrics' copy and the snapshot-age runs
+#   BENCH_SKIP_VERIFY=1               # skip verify_table on metrics against a full scan of it
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
 # 56432 (source) and 56433 (target). Results are printed as a Markdown table.
@@ -475,4 +476,52 @@ if [ -z "${BENCH_SKIP_RESUME:-}" ]; then
     : > "$W/target.log"
   done
   tgt -d postgres -c "ALTER SYSTEM RESET livesync.max_snapshot_age" -c "ALTER SYSTEM RESET livesync.copy_range_mb" -c "SELECT pg_reload_conf()" >/dev/null
+fi
+
+if [ -z "${BENCH_SKIP_VERIFY:-}" ]; then
+  # ---- verify_table (issue 13, item 3): metrics verified while a synced table takes 200 single-
+  # row transactions/s, against one full scan of metrics on the source that hashes every row's
+  # text (the reference). BENCH_RUNS runs of each, alternating. Then three rows changed on the
+  # target behind livesync's back, verified once more (the differing ranges read row by row).
+  say "verify_table on metrics against one full scan of it on the source"
+  MET=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
+  src -d bench -c "DROP TABLE IF EXISTS ticks" -c "CREATE TABLE ticks (id bigserial PRIMARY KEY, created timestamptz NOT NULL DEFAULT clock_timestamp())"
+  tgt -d postgres -c "DROP DATABASE IF EXISTS verify WITH (FORCE)" -c "CREATE DATABASE verify"
+  tgt -d verify -c "CREATE EXTENSION livesync" -c "SELECT livesync.add_connector('$SRC_CONNINFO', 'verify')" \
+                -c "SELECT livesync.add_table('public.ticks')" -c "SELECT livesync.add_table('public.metrics')" >/dev/null
+  wait_sql verify "SELECT bool_and(state = 'ready') AND count(*) = 2 FROM livesync.table_progress"
+  tgt -d verify -c "VACUUM ANALYZE metrics" >/dev/null
+  printf 'INSERT INTO ticks DEFAULT VALUES;\n' > "$W/tick.sql"; chmod a+r "$W/tick.sql"
+  as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 1 -R 200 -T 3600 -f "$W/tick.sql" bench >/dev/null 2>&1 & tick_pid=$!
+  RUNS="${BENCH_RUNS:-3}"
+  vrows=()
+  for i in $(seq 1 "$RUNS"); do
+    settle; t0=$(now)
+    src -d bench -At -c "SELECT sum(hashtext(t::text)) FROM metrics t" >/dev/null
+    t1=$(now)
+    settle
+    v=$(tgt -d verify -At -F ' ' -c "SELECT state, duration_ms, pause_ms, ranges, rows_source, differences FROM livesync.verify_table('public.metrics')")
+    read -r VSTATE VMS VPAUSE VRANGES VROWS VDIFF <<< "$v"
+    vrows+=("$(python3 -c "print(f'| {$i} | {$t1-$t0:.1f} | {$VMS/1000:.1f} | {$VMS/1000/($t1-$t0):.2f} | {$VPAUSE:.2f} | $VRANGES | $VROWS | $VSTATE, $VDIFF differences |')")")
+    echo "$(python3 -c "print($VMS/1000/($t1-$t0))")" >> "$W/vratios"
+  done
+  tgt -d verify -c "SET session_replication_role = replica" \
+      -c "UPDATE metrics SET cpu = -1 WHERE (device_id, time) = (SELECT device_id, time FROM metrics WHERE device_id = 7 LIMIT 1)" \
+      -c "DELETE FROM metrics WHERE (device_id, time) = (SELECT device_id, time FROM metrics WHERE device_id = 1500 LIMIT 1)" \
+      -c "INSERT INTO metrics (device_id, time, cpu) VALUES (99999, now(), 1)" >/dev/null
+  settle
+  v=$(tgt -d verify -At -F ' ' -c "SELECT state, duration_ms, pause_ms, ranges, rows_source, differences FROM livesync.verify_table('public.metrics')")
+  read -r VSTATE VMS VPAUSE VRANGES VROWS VDIFF <<< "$v"
+  vrows+=("$(python3 -c "print(f'| 3 rows changed on the target | — | {$VMS/1000:.1f} | — | {$VPAUSE:.2f} | $VRANGES | $VROWS | $VSTATE, $VDIFF differences |')")")
+  kill $tick_pid 2>/dev/null || true; wait $tick_pid 2>/dev/null || true
+  echo
+  echo "### verify_table on metrics ($(python3 -c "print(round($MET/1e6))") MB) while a synced table takes 200 transactions/s"
+  echo
+  echo "| run | full scan on the source s | verify_table s | verify / scan | stream pause ms | ranges | rows | result |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+  for r in "${vrows[@]}"; do echo "$r"; done
+  echo
+  echo "verify / scan, median of $RUNS: $(python3 -c "
+import statistics; v=[float(x) for x in open('$W/vratios')]; print(f'{statistics.median(v):.2f} (min {min(v):.2f}, max {max(v):.2f})')")"
+  rm -f "$W/vratios"
 fi

@@ -3,6 +3,7 @@
 #
 #   bash scripts/package.sh                      # for the pg_config found (PostgreSQL 15 here)
 #   PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config bash scripts/package.sh
+#   PG_CONFIG=<PostgreSQL 18's pg_config> bash scripts/package.sh   # postgresql-18-livesync
 #
 # `cargo pgrx package` lays out the release build's files as they install (the library in
 # pkglibdir, control and SQL in sharedir/extension); this wraps that tree with a DEBIAN/control
@@ -20,7 +21,19 @@ ARCH="$(dpkg --print-architecture)"
 OUT="target/debian/livesync-pg$MAJOR"
 rm -rf "$OUT"; mkdir -p "$OUT"
 echo "==> cargo pgrx package for PostgreSQL $MAJOR ($PG_CONFIG)"
-cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$OUT" >&2
+FEATURES=()
+[ "$MAJOR" != 15 ] && FEATURES=(--no-default-features --features "pg$MAJOR")
+cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$OUT" "${FEATURES[@]}" >&2
+# Lay the files out where Debian's postgresql-<major> looks for them, whatever installation built
+# them (PostgreSQL 18 here comes from a relocatable build, not from a Debian package).
+LIB="$OUT/usr/lib/postgresql/$MAJOR/lib"; EXT="$OUT/usr/share/postgresql/$MAJOR/extension"
+if [ ! -f "$LIB/livesync.so" ]; then
+  STAGE="$(mktemp -d)"; mv "$OUT" "$STAGE/tree"; mkdir -p "$LIB" "$EXT"
+  find "$STAGE/tree" -name 'livesync*.so' -exec mv {} "$LIB/" \;
+  find "$STAGE/tree" \( -name 'livesync.control' -o -name 'livesync--*.sql' \) -exec mv {} "$EXT/" \;
+  rm -rf "$STAGE"
+fi
+[ -f "$LIB/livesync.so" ] && [ -f "$EXT/livesync.control" ] || { echo "package.sh: no livesync.so/livesync.control in the package output" >&2; exit 1; }
 mkdir -p "$OUT/DEBIAN"
 SIZE="$(du -sk "$OUT" | cut -f1)"
 cat > "$OUT/DEBIAN/control" <<CONTROL

@@ -73,7 +73,8 @@ SELECT d.verification_id, v.source_table, d.n, d.kind, d.key, d.source_row, d.ta
 
 CREATE FUNCTION livesync."verify_table"(
 	"source_table" TEXT, /* & str */
-	"connector" TEXT DEFAULT NULL /* Option < & str > */
+	"connector" TEXT DEFAULT NULL, /* Option < & str > */
+	"by_text" bool DEFAULT false /* bool */
 ) RETURNS TABLE (
 	"verification_id" bigint,  /* i64 */
 	"source_table" TEXT,  /* String */
@@ -94,7 +95,8 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'verify_table_wrapper';
 
 CREATE FUNCTION livesync."verify_tables"(
-	"connector" TEXT DEFAULT NULL /* Option < & str > */
+	"connector" TEXT DEFAULT NULL, /* Option < & str > */
+	"by_text" bool DEFAULT false /* bool */
 ) RETURNS TABLE (
 	"verification_id" bigint,  /* i64 */
 	"source_table" TEXT,  /* String */
@@ -118,8 +120,8 @@ REVOKE ALL ON livesync.verification_run, livesync.verification_difference, lives
     livesync.verification_differences FROM PUBLIC;
 GRANT SELECT ON livesync.verification TO PUBLIC;
 GRANT SELECT ON livesync.verification_differences, livesync.verification_run, livesync.verification_difference TO livesync_admin;
-REVOKE ALL ON FUNCTION livesync.verify_table(text, text), livesync.verify_tables(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION livesync.verify_table(text, text), livesync.verify_tables(text) TO livesync_admin;
+REVOKE ALL ON FUNCTION livesync.verify_table(text, text, bool), livesync.verify_tables(text, bool) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION livesync.verify_table(text, text, bool), livesync.verify_tables(text, bool) TO livesync_admin;
 
 -- Citus targets (issue 15): add_table(distributed_by => column) creates the target as a Citus
 -- distributed table; sync_table.distributed_by keeps the column for a target made again.

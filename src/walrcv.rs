@@ -59,7 +59,13 @@ impl ReplicationConn {
             let mut err: *mut std::os::raw::c_char = std::ptr::null_mut();
             let conn = catch(|| {
                 pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, app.as_ptr(), &mut err)
+                    // 15: (conninfo, logical, appname, err). 16 added must_use_password (false: a
+                    // password is not required, as on 15), 17 `replication` before `logical`.
+                    #[cfg(feature = "pg15")]
+                    let conn = (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, app.as_ptr(), &mut err);
+                    #[cfg(feature = "pg18")]
+                    let conn = (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, true, false, app.as_ptr(), &mut err);
+                    conn
                 }) as usize
             })? as *mut pg_sys::WalReceiverConn;
             if conn.is_null() {
@@ -89,7 +95,12 @@ impl ReplicationConn {
         // the guarded call (an ERROR becomes Err through `catch`).
         let name = catch(|| unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, action, &mut lsn)
+                // 17 added `failover` (sync the slot to standbys) after `two_phase`: off, as on 15.
+                #[cfg(feature = "pg15")]
+                let name = (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, action, &mut lsn);
+                #[cfg(feature = "pg18")]
+                let name = (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, false, action, &mut lsn);
+                name
             }) as usize
         })? as *const std::os::raw::c_char;
         // SAFETY: a non-NULL result is the snapshot name walrcv_create_slot pstrdup'ed, NUL-terminated.
@@ -110,7 +121,7 @@ impl ReplicationConn {
         let slot = CString::new(slot).unwrap();
         let publications: Vec<CString> = publications.iter().map(|p| CString::new(p.as_str()).unwrap()).collect();
         // SAFETY: the options struct is plain data, zeroed then filled; the strings it points to
-        // (slot, the pstrdup'ed names) outlive the call; the List is built in the current memory
+        // (slot, the pstrdup'ed names, the static "on") outlive the call; the List is built in the current memory
         // context; the call is guarded (an ERROR becomes Err through `catch`).
         unsafe {
             let mut opts: pg_sys::WalRcvStreamOptions = std::mem::zeroed();
@@ -124,7 +135,15 @@ impl ReplicationConn {
             }
             opts.proto.logical.publication_names = names;
             opts.proto.logical.binary = false;
-            opts.proto.logical.streaming = streaming;
+            // 16 turned the `streaming` flag into the option's text (NULL: not sent, as `false` was).
+            #[cfg(feature = "pg15")]
+            {
+                opts.proto.logical.streaming = streaming;
+            }
+            #[cfg(feature = "pg18")]
+            {
+                opts.proto.logical.streaming_str = if streaming { c"on".as_ptr() as *mut _ } else { std::ptr::null_mut() };
+            }
             opts.proto.logical.twophase = false;
             let conn = self.conn;
             let ok = catch(|| pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_startstreaming.unwrap())(conn, &opts)))?;

@@ -93,8 +93,9 @@ fn add_connector(conninfo: &str, name: default!(Option<&str>, "NULL")) -> String
     }
 
     // Each connector binds its worker to a replication origin of its own, and the target can
-    // hold only max_replication_slots of them in use: say so now rather than leave a worker that
-    // can never start.
+    // hold only LIMIT_SETTING of them in use: say so now rather than leave a worker that can
+    // never start.
+    let setting = crate::apply::origin::LIMIT_SETTING;
     let (in_use, limit) = crate::apply::origin::headroom(&catalog::origin_names().or_raise());
     if in_use + 1 > limit {
         LivesyncError::new(
@@ -102,9 +103,9 @@ fn add_connector(conninfo: &str, name: default!(Option<&str>, "NULL")) -> String
             "no replication origin is free on the target for another connector",
         )
         .detail(format!(
-            "Replication origins in use or claimed by connectors: {in_use}; max_replication_slots on the target: {limit}."
+            "Replication origins in use or claimed by connectors: {in_use}; {setting} on the target: {limit}."
         ))
-        .hint("Raise max_replication_slots on the target (postgresql.conf, then restart the server), or drop a connector or subscription you no longer need.")
+        .hint(format!("Raise {setting} on the target (postgresql.conf, then restart the server), or drop a connector or subscription you no longer need."))
         .raise();
     }
 

@@ -43,9 +43,9 @@ fn check_isolation() {
 }
 
 /// Verify one table: start its worker, wait, read the result.
-fn verify(t: &tables::SyncTable) -> Row {
+fn verify(t: &tables::SyncTable, by_text: bool) -> Row {
     let id = catalog::as_owner(|| catalog::first_value_rw::<i64>("SELECT pg_catalog.nextval('livesync.verification_run_id_seq')", &[])).or_raise().unwrap_or_default();
-    let Some(handle) = crate::verify::launch(id, t.id) else {
+    let Some(handle) = crate::verify::launch(id, t.id, by_text) else {
         LivesyncError::new(PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, "could not start a verify worker: no free background worker slot")
             .hint("Raise max_worker_processes (a restart), or try again when copies have finished.")
             .raise();
@@ -91,9 +91,10 @@ fn verify(t: &tables::SyncTable) -> Row {
 }
 
 /// Compare `source_table` on the source with its target table at one consistent cut; the rows
-/// that differ are in `livesync.verification_differences`.
+/// that differ are in `livesync.verification_differences`. Rows are compared by their columns'
+/// own equality (typed hashes), or by their text with `by_text`.
 #[pg_extern]
-fn verify_table(source_table: &str, connector: default!(Option<&str>, "NULL")) -> TableIterator<'static, (
+fn verify_table(source_table: &str, connector: default!(Option<&str>, "NULL"), by_text: default!(bool, false)) -> TableIterator<'static, (
     name!(verification_id, i64),
     name!(source_table, String),
     name!(state, String),
@@ -120,12 +121,12 @@ fn verify_table(source_table: &str, connector: default!(Option<&str>, "NULL")) -
         .hint("SELECT source_table FROM livesync.table_progress lists the synced tables.")
         .raise()
     });
-    TableIterator::new(vec![verify(&t)])
+    TableIterator::new(vec![verify(&t, by_text)])
 }
 
 /// [`verify_table`] for every table of the connector, one after the other.
 #[pg_extern]
-fn verify_tables(connector: default!(Option<&str>, "NULL")) -> TableIterator<'static, (
+fn verify_tables(connector: default!(Option<&str>, "NULL"), by_text: default!(bool, false)) -> TableIterator<'static, (
     name!(verification_id, i64),
     name!(source_table, String),
     name!(state, String),
@@ -150,6 +151,6 @@ fn verify_tables(connector: default!(Option<&str>, "NULL")) -> TableIterator<'st
     })
     .map_err(catalog::spi_err)
     .or_raise();
-    let rows: Vec<Row> = ids.into_iter().filter_map(|id| tables::by_id(id).or_raise()).map(|t| verify(&t)).collect();
+    let rows: Vec<Row> = ids.into_iter().filter_map(|id| tables::by_id(id).or_raise()).map(|t| verify(&t, by_text)).collect();
     TableIterator::new(rows)
 }

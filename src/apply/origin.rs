@@ -41,7 +41,12 @@ fn setup(name: &str) -> u64 {
         if id == 0 {
             id = pg_sys::replorigin_create(c.as_ptr());
         }
+        // PostgreSQL 16 added `acquired_by` (the pid of a leader sharing its origin with parallel
+        // apply workers); 0: this process acquires the origin for itself, as 15 always did.
+        #[cfg(feature = "pg15")]
         pg_sys::replorigin_session_setup(id);
+        #[cfg(feature = "pg18")]
+        pg_sys::replorigin_session_setup(id, 0);
         SESSION_BOUND.store(true, Ordering::Relaxed);
         pg_sys::replorigin_session_origin = id;
         pg_sys::replorigin_session_get_progress(false)
@@ -70,9 +75,16 @@ pub fn drop(name: &str) {
     }
 }
 
+/// The setting that sizes PostgreSQL's replication state array, i.e. bounds the origins in use
+/// at once: PostgreSQL 18 gave it a name of its own; before, `max_replication_slots` did both.
+#[cfg(feature = "pg15")]
+pub const LIMIT_SETTING: &str = "max_replication_slots";
+#[cfg(feature = "pg18")]
+pub const LIMIT_SETTING: &str = "max_active_replication_origins";
+
 /// Replication origins that exist on this cluster (every database's, subscriptions' included),
 /// counting the ones in `pending` (names of origins that connectors will create) that do not
-/// exist yet, and the limit on origins in use at once: `max_replication_slots` (the size of
+/// exist yet, and the limit on origins in use at once: [`LIMIT_SETTING`] (the size of
 /// PostgreSQL's replication state array). Read from the catalog directly: `pg_replication_origin`
 /// is not readable by the roles that may call `add_connector`.
 pub fn headroom(pending: &[String]) -> (usize, usize) {
@@ -96,6 +108,11 @@ pub fn headroom(pending: &[String]) -> (usize, usize) {
         }
     }
     // SAFETY: reading a GUC variable of this backend.
-    let limit = unsafe { pg_sys::max_replication_slots }.max(0) as usize;
+    #[cfg(feature = "pg15")]
+    let limit = unsafe { pg_sys::max_replication_slots };
+    // SAFETY: reading a GUC variable of this backend.
+    #[cfg(feature = "pg18")]
+    let limit = unsafe { pg_sys::max_active_replication_origins };
+    let limit = limit.max(0) as usize;
     (n, limit)
 }

@@ -407,6 +407,15 @@ pub fn report_running(id: i32) -> Result<()> {
     .map_err(spi_err)
 }
 
+/// Something the user must know about, while the worker goes on running (state unchanged).
+pub fn report_last_error(id: i32, message: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE livesync.connector SET last_error = $2, last_error_at = now() WHERE id = $1",
+        &[id.into(), message.into()],
+    )
+    .map_err(spi_err)
+}
+
 pub fn report_error(id: i32, message: &str) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.connector SET state = 'error', last_error = $2, last_error_at = now() WHERE id = $1",

@@ -30,7 +30,9 @@
 //!   `last_error_sqlstate`, `last_error_detail`, `last_error_context`). Other tables are not
 //!   affected. Retried automatically after `next_attempt_at`, from scratch (the spool stops while
 //!   in `error`). A change the stream cannot apply (a data error) also sets `error`, with
-//!   `next_attempt_at = 'infinity'`: only `resync_table` brings the table back.
+//!   `next_attempt_at = 'infinity'`: only `resync_table` brings the table back; so does a
+//!   publication dropped on a PostgreSQL 18 source, which did not send the table's changes
+//!   meanwhile (`copy::ensure_publications`).
 //!
 //! Not states of their own, but shown by `livesync.table_progress`: `catching up`/`ready` (a
 //! `copied` table before/after the stream passed its `snapshot_lsn`) and `retrying` (a `copied`

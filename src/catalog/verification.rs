@@ -31,6 +31,7 @@ pub struct Summary {
     pub attempts: i32,
     pub error: Option<String>,
     pub note: Option<String>,
+    pub cut_lsn: Option<String>,
 }
 
 pub fn start(id: i64, connector_id: i32, table_id: i32, source_table: &str, target_table: &str) -> Result<()> {
@@ -42,20 +43,11 @@ pub fn start(id: i64, connector_id: i32, table_id: i32, source_table: &str, targ
     .map_err(spi_err)
 }
 
-/// The cut the verification reads at (known before the target's snapshot is taken).
-pub fn set_cut(id: i64, lsn: &str, attempts: i32) -> Result<()> {
-    Spi::run_with_args(
-        "UPDATE livesync.verification_run SET cut_lsn = $2::pg_lsn, attempts = $3 WHERE id = $1",
-        &[id.into(), lsn.into(), attempts.into()],
-    )
-    .map_err(spi_err)
-}
-
 pub fn finish(id: i64, r: &Summary) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.verification_run SET state = $2, method = $3, ranges = $4, ranges_differing = $5,
                 rows_source = $6, rows_target = $7, differences = $8, pause_ms = $9, attempts = $10,
-                error = $11, note = $12, finished_at = pg_catalog.clock_timestamp()
+                error = $11, note = $12, cut_lsn = $13::pg_lsn, finished_at = pg_catalog.clock_timestamp()
           WHERE id = $1",
         &[
             id.into(),
@@ -70,6 +62,7 @@ pub fn finish(id: i64, r: &Summary) -> Result<()> {
             r.attempts.into(),
             r.error.as_deref().into(),
             r.note.as_deref().into(),
+            r.cut_lsn.as_deref().into(),
         ],
     )
     .map_err(spi_err)

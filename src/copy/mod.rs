@@ -592,10 +592,114 @@ fn fail_unfinished(c: &Connector, why: &str) {
 ///   `add_table` would (same name on the target);
 /// - a published table the user dropped from the publication stops syncing.
 ///
+/// A publication of the connector found missing (dropped on the source) is created again by
+/// [`ensure_publications`], which puts its tables back.
+///
 /// Every step is idempotent, so a crash between a source change and the catalog's commit is
 /// repaired by the next run. Runs under the connector's table-set lock (add_table/remove_table
 /// in progress: try again later). Returns whether the set of synced tables changed.
 pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> bool {
+    let (changed, gone) = reconcile_tables(c, client, rt);
+    if gone {
+        // Its tables go back in once it exists again (a missing publication means nothing about
+        // its tables: they are not "removed by the user").
+        let _ = ensure_publications(c, client, rt);
+    }
+    changed
+}
+
+/// Create the connector's publications on the source where missing — at the worker's start
+/// (`add_connector` leaves the source alone, so a rolled-back one leaves nothing behind there)
+/// and when one is found gone, dropped on the source. The synced tables of one created again go
+/// back into it (see [`publications_recreated`]). None: shutdown.
+pub fn ensure_publications(
+    c: &Connector,
+    client: &tokio_postgres::Client,
+    rt: &tokio::runtime::Runtime,
+) -> Option<Result<(), tokio_postgres::Error>> {
+    let apubname = c.append_publication_name();
+    let ensure = async {
+        let main = publication::ensure(client, &c.publication_name, false).await?;
+        let append = publication::ensure(client, &apubname, true).await?;
+        let version: i32 = if main || append {
+            client.query_one("SELECT pg_catalog.current_setting('server_version_num')::int4", &[]).await?.get(0)
+        } else {
+            0
+        };
+        Ok::<_, tokio_postgres::Error>((main, append, version))
+    };
+    let (main, append, version) = match block_on_until_shutdown(rt, ensure)? {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    if main || append {
+        match in_transaction(|| publications_recreated(c, main, append, version)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => pgrx::log!("livesync connector \"{}\": {}", c.name, e.message),
+            Err(e) => pgrx::log!("livesync connector \"{}\": {e}", c.name),
+        }
+        reconcile_tables(c, client, rt);
+    }
+    Some(Ok(()))
+}
+
+/// The connector's publication (`main`) and/or append-only publication (`append`) had to be
+/// created on a source of `server_version_num` `version`: the tables published through it are
+/// to be published again (`reconcile`), and when there were any, it was dropped on the source,
+/// which the connector reports. A source before PostgreSQL 18 then fails to decode the changes
+/// made while the publication was missing, so the stream stops there (see the README). 18 goes
+/// on without sending them (a WARNING "skipped loading publication" in its log): the tables
+/// that were in it and receiving changes lack those, and go to `error` until `resync_table`.
+fn publications_recreated(c: &Connector, main: bool, append: bool, version: i32) -> crate::error::Result<()> {
+    let apubname = c.append_publication_name();
+    let in_gone = |t: &SyncTable| t.published && if t.append_only { append } else { main };
+    let all = tables::stream_tables(c.id)?;
+    let published: Vec<&SyncTable> = all.iter().filter(|t| in_gone(t)).collect();
+    tables::mark_unpublished(c.id, main, append)?;
+    if published.is_empty() {
+        return Ok(()); // the worker's first start, or nothing was published yet
+    }
+    let names: Vec<String> = [(main, c.publication_name.as_str()), (append, apubname.as_str())]
+        .iter()
+        .filter(|(gone, _)| *gone)
+        .map(|(_, n)| format!("publication \"{n}\""))
+        .collect();
+    let names = names.join(" and ");
+    let mut message = format!(
+        "{names} does not exist on the source (dropped there): created again with its {} synced table(s)",
+        published.len()
+    );
+    if version >= 180000 {
+        // Copied or being copied: their changes after their snapshot come from the stream.
+        let lacking: Vec<&&SyncTable> =
+            published.iter().filter(|t| t.state != "error" && (t.state != "pending" || t.snapshot_lsn != 0)).collect();
+        for t in &lacking {
+            let q = qualified(&t.source_schema, &t.source_name);
+            tables::mark_stream_error(
+                t.id,
+                &tables::ErrorRecord {
+                    message: &format!("the source did not send the changes made to {q} while {names} was missing (dropped on the source)"),
+                    hint: Some(&format!(
+                        "SELECT livesync.resync_table('{}', connector => '{}'); copies the table again.",
+                        q.replace('\'', "''"),
+                        c.name.replace('\'', "''")
+                    )),
+                    ..Default::default()
+                },
+            )?;
+        }
+        message.push_str(&format!(
+            "; the source did not send the changes made meanwhile, so {} of them are in error until resync_table copies them again",
+            lacking.len()
+        ));
+    }
+    pgrx::warning!("livesync connector \"{}\": {message}", c.name);
+    crate::catalog::report_last_error(c.id, &message)
+}
+
+/// One run of [`reconcile`]; also whether one of the connector's publications is missing.
+fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> (bool, bool) {
+    let mut gone = false;
     let changed = in_transaction(|| -> crate::error::Result<bool> {
         if !crate::worker::try_xact_lock(crate::worker::LOCK_CLASS_TABLES, c.id) {
             return Ok(false);
@@ -611,8 +715,7 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
         let pubname = c.publication_name.as_str();
         let apubname = c.append_publication_name();
         let Some(outcome) = block_on_until_shutdown(rt, async {
-            // A missing publication (dropped on the source) means nothing about its tables: leave
-            // them alone rather than stop syncing every one (the worker recreates it on reconnect).
+            // None: a publication is missing (dropped on the source).
             let Some(mut main) = publication::tables(client, pubname).await? else { return Ok(None) };
             let Some(mut append) = publication::tables(client, &apubname).await? else { return Ok(None) };
             for (schema, name) in &unpublish {
@@ -643,7 +746,10 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
         }) else {
             return Ok(false);
         };
-        let Some((main, append, failures)) = outcome.map_err(source_err)? else { return Ok(false) };
+        let Some((main, append, failures)) = outcome.map_err(source_err)? else {
+            gone = true;
+            return Ok(false);
+        };
         for (schema, name) in &unpublish {
             tables::delete_unpublish(c.id, schema, name)?;
         }
@@ -707,7 +813,7 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
         }
         Ok(changed)
     });
-    match changed {
+    let changed = match changed {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             pgrx::log!("livesync connector \"{}\": {}", c.name, e.message);
@@ -717,7 +823,8 @@ pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::run
             pgrx::log!("livesync connector \"{}\": could not reconcile its publication: {e}", c.name);
             false
         }
-    }
+    };
+    (changed, gone)
 }
 
 fn source_message(e: &tokio_postgres::Error) -> String {

@@ -44,13 +44,13 @@ const CUT_ATTEMPTS: i32 = 10;
 const CUT_WAIT: Duration = Duration::from_secs(120);
 
 /// Start the verify worker for verification `id` of table `table_id`; the caller waits for it.
-pub fn launch(id: i64, table_id: i32) -> Option<DynamicBackgroundWorker> {
+pub fn launch(id: i64, table_id: i32, by_text: bool) -> Option<DynamicBackgroundWorker> {
     crate::worker::launch_with(
         &format!("livesync verify {id}"),
         BACKEND_TYPE_VERIFY,
         "livesync_verify_main",
         table_id,
-        &id.to_string(),
+        &format!("{id}:{}", if by_text { "text" } else { "typed" }),
         None,
         true,
     )
@@ -63,7 +63,11 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
     // SAFETY: `arg` is the bgw_main_arg `launch_with` built from an i32 with into_datum: a
     // by-value Datum, never NULL.
     let table_id = unsafe { i32::from_datum(arg, false) }.expect("verify worker needs a table id");
-    let id: i64 = crate::worker::worker_extra_tail().parse().expect("verify worker needs a verification id");
+    let tail = crate::worker::worker_extra_tail();
+    let (id, by_text) = match tail.split_once(':') {
+        Some((id, flag)) => (id.parse::<i64>().expect("verify worker needs a verification id"), flag == "text"),
+        None => (tail.parse::<i64>().expect("verify worker needs a verification id"), false),
+    };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(crate::worker::worker_database()), None);
     crate::worker::set_worker_session_defaults();
     crate::worker::set_application_name(&format!("livesync verify {id}"));
@@ -85,7 +89,7 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
         Err(e) => return pgrx::log!("livesync verify {id}: {}", e.message),
     };
     let started = Instant::now();
-    let mut summary = match run(id, &t, &c, &conninfo) {
+    let mut summary = match run(id, &t, &c, &conninfo, by_text) {
         Ok(s) => s,
         Err(e) => Summary { state: "failed", error: Some(e), ..Default::default() },
     };
@@ -98,11 +102,12 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
         verification::finish(id, &summary)
     });
     pgrx::log!(
-        "livesync: verified {} in {:.1} s: {} ({} differences)",
+        "livesync: verified {} in {:.1} s: {} ({} differences){}",
         qualified(&t.source_schema, &t.source_name),
         started.elapsed().as_secs_f64(),
         summary.state,
-        summary.differences
+        summary.differences,
+        summary.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
     );
 }
 
@@ -125,38 +130,49 @@ struct SourceCut {
     _exported: ExportedSnapshot,
     client: tokio_postgres::Client,
     lsn: u64,
-    lsn_text: String,
 }
 
-fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str) -> Result<Summary, String> {
+fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str, by_text: bool) -> Result<Summary, String> {
     let info = SourceConninfo::parse(conninfo).map_err(|e| e.0)?;
     let rt = new_runtime();
     let app = format!("livesync verify {id}");
     let source_rel = qualified(&t.source_schema, &t.source_name);
     let target_rel = qualified(&t.target_schema, &t.target_name);
 
-    // 1–2: a source snapshot at L, and the stream stopped at L while the target's is taken.
+    // 1–2: a source snapshot at L, and the stream stopped at L while the target's is taken. The
+    // cut is asked for the moment L is known — before anything else, as the stream must not have
+    // begun a transaction past L by the time it looks — and the source session imports the
+    // snapshot only afterwards (the exported snapshot stays valid while its slot's connection lives).
+    let Some(pid) = crate::worker::in_transaction(|| catalog::live_worker_pid(c.id)).ok().and_then(|r| r.ok()).flatten() else {
+        return Err(format!("connector \"{}\" is not streaming (paused, or its worker is down); resume it and try again", c.name));
+    };
     let mut attempts = 0;
-    let (src, pause) = loop {
+    let (exported, pause) = loop {
         attempts += 1;
         let slot = format!("livesync_verify_{}_{}", id, attempts);
         let exported = ExportedSnapshot::create(conninfo, &app, &slot, true).map_err(|e| format!("could not export a snapshot on the source: {e}"))?;
-        let client = block_on_until_shutdown(&rt, snapshot::import(&info, &app, &exported.name))
-            .ok_or("the server is shutting down")?
-            .map_err(|e| format!("could not read under the source snapshot: {e}"))?;
-        let lsn = parse_lsn(&exported.lsn);
-        let lsn_text = exported.lsn.clone();
-        let _ = crate::worker::in_transaction(|| verification::set_cut(id, &lsn_text, attempts));
-        let src = SourceCut { _exported: exported, client, lsn, lsn_text };
-        match take_target_snapshot(c, src.lsn)? {
-            Some(pause) => break (src, pause),
+        match take_target_snapshot(c, pid, parse_lsn(&exported.lsn))? {
+            Some(pause) => break (exported, pause),
             None if attempts < CUT_ATTEMPTS => continue,
             None => return Err(format!("the stream passed the cut {CUT_ATTEMPTS} times in a row; try again when the source is less busy")),
         }
     };
+    let client = match block_on_until_shutdown(&rt, snapshot::import(&info, &app, &exported.name)) {
+        Some(Ok(c)) => c,
+        r => {
+            // SAFETY: ends the transaction take_target_snapshot began (nothing was done in it).
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            return Err(match r {
+                Some(Err(e)) => format!("could not read under the source snapshot: {e}"),
+                _ => "the server is shutting down".into(),
+            });
+        }
+    };
+    let lsn = parse_lsn(&exported.lsn);
+    let src = SourceCut { _exported: exported, client, lsn };
 
     // From here on this process is inside the REPEATABLE READ transaction of the cut.
-    let r = crate::error::catch(|| compare(&rt, &src, t, &source_rel, &target_rel));
+    let r = crate::error::catch(|| compare(&rt, &src, t, &source_rel, &target_rel, by_text));
     // SAFETY: ends the transaction take_target_snapshot began (read-only work only).
     unsafe {
         pg_sys::AbortCurrentTransaction();
@@ -166,8 +182,8 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str) -
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(e.message),
     };
-    let _ = &src.lsn_text;
     s.attempts = attempts;
+    s.cut_lsn = Some(crate::walrcv::format_lsn(src.lsn));
     s.pause_ms = Some(pause.as_secs_f64() * 1000.0);
     Ok(s)
 }
@@ -175,10 +191,7 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str) -
 /// Ask the stream for the cut at `lsn` and, once it holds there, begin this process's REPEATABLE
 /// READ transaction (its snapshot is the target side). Some(pause) on success, None when the
 /// stream had already passed `lsn` (try again), Err when it does not come.
-fn take_target_snapshot(c: &catalog::Connector, lsn: u64) -> Result<Option<Duration>, String> {
-    let Some(pid) = crate::worker::in_transaction(|| catalog::live_worker_pid(c.id)).ok().and_then(|r| r.ok()).flatten() else {
-        return Err(format!("connector \"{}\" is not streaming (paused, or its worker is down); resume it and try again", c.name));
-    };
+fn take_target_snapshot(c: &catalog::Connector, pid: i32, lsn: u64) -> Result<Option<Duration>, String> {
     let req = cut::Request::new(c.id, lsn).ok_or("too many verifications run at once; try again later")?;
     crate::worker::wake(pid);
     let start = Instant::now();
@@ -264,7 +277,7 @@ fn spi_rows(sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Vec<(Option<i32>
     .unwrap_or_else(|e| pgrx::error!("{e}"))
 }
 
-fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable, source_rel: &str, target_rel: &str) -> Result<Summary, String> {
+fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable, source_rel: &str, target_rel: &str, by_text: bool) -> Result<Summary, String> {
     let client = &src.client;
     // Inside the cut: the table must be fully copied before it, and its changes applied.
     let state = catalog::first_value::<String>(
@@ -301,7 +314,42 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
             return Err(format!("column \"{col}\" of the source table is missing on the target"));
         }
     }
-    let shape = Shape { columns, key: def.key.clone() };
+    // Typed hashes where both sides can (PostgreSQL 14+, every column type hashable), unless
+    // the caller asked for the rows' text.
+    let mut typed = !by_text;
+    if typed {
+        let version: i32 = block_on_until_shutdown(rt, client.query_one("SELECT current_setting('server_version_num')::int4", &[]))
+            .ok_or("shutting down")?
+            .map_err(source_err)?
+            .get(0);
+        let src_types: Vec<String> = def.columns.iter().map(|c| c.type_name.clone()).collect();
+        typed = version >= 140000
+            && block_on_until_shutdown(rt, client.batch_execute(&format!("SAVEPOINT probe; {}; RELEASE probe", sql::typed_probe_sql(&src_types))))
+                .ok_or("shutting down")?
+                .is_ok();
+        if !typed && version >= 140000 {
+            let _ = block_on_until_shutdown(rt, client.batch_execute("ROLLBACK TO probe; RELEASE probe"));
+        }
+        if typed {
+            // On the target, ask the type cache (an ERROR here would end the cut's transaction).
+            for col in &columns {
+                let oid = catalog::first_value::<pg_sys::Oid>(
+                    "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1::regclass AND attname = $2",
+                    &[target_rel.into(), col.as_str().into()],
+                )
+                .map_err(|e| e.message)?
+                .unwrap_or(pg_sys::InvalidOid);
+                // SAFETY: lookup_type_cache returns a pointer to a cache entry that lives as long as
+                // the backend; an unknown type raises an ERROR (caught by compare's caller).
+                let hashable = unsafe {
+                    let e = pg_sys::lookup_type_cache(oid, pg_sys::TYPECACHE_HASH_EXTENDED_PROC as i32);
+                    !e.is_null() && (*e).hash_extended_proc != pg_sys::InvalidOid
+                };
+                typed &= hashable;
+            }
+        }
+    }
+    let shape = Shape { columns, key: def.key.clone(), typed };
 
     // Buckets: ranges of the first key column when its type allows a binary search.
     let first = shape.key.first().cloned();
@@ -359,6 +407,7 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         };
         (Buckets::Hash { count: n }, Buckets::Hash { count: n }, Vec::new(), String::new(), String::new(), n, n)
     };
+    summary.method.push_str(if shape.typed { ", typed hashes" } else { ", row text hashes" });
     if shape.key.is_empty() {
         summary.note = Some("the table has no primary key or replica identity index: rows are compared and named by their whole text".into());
     }

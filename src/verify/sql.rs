@@ -24,6 +24,9 @@ pub struct Shape {
     pub columns: Vec<String>,
     /// Key columns (primary key or replica identity index); empty: rows are known by their text.
     pub key: Vec<String>,
+    /// Hash each row with its columns' own hash functions (`hash_record_extended`: values equal
+    /// by their type's `=` hash equally, `1.50` and `1.5` too) instead of hashing its text.
+    pub typed: bool,
 }
 
 /// How rows fall into buckets.
@@ -43,6 +46,10 @@ impl Shape {
     }
 
     fn row_hash(&self) -> String {
+        if self.typed {
+            let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{}", quote_ident(c))).collect();
+            return format!("pg_catalog.hash_record_extended(ROW({}), 0)", cols.join(", "));
+        }
         format!("pg_catalog.hashtextextended({}, 0)", self.row_text())
     }
 
@@ -106,6 +113,13 @@ impl Shape {
     }
 }
 
+/// Whether `hash_record_extended` (PostgreSQL 14+) can hash rows of these column types (it looks
+/// every column type's extended hash function up, even for NULLs): run, it errors if not.
+pub fn typed_probe_sql(type_names: &[String]) -> String {
+    let nulls: Vec<String> = type_names.iter().map(|t| format!("NULL::{t}")).collect();
+    format!("SELECT pg_catalog.hash_record_extended(ROW({}), 0)", nulls.join(", "))
+}
+
 /// The source's estimate of a table's rows (its partitions' or chunks' too): `$1` is the
 /// table's qualified name. Returns `rows` float8 (0 when never analyzed) and `bytes` int8.
 pub const ESTIMATE_SQL: &str = "WITH RECURSIVE tree(oid) AS (SELECT $1::text::regclass::oid \
@@ -158,7 +172,7 @@ mod tests {
     use super::*;
 
     fn shape() -> Shape {
-        Shape { columns: vec!["id".into(), "Note".into()], key: vec!["id".into()] }
+        Shape { columns: vec!["id".into(), "Note".into()], key: vec!["id".into()], typed: false }
     }
 
     #[test]
@@ -177,12 +191,15 @@ mod tests {
         assert!(s.range_rows_sql("m", "id", "bigint", false, false).starts_with("SELECT pg_catalog.jsonb_build_object('id', t.\"id\")::text AS k"));
         let h = s.buckets_sql("m", &Buckets::Hash { count: 1024 });
         assert!(h.starts_with("SELECT (pg_catalog.hashtextextended(pg_catalog.jsonb_build_object('id', t.\"id\")::text, 0) & 1023)::int4 AS b"), "{h}");
-        let keyless = Shape { columns: vec!["a".into()], key: vec![] };
+        let keyless = Shape { columns: vec!["a".into()], key: vec![], typed: false };
         assert!(keyless.hash_rows_sql("m", 8).starts_with("SELECT k, h, r FROM (SELECT ROW(t.\"a\")::text AS k"));
         // A name with a quote stays a name.
-        let odd = Shape { columns: vec!["x\"y".into()], key: vec!["it's".into()] };
+        let odd = Shape { columns: vec!["x\"y".into()], key: vec!["it's".into()], typed: false };
         assert!(odd.range_rows_sql("m", "it's", "int4", false, false).contains("jsonb_build_object('it''s', t.\"it's\")"));
         assert!(odd.range_rows_sql("m", "it's", "int4", false, false).contains("ROW(t.\"x\"\"y\")"));
+        let typed = Shape { typed: true, ..shape() };
+        assert!(typed.buckets_sql("m", &Buckets::Hash { count: 2 }).contains("sum(pg_catalog.hash_record_extended(ROW(t.\"id\", t.\"Note\"), 0))"));
+        assert_eq!(typed_probe_sql(&["int4".into(), "numeric(12,3)".into()]), "SELECT pg_catalog.hash_record_extended(ROW(NULL::int4, NULL::numeric(12,3)), 0)");
     }
 
     #[test]

@@ -123,24 +123,12 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
             }
         };
 
-        // The connector's publication: created here rather than in add_connector, so that a
-        // rolled-back add_connector leaves nothing behind on the source.
-        let append_publication = crate::source::names::append_publication_name(&publication);
-        let ensure = async {
-            let main = crate::source::publication::ensure(&client, &publication, false).await?;
-            let append = crate::source::publication::ensure(&client, &append_publication, true).await?;
-            Ok::<_, tokio_postgres::Error>((main, append))
-        };
-        match block_on_until_shutdown(&rt, ensure) {
+        // The connector's publications: created here rather than in add_connector, so that a
+        // rolled-back add_connector leaves nothing behind on the source (and again when one was
+        // dropped on the source).
+        match crate::copy::ensure_publications(&connector, &client, &rt) {
             None => break,
-            Some(Ok((main, append))) => {
-                if main || append {
-                    // A publication was gone (dropped on the source): its synced tables go back
-                    // into it (reconcile), or that would read as "the user stopped syncing them".
-                    let _ = super::in_transaction(|| crate::catalog::tables::mark_unpublished(id, main, append));
-                    crate::copy::reconcile(&connector, &client, &rt);
-                }
-            }
+            Some(Ok(())) => {}
             Some(Err(e)) => {
                 let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
                 report_error(

@@ -86,7 +86,12 @@ impl Waiter {
         // SAFETY: the set is allocated in TopMemoryContext (outlives transactions; freed in Drop) with room for
         // the 3 events added; MyLatch is our own latch and `fd` the open replication socket.
         unsafe {
+            // 17 takes a resource owner instead of a memory context; NULL: allocated in
+            // TopMemoryContext for the session, tracked by no resource owner, as on 15.
+            #[cfg(feature = "pg15")]
             let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
+            #[cfg(feature = "pg18")]
+            let set = pg_sys::CreateWaitEventSet(std::ptr::null_mut(), 3);
             pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, pg_sys::PGINVALID_SOCKET, pg_sys::MyLatch, std::ptr::null_mut());
             pg_sys::AddWaitEventToSet(set, pg_sys::WL_POSTMASTER_DEATH, pg_sys::PGINVALID_SOCKET, std::ptr::null_mut(), std::ptr::null_mut());
             pg_sys::AddWaitEventToSet(set, pg_sys::WL_SOCKET_READABLE, fd, std::ptr::null_mut(), std::ptr::null_mut());

@@ -1,7 +1,9 @@
-//! Integration tests for livesync: real PostgreSQL 15 clusters (sources and
-//! targets) started by the harness in `support`. The extension must be
-//! installed system-wide first: `bash scripts/setup.sh` (or run everything
-//! with `bash scripts/test.sh`).
+//! Integration tests for livesync: real PostgreSQL clusters (sources and
+//! targets) started by the harness in `support`, from the binaries of the
+//! installation `PG_CONFIG` names (default: the system's PostgreSQL 15; the
+//! PostgreSQL 18 of `scripts/setup.sh --pg18` as well). The extension must be
+//! installed there first: `bash scripts/setup.sh` (or run everything with
+//! `bash scripts/test.sh`).
 //!
 //! Most scenarios share one source and one target cluster and isolate
 //! themselves with a fresh database per test on both sides; the ones that stop

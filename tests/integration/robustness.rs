@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// More connectors than replication origin slots (`max_replication_slots` on the target):
+/// More connectors than replication origin slots (`max_replication_slots` on the target,
+/// `max_active_replication_origins` from PostgreSQL 18 on):
 /// `add_connector` refuses the one too many with 53400 and a hint naming the setting; and when
 /// another origin takes the last slot before a connector's worker sets its own up, the worker
 /// reports it and retries, and the target server never restarts (it used to dereference NULL
@@ -13,7 +14,8 @@ use crate::support::*;
 #[test]
 fn more_connectors_than_origin_slots_never_crash_the_target() {
     let source = dedicated_source("origins_src");
-    let target = Cluster::start_new("origins_tgt", ClusterConfig::target().with_conf("max_replication_slots = 2"));
+    let setting = origin_limit_setting();
+    let target = Cluster::start_new("origins_tgt", ClusterConfig::target().with_conf(&format!("{setting} = 2")));
     let db = TestDb::on(&source, &target, "origins");
     db.src(
         "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'x');
@@ -34,7 +36,7 @@ fn more_connectors_than_origin_slots_never_crash_the_target() {
     let e = db.add_connector(&db.su_conninfo(), Some("c3")).err("a third connector with two origin slots");
     assert_sqlstate(&e, "53400");
     assert_message_eq(&e, "no replication origin is free on the target for another connector");
-    assert!(e.hint().contains("max_replication_slots"), "{e}");
+    assert!(e.hint().contains(setting), "{e}");
     assert!(db.connector("c3").is_none());
 
     // Another origin takes c2's slot; c2 is resumed.

@@ -114,11 +114,14 @@ fn sequences_follow_the_source_and_the_cutover_has_no_collisions() {
     assert_eq!(target_next(&db, "public.standalone"), 165);
 
     // The cutover, as the README says: stop writes on the source (none run here), wait until the
-    // lag is zero, sync_sequences, switch, drop_connector — then the application inserts on the
+    // lag is zero, sync_sequences, verify_tables, switch, drop_connector — then the application inserts on the
     // target without giving ids.
     db.src("INSERT INTO s_serial (v) SELECT 'last' FROM generate_series(1, 20) g; INSERT INTO s_ident (v) VALUES ('last')");
     db.wait_caught_up("c");
     db.target_sql("SELECT * FROM livesync.sync_sequences('c')").ok("sync_sequences");
+    let verified = db.target_sql("SELECT source_table, state FROM livesync.verify_tables('c')").ok("verify_tables");
+    assert_eq!(verified.len(), 2, "{verified:?}");
+    assert!(verified.iter().all(|r| r.text("state") == "equal"), "{verified:?}");
     db.assert_all_same(&[Compare::same("s_serial", "id"), Compare::same("s_ident", "id")]);
     db.call_ok("drop_connector", &["c"]);
     db.tgt("INSERT INTO s_serial (v) SELECT 'app' FROM generate_series(1, 100) g; INSERT INTO s_ident (v) SELECT 'app' FROM generate_series(1, 100) g");

@@ -287,11 +287,17 @@ fn fidelity_rows() -> Vec<Vec<&'static str>> {
 /// Columns of user-defined types (left out of the built-in-only table).
 const USER_TYPED: &[&str] = &["mo", "moa", "pi", "pa", "paa"];
 
+/// Whether column `name` is in the table: user-defined types only where they are wanted, and
+/// `xml` only on a server built with libxml (without it no `xml` value can be read in at all).
+fn included(name: &str, builtin_only: bool) -> bool {
+    (!builtin_only || !USER_TYPED.contains(&name)) && (name != "x" || server_has_libxml())
+}
+
 fn columns(builtin_only: bool) -> Vec<(&'static str, &'static str)> {
     COLUMNS
         .iter()
         .copied()
-        .filter(|(n, _)| !builtin_only || !USER_TYPED.contains(n))
+        .filter(|(n, _)| included(n, builtin_only))
         .collect()
 }
 
@@ -317,7 +323,7 @@ fn insert_fidelity_rows(table: &str, first_id: i32, builtin_only: bool) -> Strin
         let (names, values): (Vec<&str>, Vec<&str>) = COLUMNS
             .iter()
             .zip(row)
-            .filter(|((n, _), _)| !builtin_only || !USER_TYPED.contains(n))
+            .filter(|((n, _), _)| included(n, builtin_only))
             .map(|((n, _), v)| (*n, *v))
             .unzip();
         sql.push_str(&format!(
@@ -348,6 +354,9 @@ fn insert_fidelity_rows(table: &str, first_id: i32, builtin_only: bool) -> Strin
 /// through the change stream.
 #[test]
 fn copy_fidelity() {
+    if !server_has_libxml() {
+        eprintln!("copy_fidelity: this PostgreSQL has no libxml (pg_config --configure): the xml column is left out");
+    }
     let db = TestDb::new("copy_fidelity");
     // Different time zones on both sides: timestamptz must survive the trip.
     db.src(&format!(
@@ -407,9 +416,10 @@ fn copy_fidelity() {
     for (t, builtin_only) in tables {
         let row = db.wait_ready(&format!("public.{t}"));
         assert_eq!(row.int("rows_copied"), 6, "{row:?}");
+        // A PostgreSQL 18 target cannot read back the empty tsquery of binary COPY: text there.
         assert_eq!(
             row.get("copy_format"),
-            Some(if builtin_only { "binary" } else { "text" }),
+            Some(if builtin_only && pg_major() < 18 { "binary" } else { "text" }),
             "{row:?}"
         );
         let cmp = Compare::same(t, "id");

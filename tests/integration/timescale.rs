@@ -120,6 +120,12 @@ fn hypertable_copy_and_stream_land_in_chunks() {
     let p = db.progress_when("public.metrics", |r| r.int("changes_applied") > 1000);
     assert_eq!(p.text("state"), "ready", "{p:?}");
     assert!(p.int("changes_applied") > 1000, "{p:?}");
+    // verify_table reads a hypertable through its root, chunks and all (issue 13).
+    for t in ["metrics", "events"] {
+        let v = db.target_sql(&format!("SELECT * FROM livesync.verify_table('public.{t}')")).ok("verify_table");
+        assert_eq!(v[0].text("state"), "equal", "{v:?}");
+        assert!(v[0].int("rows_source") > 0 && v[0].int("rows_source") == v[0].int("rows_target"), "{v:?}");
+    }
 }
 
 #[test]

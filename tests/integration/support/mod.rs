@@ -8,8 +8,8 @@ mod sync;
 
 #[allow(unused_imports)]
 pub use cluster::{
-    base_dir, chown_to_postgres, citus_installed, free_port, keep_clusters, os_superuser, pg_config_value_of, running_as_root, target_dir, timescaledb_installed, Cluster,
-    ClusterConfig,
+    base_dir, chown_to_postgres, citus_installed, free_port, keep_clusters, origin_limit_setting, os_superuser, pg_config_value_of,
+    pg_major, running_as_root, server_has_libxml, server_has_ssl, target_dir, timescaledb_installed, Cluster, ClusterConfig,
 };
 #[allow(unused_imports)]
 pub use shared::{
