@@ -137,6 +137,7 @@ pub fn truncate(truncate: &str) -> std::result::Result<(), pgrx::spi::Error> {
 /// would be NULL in every row, which Citus refuses.
 pub fn check_target(def: &TableDef, target_q: &str, t: &CitusTable) -> Result<()> {
     if let Some(col) = &t.distribution_column {
+        warn_if_nullable(def, target_q, col);
         if !def.columns.iter().any(|c| &c.name == col) {
             return Err(LivesyncError::new(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -163,6 +164,7 @@ pub fn key_for(def: &TableDef, target_q: &str, column: &str) -> Result<Vec<Strin
             def.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")
         )));
     }
+    warn_if_nullable(def, target_q, column);
     let mut key = def.key.clone();
     if !key.is_empty() && !key.iter().any(|k| k == column) {
         key.push(column.to_string());
@@ -172,6 +174,24 @@ pub fn key_for(def: &TableDef, target_q: &str, column: &str) -> Result<Vec<Strin
         );
     }
     Ok(key)
+}
+
+/// Citus refuses a row whose distribution column is NULL: a source column that allows NULL may
+/// stop the table one day (`22004 the partition column of table … cannot be NULL`), said now.
+fn warn_if_nullable(def: &TableDef, target_q: &str, column: &str) {
+    if def.columns.iter().any(|c| c.name == column && !c.not_null) {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("distribution column \"{column}\" of {target_q} can be NULL on the source"),
+        )
+        .detail("Citus refuses a row whose distribution column is NULL: such a row, copied or streamed, puts the table in error.")
+        .hint(format!(
+            "On the source: ALTER TABLE {} ALTER COLUMN {} SET NOT NULL; or distribute by a NOT NULL column.",
+            def.qualified(),
+            crate::source::quote_ident(column)
+        ))
+        .report(pgrx::PgLogLevel::WARNING);
+    }
 }
 
 /// Distribute the empty table `target_q` by `column` (`create_distributed_table`, hash
