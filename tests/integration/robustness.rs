@@ -363,11 +363,11 @@ fn a_dropped_database_leaves_no_manager_restarting() {
     });
     let log = target.log_contents();
     let fatals = log.matches(&format!("database {oid} does not exist")).count();
-    assert!(fatals <= 2, "the manager kept restarting: {fatals} FATALs\n{}", log_excerpt(&target, 30));
-    // Nothing of it after the unregistration.
-    let after = &log[log.find(&line).unwrap()..];
-    let later = target.log_contents()[log.len()..].to_string();
-    assert!(!after.contains("does not exist") && !later.contains("does not exist"), "{after}{later}");
+    assert!(fatals <= 3, "the manager kept restarting: {fatals} FATALs\n{}", log_excerpt(&target, 30));
+    // After the unregistration, at most the start the postmaster had already under way (seen on
+    // PostgreSQL 18: its FATAL 2 ms after the line), never a restart cycle.
+    let after = log[log.find(&line).unwrap()..].to_string() + &target.log_contents()[log.len()..];
+    assert!(after.matches("does not exist").count() <= 1, "{after}");
 }
 
 /// A table without columns (REPLICA IDENTITY FULL, so it may be published) is copied and its
