@@ -32,6 +32,8 @@ pub struct Summary {
     pub error: Option<String>,
     pub note: Option<String>,
     pub cut_lsn: Option<String>,
+    /// The differing rows named (at most `verify::MAX_NAMED`; `differences` counts them all).
+    pub named: Vec<Difference>,
 }
 
 pub fn start(id: i64, connector_id: i32, table_id: i32, source_table: &str, target_table: &str) -> Result<()> {

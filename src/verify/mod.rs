@@ -96,9 +96,8 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
     if summary.state == "running" {
         summary.state = "failed";
     }
-    let diffs = std::mem::take(&mut summary_diffs());
     let _ = crate::worker::in_transaction(|| {
-        verification::insert_differences(id, &diffs)?;
+        verification::insert_differences(id, &summary.named)?;
         verification::finish(id, &summary)
     });
     pgrx::log!(
@@ -109,14 +108,6 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
         summary.differences,
         summary.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
     );
-}
-
-thread_local! {
-    static DIFFS: std::cell::RefCell<Vec<Difference>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn summary_diffs() -> Vec<Difference> {
-    DIFFS.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
 
 fn parse_lsn(s: &str) -> u64 {
@@ -373,7 +364,7 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
     let count = sql::bucket_count(rows_est);
 
     let mut summary = Summary { state: "running", ..Default::default() };
-    let (src_b, tgt_b, thresholds, src_type, tgt_type, buckets_src, buckets_tgt) = if let (true, Some(k)) = (range_ok, first.clone()) {
+    let (src_b, tgt_b, thresholds) = if let (true, Some(k)) = (range_ok, first.clone()) {
         let src_type = def.columns.iter().find(|c| c.name == k).map(|c| c.type_name.clone()).unwrap_or_default();
         let src_type = strip_typmod(&src_type);
         let tgt_type = catalog::first_value::<String>(
@@ -395,9 +386,7 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         };
         let th = sql::thresholds(&sampled, count);
         summary.method = format!("ranges of {}", crate::source::quote_ident(&k));
-        let bs = Buckets::Range { column: k.clone(), type_name: src_type.clone() };
-        let bt = Buckets::Range { column: k.clone(), type_name: tgt_type.clone() };
-        (bs, bt, th, src_type, tgt_type, 0u32, 0u32)
+        (Buckets::Range { column: k.clone(), type_name: src_type }, Buckets::Range { column: k, type_name: tgt_type }, th)
     } else {
         let n = count.next_power_of_two();
         summary.method = if shape.key.is_empty() {
@@ -405,7 +394,7 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         } else {
             "key hash buckets".into()
         };
-        (Buckets::Hash { count: n }, Buckets::Hash { count: n }, Vec::new(), String::new(), String::new(), n, n)
+        (Buckets::Hash { count: n }, Buckets::Hash { count: n }, Vec::new())
     };
     summary.method.push_str(if shape.typed { ", typed hashes" } else { ", row text hashes" });
     if shape.key.is_empty() {
@@ -442,16 +431,17 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
     }
     summary.rows_source = sb.values().map(|v| v.0).sum();
     summary.rows_target = tb.values().map(|v| v.0).sum();
-    summary.ranges = if is_range { thresholds.len() as i32 + 1 } else { buckets_src as i32 };
-    let _ = buckets_tgt;
+    summary.ranges = match &src_b {
+        Buckets::Range { .. } => thresholds.len() as i32 + 1,
+        Buckets::Hash { count } => *count as i32,
+    };
     let differing: Vec<i32> = sb.keys().chain(tb.keys()).copied().collect::<std::collections::BTreeSet<_>>().into_iter().filter(|b| sb.get(b) != tb.get(b)).collect();
     summary.ranges_differing = differing.len() as i32;
 
     // Pass 2: the differing buckets, row by row.
     let mut found: Vec<Difference> = Vec::new();
     let mut total: i64 = 0;
-    if is_range {
-        let k = first.clone().unwrap_or_default();
+    if let (Buckets::Range { column: k, type_name: src_type }, Buckets::Range { type_name: tgt_type, .. }) = (&src_b, &tgt_b) {
         for &b in &differing {
             let (sn, tn) = (sb.get(&b).map(|v| v.0).unwrap_or(0), tb.get(&b).map(|v| v.0).unwrap_or(0));
             if found.len() >= MAX_NAMED && (sn == 0 || tn == 0) {
@@ -460,8 +450,8 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
             }
             let (lo, hi) = sql::bucket_bounds(&thresholds, b);
             let params: Vec<String> = lo.into_iter().chain(hi).map(|s| s.to_string()).collect();
-            let ssql = shape.range_rows_sql(source_rel, &k, &src_type, lo.is_some(), hi.is_some());
-            let tsql = shape.range_rows_sql(target_rel, &k, &tgt_type, lo.is_some(), hi.is_some());
+            let ssql = shape.range_rows_sql(source_rel, k, src_type, lo.is_some(), hi.is_some());
+            let tsql = shape.range_rows_sql(target_rel, k, tgt_type, lo.is_some(), hi.is_some());
             let sparams: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
             let (srows, trows) = both(rt, client.query(&ssql, &sparams), || {
                 let args: Vec<pgrx::datum::DatumWithOid> = params.iter().map(|p| p.as_str().into()).collect();
@@ -469,22 +459,21 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
             })?;
             total += diff_rows(&shape, srows.map_err(source_err)?, trows, &mut found);
         }
-    } else if !differing.is_empty() {
-        let n = buckets_src;
+    } else if let (Buckets::Hash { count: n }, false) = (&src_b, differing.is_empty()) {
+        let n = *n;
         let list: Vec<String> = differing.iter().map(|b| b.to_string()).collect();
         let ssql = shape.hash_rows_sql(source_rel, n);
         let tsql = shape.hash_rows_sql(target_rel, n);
         let (srows, trows) = both(rt, client.query(&ssql, &[&list]), || spi_rows(&format!("SELECT NULL::int4, k, h, r FROM ({tsql}) x"), vec![list.clone().into()]))?;
         total += diff_rows(&shape, srows.map_err(source_err)?, trows, &mut found);
     }
-    let _ = tgt_type;
     summary.differences = total;
     summary.state = if total == 0 && differing.is_empty() { "equal" } else { "different" };
     if total == 0 && !differing.is_empty() {
         // Counts or sums differed but no row did: say so rather than claim equality.
         summary.note = Some(format!("{} bucket(s) differed in count or hash sum but no differing row was found", differing.len()));
     }
-    DIFFS.with(|d| *d.borrow_mut() = found);
+    summary.named = found;
     Ok(summary)
 }
 
