@@ -155,14 +155,7 @@ pub fn check_target(def: &TableDef, target_q: &str, t: &CitusTable) -> Result<()
 /// every unique index). Returns the key to build, with a NOTICE when it grew.
 pub fn key_for(def: &TableDef, target_q: &str, column: &str) -> Result<Vec<String>> {
     if !def.columns.iter().any(|c| c.name == column) {
-        return Err(LivesyncError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!("column \"{column}\" of source table {} does not exist", def.qualified()),
-        )
-        .hint(format!(
-            "Columns: {}.",
-            def.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")
-        )));
+        return Err(LivesyncError::unknown_source_column(def, column));
     }
     warn_if_nullable(def, target_q, column);
     let mut key = def.key.clone();

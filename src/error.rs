@@ -49,6 +49,12 @@ impl LivesyncError {
             .hint("SELECT name FROM livesync.connectors lists the existing connectors.")
     }
 
+    /// A column named by the caller (`time_column`, `distributed_by`) that the source table lacks.
+    pub fn unknown_source_column(def: &crate::source::table::TableDef, column: &str) -> Self {
+        Self::new(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("column \"{column}\" of source table {} does not exist", def.qualified()))
+            .hint(format!("Columns: {}.", def.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")))
+    }
+
     pub fn connector_exists(name: &str) -> Self {
         Self::new(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("connector \"{name}\" already exists"))
             .hint("Choose another name: livesync.add_connector(conninfo, name => '...').")

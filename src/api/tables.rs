@@ -20,12 +20,17 @@ use crate::source::{connect, publication};
 
 /// The connector named `name`, or the only one when `name` is NULL.
 pub(crate) fn resolve_connector(name: Option<&str>) -> Result<catalog::Connector> {
+    catalog::lock_connector_by_name(&connector_name(name, "livesync.add_table('schema.table', connector => 'name')")?)
+}
+
+/// `name`, or the only connector's name when `name` is NULL; `example` shows a call naming one.
+pub(crate) fn connector_name(name: Option<&str>, example: &str) -> Result<String> {
     if let Some(n) = name {
-        return catalog::lock_connector_by_name(n);
+        return Ok(n.to_string());
     }
     let all = catalog::connector_names()?;
     match all.as_slice() {
-        [only] => catalog::lock_connector_by_name(only),
+        [only] => Ok(only.clone()),
         [] => Err(LivesyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "no connector exists")
             .hint("Add one first: SELECT livesync.add_connector('host=... dbname=... user=...');")),
         _ => Err(LivesyncError::new(
@@ -33,7 +38,7 @@ pub(crate) fn resolve_connector(name: Option<&str>) -> Result<catalog::Connector
             "more than one connector exists",
         )
         .detail(format!("Connectors: {}.", all.join(", ")))
-        .hint("Name the connector: livesync.add_table('schema.table', connector => 'name').")),
+        .hint(format!("Name the connector: {example}."))),
     }
 }
 
@@ -132,14 +137,7 @@ async fn plan_hypertable(
         })?,
     };
     let Some(col) = def.columns.iter().find(|c| c.name == column) else {
-        return Err(LivesyncError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!("column \"{column}\" of source table {} does not exist", def.qualified()),
-        )
-        .hint(format!(
-            "Columns: {}.",
-            def.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")
-        )));
+        return Err(LivesyncError::unknown_source_column(def, &column));
     };
     let Some(kind) = timecol::time_kind(col.type_oid) else {
         return Err(LivesyncError::new(

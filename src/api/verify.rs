@@ -5,7 +5,7 @@
 
 use pgrx::prelude::*;
 
-use super::tables::parse_qualified;
+use super::tables::{connector_name, parse_qualified};
 use crate::catalog::{self, tables};
 use crate::error::{LivesyncError, OrRaise, Result};
 
@@ -14,18 +14,7 @@ type Row = (i64, String, String, Option<String>, Option<String>, Option<i32>, Op
 /// The connector named `name` (not locked: a verification takes long and must not hold up the
 /// connector's own catalog updates), or the only one when `name` is NULL.
 fn connector(name: Option<&str>) -> Result<catalog::Connector> {
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => match catalog::connector_names()?.as_slice() {
-            [only] => only.clone(),
-            [] => return Err(LivesyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "no connector exists")),
-            all => {
-                return Err(LivesyncError::new(PgSqlErrorCode::ERRCODE_AMBIGUOUS_PARAMETER, "more than one connector exists")
-                    .detail(format!("Connectors: {}.", all.join(", ")))
-                    .hint("Name the connector: livesync.verify_table('schema.table', connector => 'name')."))
-            }
-        },
-    };
+    let name = connector_name(name, "livesync.verify_table('schema.table', connector => 'name')")?;
     catalog::connector_by_name(&name)?.ok_or_else(|| LivesyncError::connector_not_found(&name))
 }
 

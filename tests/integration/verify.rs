@@ -179,6 +179,9 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     let e = db.target_sql("SELECT * FROM livesync.verify_table('public.nope')").err("unknown table");
     assert_sqlstate(&e, "42P01");
     assert_message_starts(&e, "table \"public.nope\" is not synced by connector \"c\"");
+    let e = db.target_sql("SELECT * FROM livesync.verify_table('public.v_int', connector => 'nope')").err("unknown connector");
+    assert_sqlstate(&e, "42704");
+    assert_message_starts(&e, "connector \"nope\" does not exist");
     let e = db
         .target_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM livesync.verify_table('public.v_int'); COMMIT")
         .err("repeatable read");
