@@ -12,6 +12,7 @@
 #   BENCH_SKIP_LAG=1                  # skip the lag of a synced table while metrics is copied beside the stream
 #   BENCH_SKIP_RESUME=1               # skip the crash halfway through metrics' copy and the snapshot-age runs
 #   BENCH_SKIP_VERIFY=1               # skip verify_table on metrics against a full scan of it
+#   BENCH_SKIP_CITUS=1                # skip the Citus copy and apply (they run only when Citus is installed)
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
 # 56432 (source) and 56433 (target). Results are printed as a Markdown table.
@@ -239,39 +240,189 @@ if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/time
   HT_BYTES=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
   HT_DDL="CREATE EXTENSION timescaledb; $(echo "$SCHEMA" | sed -n '/CREATE TABLE metrics/,/PRIMARY KEY/p' | sed 's/, PRIMARY KEY (device_id, time)//');
           SELECT create_hypertable('metrics', by_range('time', interval '1 hour'), create_default_indexes => false);"
-  fresh_target
-  tgt -d bench -c "$HT_DDL" >/dev/null
-  say "hypertable: raw binary pipe"
-  settle; t0=$(now)
-  src -d bench -c "COPY metrics TO STDOUT (FORMAT binary)" | tgt -d bench -c "COPY metrics FROM STDIN (FORMAT binary)"
-  tgt -d bench -c "ALTER TABLE metrics ADD PRIMARY KEY (device_id, time)"
-  t1=$(now)
-  HT_RAW=$(python3 -c "print($t1-$t0)")
-  HT_ROOT_RAW=$(tgt -d bench -At -c "SELECT count(*) FROM ONLY metrics")
-  say "hypertable: livesync"
-  fresh_target
-  tgt -d bench -c "CREATE EXTENSION timescaledb" -c "CREATE EXTENSION livesync" >/dev/null
-  settle; t0=$(now)
-  tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
-  tgt -d bench -c "SELECT livesync.add_table('public.metrics', hypertable => true, chunk_interval => '1 hour')" >/dev/null 2>&1
-  wait_sql bench "SELECT bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
-  t1=$(now)
-  HT_LS=$(python3 -c "print($t1-$t0)")
-  HT_ROOT_LS=$(tgt -d bench -At -c "SELECT count(*) FROM ONLY metrics")
-  HT_CHUNKS=$(tgt -d bench -At -c "SELECT count(*) FROM show_chunks('metrics')")
-  HT_RANGES=$(tgt -d bench -At -c "SELECT ranges_total FROM livesync.table_progress")
-  tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+  # BENCH_RUNS runs of each (default 3), alternating, so that a drift of the machine (page cache,
+  # another process) touches both alike; medians compared, the spread of both shown. livesync's
+  # time is split where its phases meet: ranges all loaded (the copy) and the table ready (its
+  # primary key built and the stream caught up).
+  HT_RUNS_N="${BENCH_RUNS:-3}"
+  HT_RAW_RUNS=(); HT_LS_RUNS=(); HT_LS_COPY_RUNS=(); HT_RAW_COPY_RUNS=()
+  for run in $(seq 1 "$HT_RUNS_N"); do
+    fresh_target
+    tgt -d bench -c "$HT_DDL" >/dev/null
+    say "hypertable: raw binary pipe (run $run)"
+    settle; t0=$(now)
+    src -d bench -c "COPY metrics TO STDOUT (FORMAT binary)" | tgt -d bench -c "COPY metrics FROM STDIN (FORMAT binary)"
+    tc=$(now)
+    tgt -d bench -c "ALTER TABLE metrics ADD PRIMARY KEY (device_id, time)"
+    t1=$(now)
+    HT_RAW_RUNS+=("$(python3 -c "print($t1-$t0)")"); HT_RAW_COPY_RUNS+=("$(python3 -c "print($tc-$t0)")")
+    HT_ROOT_RAW=$(tgt -d bench -At -c "SELECT count(*) FROM ONLY metrics")
+    say "hypertable: livesync (run $run)"
+    fresh_target
+    tgt -d bench -c "CREATE EXTENSION timescaledb" -c "CREATE EXTENSION livesync" >/dev/null
+    settle; t0=$(now)
+    tgt -d bench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
+    tgt -d bench -c "SELECT livesync.add_table('public.metrics', hypertable => true, chunk_interval => '1 hour')" >/dev/null 2>&1
+    wait_sql bench "SELECT bool_and(ranges_done = ranges_total AND ranges_total > 0) FROM livesync.table_progress"
+    tc=$(now)
+    wait_sql bench "SELECT bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
+    t1=$(now)
+    HT_LS_RUNS+=("$(python3 -c "print($t1-$t0)")"); HT_LS_COPY_RUNS+=("$(python3 -c "print($tc-$t0)")")
+    HT_ROOT_LS=$(tgt -d bench -At -c "SELECT count(*) FROM ONLY metrics")
+    HT_ROWS_LS=$(tgt -d bench -At -c "SELECT count(*) FROM metrics")
+    HT_CHUNKS=$(tgt -d bench -At -c "SELECT count(*) FROM show_chunks('metrics')")
+    HT_RANGES=$(tgt -d bench -At -c "SELECT ranges_total FROM livesync.table_progress")
+    HT_WORKERS=$(tgt -d bench -At -c "SHOW livesync.max_copy_workers" 2>/dev/null || echo "?")
+    tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+  done
   tgt -d postgres -c "ALTER SYSTEM RESET shared_preload_libraries"
   as_pg "$BIN/pg_ctl" -D "$W/target" -l "$W/target.log" -m fast -w restart >/dev/null
+  stats() { python3 -c "import statistics, sys; v = list(map(float, sys.argv[1:])); print(f'{statistics.median(v):.1f} ({min(v):.1f}–{max(v):.1f})')" "$@"; }
+  HT_RAW=$(python3 -c "import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))" "${HT_RAW_RUNS[@]}")
+  HT_LS=$(python3 -c "import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))" "${HT_LS_RUNS[@]}")
   echo
-  echo "### Initial copy into a TimescaleDB hypertable — metrics only, $(python3 -c "print(round($HT_BYTES/1e6))") MB, $HT_CHUNKS chunks of 1 hour"
+  echo "### Initial copy into a TimescaleDB hypertable — metrics only, $(python3 -c "print(round($HT_BYTES/1e6))") MB, $HT_CHUNKS chunks of 1 hour, $HT_RUNS_N runs each"
   echo
-  echo "| method | seconds | MB/s | rows left in the root |"
+  echo "| method | seconds: median (min–max) | data loaded, s: median (min–max) | MB/s (median) | rows left in the root |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  echo "| raw binary \`COPY\` pipe into the hypertable + primary key | $(stats "${HT_RAW_RUNS[@]}") | $(stats "${HT_RAW_COPY_RUNS[@]}") | $(python3 -c "print(f'{$HT_BYTES/1e6/$HT_RAW:.0f}')") | $HT_ROOT_RAW |"
+  echo "| livesync \`add_table(hypertable => true)\` ($HT_RANGES ranges, max_copy_workers = $HT_WORKERS) until copied | $(stats "${HT_LS_RUNS[@]}") | $(stats "${HT_LS_COPY_RUNS[@]}") | $(python3 -c "print(f'{$HT_BYTES/1e6/$HT_LS:.0f}')") | $HT_ROOT_LS |"
+  echo
+  echo "livesync into a hypertable vs the raw binary pipe into it (medians): $(python3 -c "print(f'{$HT_RAW/$HT_LS:.2f}x')"); run by run (raw_i / livesync_i): $(python3 -c "import sys; r, l = sys.argv[1].split(), sys.argv[2].split(); print(', '.join(f'{float(a)/float(b):.2f}x' for a, b in zip(r, l)))" "${HT_RAW_RUNS[*]}" "${HT_LS_RUNS[*]}"); rows on the target: $HT_ROWS_LS"
+fi
+
+# ---- Citus (only with Citus installed): a coordinator (the target) and 2 worker nodes ----------
+# Copy: metrics into a table distributed by device_id, livesync vs a raw binary COPY pipe into the
+# same distributed table (Citus's own COPY, fanned out to the shards), each with its primary key;
+# BENCH_RUNS runs each, alternating. Apply: a table distributed by id, kept by livesync, and the
+# same table kept by a native subscription in a plain table of the coordinator (native cannot
+# write into a distributed table: its rows land in the coordinator's shell), each paused while
+# the source runs a workload, then timed until its slot confirms the workload's end.
+if [ -z "${BENCH_SKIP_CITUS:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ]; then
+  CW1=56434; CW2=56435
+  init citus-w1 $CW1 "shared_preload_libraries = 'citus'
+max_prepared_transactions = 50"
+  init citus-w2 $CW2 "shared_preload_libraries = 'citus'
+max_prepared_transactions = 50"
+  cw() { local port=$1; shift; as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$port" -U "$OSU" "$@"; }
+  tgt -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = citus, livesync" -c "ALTER SYSTEM SET max_prepared_transactions = 50"
+  as_pg "$BIN/pg_ctl" -D "$W/target" -l "$W/target.log" -m fast -w restart >/dev/null
+  citus_db() { # db: a fresh database on the coordinator and both worker nodes, nodes added
+    for p in $CW1 $CW2; do cw $p -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; cw $p -d "$1" -c "CREATE EXTENSION citus" >/dev/null; done
+    tgt -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
+    tgt -d "$1" -c "CREATE EXTENSION citus" -c "SELECT citus_set_coordinator_host('127.0.0.1', $TP)" \
+        -c "SELECT citus_add_node('127.0.0.1', $CW1)" -c "SELECT citus_add_node('127.0.0.1', $CW2)" \
+        -c "SET citus.enable_ddl_propagation = off" -c "CREATE EXTENSION livesync" >/dev/null
+  }
+  CT_BYTES=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
+  CT_DDL="$(echo "$SCHEMA" | sed -n '/CREATE TABLE metrics/,/PRIMARY KEY/p' | sed 's/, PRIMARY KEY (device_id, time)//');
+          SELECT create_distributed_table('metrics', 'device_id');"
+  CT_RAW_RUNS=(); CT_LS_RUNS=(); CT_RAW_COPY_RUNS=(); CT_LS_COPY_RUNS=()
+  for run in $(seq 1 "${BENCH_RUNS:-3}"); do
+    citus_db cbench
+    tgt -d cbench -c "$CT_DDL" >/dev/null
+    say "citus: raw binary pipe into the distributed table (run $run)"
+    settle; t0=$(now)
+    src -d bench -c "COPY metrics TO STDOUT (FORMAT binary)" | tgt -d cbench -c "COPY metrics FROM STDIN (FORMAT binary)"
+    tc=$(now)
+    tgt -d cbench -c "ALTER TABLE metrics ADD PRIMARY KEY (device_id, time)"
+    t1=$(now)
+    CT_RAW_RUNS+=("$(python3 -c "print($t1-$t0)")"); CT_RAW_COPY_RUNS+=("$(python3 -c "print($tc-$t0)")")
+    say "citus: livesync add_table(distributed_by => 'device_id') (run $run)"
+    citus_db cbench
+    settle; t0=$(now)
+    tgt -d cbench -c "SELECT livesync.add_connector('$SRC_CONNINFO')" >/dev/null
+    tgt -d cbench -c "SELECT livesync.add_table('public.metrics', distributed_by => 'device_id')" >/dev/null 2>&1
+    wait_sql cbench "SELECT bool_and(ranges_done = ranges_total AND ranges_total > 0) FROM livesync.table_progress"
+    tc=$(now)
+    wait_sql cbench "SELECT bool_and(state IN ('ready', 'catching up')) FROM livesync.table_progress"
+    t1=$(now)
+    CT_LS_RUNS+=("$(python3 -c "print($t1-$t0)")"); CT_LS_COPY_RUNS+=("$(python3 -c "print($tc-$t0)")")
+    CT_ROWS_LS=$(tgt -d cbench -At -c "SELECT count(*) FROM metrics")
+    # The coordinator's shell table must stay empty (its own file: a query would go to the shards).
+    CT_SHELL_LS=$(tgt -d cbench -At -c "SELECT pg_relation_size('metrics')")
+    CT_RANGES=$(tgt -d cbench -At -c "SELECT ranges_total FROM livesync.table_progress")
+    CT_SHARDS=$(tgt -d cbench -At -c "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'metrics'::regclass")
+    tgt -d cbench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+  done
+
+  # Apply: `readings`, 100,000 rows, on the source; distributed by id through livesync, a plain
+  # table through a native subscription, both in database capply of the coordinator.
+  src -d bench -c "DROP TABLE IF EXISTS readings" \
+      -c "CREATE TABLE readings (id bigint PRIMARY KEY, device int NOT NULL, at timestamptz NOT NULL, v float8)" \
+      -c "INSERT INTO readings SELECT i, i % 500, timestamptz '2026-01-01' + i * interval '1 s', random() FROM generate_series(1, 100000) i" \
+      -c "DROP PUBLICATION IF EXISTS citus_native" -c "CREATE PUBLICATION citus_native FOR TABLE readings"
+  citus_db capply
+  tgt -d capply -c "CREATE TABLE readings (id bigint PRIMARY KEY, device int NOT NULL, at timestamptz NOT NULL, v float8)" \
+      -c "SELECT create_distributed_table('readings', 'id')" -c "CREATE SCHEMA plain" \
+      -c "CREATE TABLE plain.readings (id bigint PRIMARY KEY, device int NOT NULL, at timestamptz NOT NULL, v float8)" >/dev/null
+  tgt -d capply -c "SELECT livesync.add_connector('$SRC_CONNINFO', 'citus')" -c "SELECT livesync.add_table('public.readings')" >/dev/null
+  # The native subscription writes plain.readings: the publication's table is public.readings,
+  # so the plain copy lives in its own database where public.readings is a plain table.
+  tgt -d postgres -c "DROP DATABASE IF EXISTS cnative WITH (FORCE)" -c "CREATE DATABASE cnative"
+  tgt -d cnative -c "CREATE TABLE readings (id bigint PRIMARY KEY, device int NOT NULL, at timestamptz NOT NULL, v float8)" \
+      -c "CREATE SUBSCRIPTION citus_native CONNECTION 'host=127.0.0.1 port=$SP dbname=bench user=$OSU' PUBLICATION citus_native"
+  wait_sql cnative "SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"
+  wait_sql capply "SELECT bool_and(state = 'ready') FROM livesync.table_progress"
+  CT_SLOT=$(tgt -d capply -At -c "SELECT slot_name FROM livesync.connectors")
+  citus_apply() { # label changes workload-function
+    local label="$1" changes="$2"; shift 2
+    tgt -d cnative -c "ALTER SUBSCRIPTION citus_native DISABLE"
+    tgt -d capply -c "SELECT livesync.pause_connector('citus')" >/dev/null
+    sleep 2
+    "$@"
+    local lsn; lsn=$(src -d bench -At -c "SELECT pg_current_wal_insert_lsn()")
+    settle; local t0; t0=$(now); tgt -d cnative -c "ALTER SUBSCRIPTION citus_native ENABLE"
+    src -d bench -c "$(poll_loop "SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = 'citus_native'")"
+    local tn; tn=$(python3 -c "print($(now)-$t0)")
+    settle; t0=$(now); tgt -d capply -c "SELECT livesync.resume_connector('citus')" >/dev/null
+    src -d bench -c "$(poll_loop "SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = '$CT_SLOT'")"
+    local tl; tl=$(python3 -c "print($(now)-$t0)")
+    results+=("$(python3 -c "n=$changes; tn=$tn; tl=$tl; print(f'| $label | {n:,} | {tn:.1f} | {n/tn:,.0f} | {tl:.1f} | {n/tl:,.0f} | {tn/tl:.2f}x |')")")
+  }
+  w_citus_updates() {
+    printf '\\set id random(1, 100000)\nUPDATE readings SET v = random() WHERE id = :id;\n' > "$W/cupd.sql"; chmod a+r "$W/cupd.sql"
+    as_pg "$BIN/pgbench" -h "$SOCK" -p $SP -U "$OSU" -n -c 4 -t 5000 -f "$W/cupd.sql" bench >/dev/null 2>&1
+  }
+  w_citus_inserts() { src -d bench -c "INSERT INTO readings SELECT i, i % 500, timestamptz '2026-03-01' + i * interval '1 s', random() FROM generate_series(100001, 600000) i"; }
+  results=()
+  say "citus apply: 20,000 single-row UPDATE transactions"
+  citus_apply "20,000 single-row UPDATE transactions (4 clients)" 20000 w_citus_updates
+  say "citus apply: one 500,000-row INSERT transaction"
+  citus_apply "one 500,000-row INSERT transaction" 500000 w_citus_inserts
+  a=$(src -d bench -At -c "SELECT md5(string_agg(x::text, ',' ORDER BY x.id)) FROM readings x")
+  b=$(tgt -d capply -At -c "SELECT md5(string_agg(x::text, ',' ORDER BY x.id)) FROM readings x")
+  c=$(tgt -d cnative -At -c "SELECT md5(string_agg(x::text, ',' ORDER BY x.id)) FROM readings x")
+  [ "$a" = "$b" ] && CT_APPLY_EQ="equal to the source" || CT_APPLY_EQ="DIFFERENT from the source"
+  [ "$a" = "$c" ] || echo "WARNING: the native subscriber's readings differs from the source" >&2
+  tgt -d capply -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
+  tgt -d cnative -c "DROP SUBSCRIPTION citus_native"
+  src -d bench -c "DROP PUBLICATION citus_native" -c "DROP TABLE readings"
+  tgt -d postgres -c "ALTER SYSTEM RESET shared_preload_libraries" -c "ALTER SYSTEM RESET max_prepared_transactions"
+  as_pg "$BIN/pg_ctl" -D "$W/target" -l "$W/target.log" -m fast -w restart >/dev/null
+  for n in citus-w1 citus-w2; do as_pg "$BIN/pg_ctl" -D "$W/$n" -m fast -w stop >/dev/null; done
+
+  stats() { python3 -c "import statistics, sys; v = list(map(float, sys.argv[1:])); print(f'{statistics.median(v):.1f} ({min(v):.1f}–{max(v):.1f})')" "$@"; }
+  med() { python3 -c "import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
+  CT_RAW=$(med "${CT_RAW_RUNS[@]}"); CT_LS=$(med "${CT_LS_RUNS[@]}")
+  echo
+  echo "### Citus: initial copy into a distributed table — metrics, $(python3 -c "print(round($CT_BYTES/1e6))") MB, $CT_SHARDS shards on 2 worker nodes, ${BENCH_RUNS:-3} runs each"
+  echo
+  echo "| method | seconds: median (min–max) | data loaded, s: median (min–max) | MB/s (median) |"
   echo "| --- | ---: | ---: | ---: |"
-  echo "| raw binary \`COPY\` pipe into the hypertable + primary key | $(python3 -c "print(f'{$HT_RAW:.1f} | {$HT_BYTES/1e6/$HT_RAW:.0f}')") | $HT_ROOT_RAW |"
-  echo "| livesync \`add_table(hypertable => true)\` ($HT_RANGES ranges) until copied | $(python3 -c "print(f'{$HT_LS:.1f} | {$HT_BYTES/1e6/$HT_LS:.0f}')") | $HT_ROOT_LS |"
+  echo "| raw binary \`COPY\` pipe into the distributed table + primary key | $(stats "${CT_RAW_RUNS[@]}") | $(stats "${CT_RAW_COPY_RUNS[@]}") | $(python3 -c "print(f'{$CT_BYTES/1e6/$CT_RAW:.0f}')") |"
+  echo "| livesync \`add_table(distributed_by => 'device_id')\` ($CT_RANGES ranges) until copied | $(stats "${CT_LS_RUNS[@]}") | $(stats "${CT_LS_COPY_RUNS[@]}") | $(python3 -c "print(f'{$CT_BYTES/1e6/$CT_LS:.0f}')") |"
   echo
-  echo "livesync into a hypertable vs the raw binary pipe into it: $(python3 -c "print(f'{$HT_RAW/$HT_LS:.2f}x')")"
+  echo "livesync into a distributed table vs the raw binary pipe into it (medians): $(python3 -c "print(f'{$CT_RAW/$CT_LS:.2f}x')"); run by run: $(python3 -c "import sys; r, l = sys.argv[1].split(), sys.argv[2].split(); print(', '.join(f'{float(a)/float(b):.2f}x' for a, b in zip(r, l)))" "${CT_RAW_RUNS[*]}" "${CT_LS_RUNS[*]}"); rows through the distributed table: $CT_ROWS_LS; bytes in the coordinator's shell table: $CT_SHELL_LS"
+  echo
+  echo "### Citus: change apply into a distributed table (from resuming until the source slot confirms the workload's end)"
+  echo
+  echo "| workload | changes | native into a plain table, s | changes/s | livesync into the distributed table, s | changes/s | livesync vs native |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${results[@]}"
+  echo
+  echo "livesync's distributed readings after both workloads: $CT_APPLY_EQ"
+  results=()
 fi
 
 if [ -z "${BENCH_SKIP_APPLY:-}" ]; then

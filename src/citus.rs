@@ -46,10 +46,12 @@ impl CitusTable {
 
 /// Whether the citus extension is installed in this database.
 pub fn installed() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// The Citus table `relid` is, None when it is a plain table (or Citus is not installed).
@@ -126,10 +128,15 @@ pub fn commit_durably() -> std::result::Result<(), pgrx::spi::Error> {
 /// the coordinator's role is `origin` for the statement — set with `set_config`, which Citus does
 /// not propagate: the shards' sessions keep `replica`.
 pub fn truncate(truncate: &str) -> std::result::Result<(), pgrx::spi::Error> {
-    let role = Spi::get_one::<String>("SELECT pg_catalog.current_setting('session_replication_role')")?.unwrap_or_default();
+    let role =
+        Spi::get_one::<String>("SELECT pg_catalog.current_setting('session_replication_role')")?
+            .unwrap_or_default();
     Spi::run("SELECT pg_catalog.set_config('session_replication_role', 'origin', true)")?;
     Spi::run(truncate)?;
-    Spi::run_with_args("SELECT pg_catalog.set_config('session_replication_role', $1, true)", &[role.as_str().into()])
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config('session_replication_role', $1, true)",
+        &[role.as_str().into()],
+    )
 }
 
 /// An existing Citus table can receive source table `def` when rows can be routed: its

@@ -27,7 +27,12 @@ fn sqlstate(code: &str) -> PgSqlErrorCode {
 
 impl LivesyncError {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), detail: None, hint: None }
+        Self {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn detail(mut self, d: impl Into<String>) -> Self {
@@ -45,19 +50,38 @@ impl LivesyncError {
     }
 
     pub fn connector_not_found(name: &str) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("connector \"{name}\" does not exist"))
-            .hint("SELECT name FROM livesync.connectors lists the existing connectors.")
+        Self::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("connector \"{name}\" does not exist"),
+        )
+        .hint("SELECT name FROM livesync.connectors lists the existing connectors.")
     }
 
     /// A column named by the caller (`time_column`, `distributed_by`) that the source table lacks.
     pub fn unknown_source_column(def: &crate::source::table::TableDef, column: &str) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("column \"{column}\" of source table {} does not exist", def.qualified()))
-            .hint(format!("Columns: {}.", def.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ")))
+        Self::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!(
+                "column \"{column}\" of source table {} does not exist",
+                def.qualified()
+            ),
+        )
+        .hint(format!(
+            "Columns: {}.",
+            def.columns
+                .iter()
+                .map(|c| format!("\"{}\"", c.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 
     pub fn connector_exists(name: &str) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("connector \"{name}\" already exists"))
-            .hint("Choose another name: livesync.add_connector(conninfo, name => '...').")
+        Self::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("connector \"{name}\" already exists"),
+        )
+        .hint("Choose another name: livesync.add_connector(conninfo, name => '...').")
     }
 
     pub fn from_connect(e: &ConnectError) -> Self {
@@ -76,7 +100,10 @@ impl LivesyncError {
             Some(db) => sqlstate(db.code().code()),
             None => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
         };
-        Self::new(code, format!("error on the source at \"{endpoint}\": {msg}"))
+        Self::new(
+            code,
+            format!("error on the source at \"{endpoint}\": {msg}"),
+        )
     }
 
     /// Raise as an ERROR. Never returns.
@@ -150,13 +177,17 @@ impl Caught {
 /// violations (23), undefined or mismatched objects and types (42), internal errors — would fail
 /// the same way again.
 pub fn is_transient_sqlstate(code: &str) -> bool {
-    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03" || code == "55006"
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
+        || code == "55P03"
+        || code == "55006"
 }
 
 /// The five-character text of a SQLSTATE code.
 pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
     let v = code as i32;
-    (0..5).map(|i| ((((v >> (6 * i)) & 0x3F) as u8) + b'0') as char).collect()
+    (0..5)
+        .map(|i| ((((v >> (6 * i)) & 0x3F) as u8) + b'0') as char)
+        .collect()
 }
 
 /// Run `f` in a subtransaction of the current transaction: on an ERROR inside, only what `f` did
@@ -204,7 +235,8 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Caught> {
     })
     .catch_others(|e| {
         let r = match &e {
-            pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r,
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r,
             pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport,
         };
         Err(Caught {
@@ -223,12 +255,19 @@ mod tests {
 
     #[test]
     fn sqlstates_round_trip_and_classify() {
-        assert_eq!(sqlstate_text(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE), "55P03");
+        assert_eq!(
+            sqlstate_text(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE),
+            "55P03"
+        );
         assert_eq!(sqlstate_text(sqlstate("23505")), "23505");
-        for transient in ["55P03", "40P01", "40001", "57014", "57P01", "53100", "53200", "08006", "58030"] {
+        for transient in [
+            "55P03", "40P01", "40001", "57014", "57P01", "53100", "53200", "08006", "58030",
+        ] {
             assert!(is_transient_sqlstate(transient), "{transient}");
         }
-        for data in ["23505", "23502", "22P02", "42703", "42804", "XX000", "55000"] {
+        for data in [
+            "23505", "23502", "22P02", "42703", "42804", "XX000", "55000",
+        ] {
             assert!(!is_transient_sqlstate(data), "{data}");
         }
     }

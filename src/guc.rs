@@ -14,7 +14,10 @@ pub static MAX_COPY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub fn copy_workers() -> usize {
     match MAX_COPY_WORKERS.get() {
         n if n > 0 => n as usize,
-        _ => std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).clamp(1, 8),
+        _ => std::thread::available_parallelism()
+            .map(|n| n.get() / 2)
+            .unwrap_or(1)
+            .clamp(1, 8),
     }
 }
 

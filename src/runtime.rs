@@ -45,7 +45,10 @@ pub fn shutdown_requested() -> bool {
 
 /// In a background worker: run `fut` until it completes (`Some`) or the worker is asked to stop
 /// or the postmaster dies (`None`).
-pub fn block_on_until_shutdown<F: Future>(rt: &tokio::runtime::Runtime, fut: F) -> Option<F::Output> {
+pub fn block_on_until_shutdown<F: Future>(
+    rt: &tokio::runtime::Runtime,
+    fut: F,
+) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     loop {
         match rt.block_on(async { tokio::time::timeout(TICK, &mut fut).await }) {

@@ -65,12 +65,23 @@ fn from_row(r: &tokio_postgres::Row, owned: bool) -> SourceSequence {
     }
 }
 
-pub async fn owned_by(client: &tokio_postgres::Client, table_q: &str) -> std::result::Result<Vec<SourceSequence>, tokio_postgres::Error> {
-    Ok(client.query(OWNED_QUERY, &[&table_q]).await?.iter().map(|r| from_row(r, true)).collect())
+pub async fn owned_by(
+    client: &tokio_postgres::Client,
+    table_q: &str,
+) -> std::result::Result<Vec<SourceSequence>, tokio_postgres::Error> {
+    Ok(client
+        .query(OWNED_QUERY, &[&table_q])
+        .await?
+        .iter()
+        .map(|r| from_row(r, true))
+        .collect())
 }
 
 /// The source sequence spelled `spelled` (resolved by the source), or None when there is none.
-pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> std::result::Result<Option<SourceSequence>, tokio_postgres::Error> {
+pub async fn describe(
+    client: &tokio_postgres::Client,
+    spelled: &str,
+) -> std::result::Result<Option<SourceSequence>, tokio_postgres::Error> {
     let q = format!(
         "SELECT {FIELDS}
            FROM pg_catalog.pg_class s
@@ -78,7 +89,10 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> std::re
            JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
           WHERE s.oid = pg_catalog.to_regclass($1)"
     );
-    Ok(client.query_opt(&q, &[&spelled]).await?.map(|r| from_row(&r, false)))
+    Ok(client
+        .query_opt(&q, &[&spelled])
+        .await?
+        .map(|r| from_row(&r, false)))
 }
 
 /// The value `nextval` returns next, given a sequence's state.
@@ -100,7 +114,10 @@ pub fn ahead(increment: i64, a: i64, b: i64) -> bool {
 }
 
 /// The next values of the given source sequences (one query each: each is its own relation).
-pub async fn read_source(client: &tokio_postgres::Client, list: &[SyncSequence]) -> Vec<std::result::Result<i64, String>> {
+pub async fn read_source(
+    client: &tokio_postgres::Client,
+    list: &[SyncSequence],
+) -> Vec<std::result::Result<i64, String>> {
     let mut out = Vec::with_capacity(list.len());
     for s in list {
         let q = format!(
@@ -113,7 +130,10 @@ pub async fn read_source(client: &tokio_postgres::Client, list: &[SyncSequence])
         out.push(match client.query_opt(&q, &[]).await {
             Ok(Some(r)) => Ok(next_value(r.get(0), r.get(1), r.get(2))),
             Ok(None) => Err("the source sequence no longer exists".to_string()),
-            Err(e) => Err(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())),
+            Err(e) => Err(e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string())),
         });
     }
     out
@@ -131,7 +151,10 @@ fn type_name(oid: u32) -> &'static str {
 /// created.
 pub fn create_on_target(src: &SourceSequence, schema: &str, name: &str) -> Result<bool> {
     let target_q = format!("{}.{}", quote_ident(schema), quote_ident(name));
-    let exists = catalog::first_value_rw::<bool>("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[target_q.as_str().into()])?;
+    let exists = catalog::first_value_rw::<bool>(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        &[target_q.as_str().into()],
+    )?;
     if exists == Some(true) {
         return Ok(false);
     }
@@ -146,15 +169,28 @@ pub fn create_on_target(src: &SourceSequence, schema: &str, name: &str) -> Resul
         if src.cycle { "CYCLE" } else { "NO CYCLE" }
     ))
     .map_err(|e| {
-        LivesyncError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("could not create sequence {target_q}: {}", spi_err(e).message))
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "could not create sequence {target_q}: {}",
+                spi_err(e).message
+            ),
+        )
     })?;
     Ok(true)
 }
 
 /// Bring target sequence `s` to `source_next` unless it is as far or further. Returns the
 /// target's next value after, and whether it moved.
-pub fn advance_target(s: &SyncSequence, source_next: i64) -> std::result::Result<(i64, bool), String> {
-    let target_q = format!("{}.{}", quote_ident(&s.target_schema), quote_ident(&s.target_name));
+pub fn advance_target(
+    s: &SyncSequence,
+    source_next: i64,
+) -> std::result::Result<(i64, bool), String> {
+    let target_q = format!(
+        "{}.{}",
+        quote_ident(&s.target_schema),
+        quote_ident(&s.target_name)
+    );
     let row = Spi::connect(|c| {
         let mut t = c.select(
             &format!(
@@ -188,8 +224,16 @@ pub fn advance_target(s: &SyncSequence, source_next: i64) -> std::result::Result
     } else {
         (source_next, false)
     };
-    Spi::run_with_args("SELECT pg_catalog.setval($1::regclass, $2, $3)", &[target_q.as_str().into(), value.into(), is_called.into()])
-        .map_err(|e| format!("could not set target sequence {target_q}: {}", spi_err(e).message))?;
+    Spi::run_with_args(
+        "SELECT pg_catalog.setval($1::regclass, $2, $3)",
+        &[target_q.as_str().into(), value.into(), is_called.into()],
+    )
+    .map_err(|e| {
+        format!(
+            "could not set target sequence {target_q}: {}",
+            spi_err(e).message
+        )
+    })?;
     Ok((next_value(value, is_called, increment), true))
 }
 
@@ -208,11 +252,28 @@ pub struct Synced {
 pub fn apply(list: &[SyncSequence], values: Vec<std::result::Result<i64, String>>) -> Vec<Synced> {
     let mut out = Vec::with_capacity(list.len());
     for (s, v) in list.iter().zip(values) {
-        let r = v.and_then(|source_next| advance_target(s, source_next).map(|(t, moved)| (source_next, t, moved)));
-        let _ = catalog::sequences::record(s.id, &r.as_ref().map(|(a, b, _)| (*a, *b)).map_err(|e| e.clone()));
+        let r = v.and_then(|source_next| {
+            advance_target(s, source_next).map(|(t, moved)| (source_next, t, moved))
+        });
+        let _ = catalog::sequences::record(
+            s.id,
+            &r.as_ref().map(|(a, b, _)| (*a, *b)).map_err(|e| e.clone()),
+        );
         out.push(match r {
-            Ok((a, b, moved)) => Synced { sequence: s.clone(), source_next: Some(a), target_next: Some(b), moved, error: None },
-            Err(e) => Synced { sequence: s.clone(), source_next: None, target_next: None, moved: false, error: Some(e) },
+            Ok((a, b, moved)) => Synced {
+                sequence: s.clone(),
+                source_next: Some(a),
+                target_next: Some(b),
+                moved,
+                error: None,
+            },
+            Err(e) => Synced {
+                sequence: s.clone(),
+                source_next: None,
+                target_next: None,
+                moved: false,
+                error: Some(e),
+            },
         });
     }
     out
@@ -220,12 +281,22 @@ pub fn apply(list: &[SyncSequence], values: Vec<std::result::Result<i64, String>
 
 /// The connector's worker: bring the connector's due sequences up to the source (read through
 /// `client`), in a transaction of its own.
-pub fn sync_connector(connector_id: i32, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) {
-    let Ok(Ok(list)) = crate::worker::in_transaction(|| catalog::sequences::due(connector_id)) else { return };
+pub fn sync_connector(
+    connector_id: i32,
+    client: &tokio_postgres::Client,
+    rt: &tokio::runtime::Runtime,
+) {
+    let Ok(Ok(list)) = crate::worker::in_transaction(|| catalog::sequences::due(connector_id))
+    else {
+        return;
+    };
     if list.is_empty() {
         return;
     }
-    let Some(values) = crate::runtime::block_on_until_shutdown(rt, read_source(client, &list)) else { return };
+    let Some(values) = crate::runtime::block_on_until_shutdown(rt, read_source(client, &list))
+    else {
+        return;
+    };
     let _ = crate::worker::in_transaction(|| apply(&list, values));
 }
 

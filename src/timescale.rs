@@ -85,9 +85,13 @@ pub fn check_available() -> Result<String> {
         .hint("Add timescaledb to shared_preload_libraries, restart, and run CREATE EXTENSION timescaledb; or leave out hypertable => true for a plain table."));
     };
     let all_tables: Vec<String> = Spi::connect(|c| {
-        c.select("SELECT pubname::text FROM pg_catalog.pg_publication WHERE puballtables ORDER BY 1", None, &[])?
-            .map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default()))
-            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+        c.select(
+            "SELECT pubname::text FROM pg_catalog.pg_publication WHERE puballtables ORDER BY 1",
+            None,
+            &[],
+        )?
+        .map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default()))
+        .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)?;
     if !all_tables.is_empty() {
@@ -120,11 +124,17 @@ pub fn create_hypertable(target_q: &str, spec: &HypertableSpec) -> Result<()> {
         format!("{n}::int8")
     } else {
         let valid = crate::error::in_subtransaction(|| {
-            Spi::get_one_with_args::<bool>("SELECT $1::interval > '0'::interval", &[spec.chunk_interval.as_str().into()])
+            Spi::get_one_with_args::<bool>(
+                "SELECT $1::interval > '0'::interval",
+                &[spec.chunk_interval.as_str().into()],
+            )
         });
         if !matches!(valid, Ok(Ok(Some(true)))) {
-            return Err(LivesyncError::invalid_parameter(format!("invalid chunk_interval \"{}\"", spec.chunk_interval))
-                .hint("Write a positive interval, e.g. chunk_interval => '1 day'."));
+            return Err(LivesyncError::invalid_parameter(format!(
+                "invalid chunk_interval \"{}\"",
+                spec.chunk_interval
+            ))
+            .hint("Write a positive interval, e.g. chunk_interval => '1 day'."));
         }
         format!("{}::interval", spi::quote_literal(&spec.chunk_interval))
     };

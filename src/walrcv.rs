@@ -51,7 +51,8 @@ impl ReplicationConn {
     /// Connect with `replication=database`. Errors carry libpq's message (never the conninfo).
     pub fn connect(conninfo: &str, application_name: &str) -> Result<Self, String> {
         let f = functions();
-        let conninfo = CString::new(conninfo).map_err(|_| "connection string contains a NUL byte".to_string())?;
+        let conninfo = CString::new(conninfo)
+            .map_err(|_| "connection string contains a NUL byte".to_string())?;
         let app = CString::new(application_name.replace('\0', "")).unwrap();
         // SAFETY: conninfo, app and the `err` out-pointer outlive the guarded call; a non-NULL `err` is
         // the palloc'ed, NUL-terminated message libpqwalreceiver copied from libpq.
@@ -62,9 +63,21 @@ impl ReplicationConn {
                     // 15: (conninfo, logical, appname, err). 16 added must_use_password (false: a
                     // password is not required, as on 15), 17 `replication` before `logical`.
                     #[cfg(feature = "pg15")]
-                    let conn = (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, app.as_ptr(), &mut err);
+                    let conn = (f.walrcv_connect.unwrap())(
+                        conninfo.as_ptr(),
+                        true,
+                        app.as_ptr(),
+                        &mut err,
+                    );
                     #[cfg(feature = "pg18")]
-                    let conn = (f.walrcv_connect.unwrap())(conninfo.as_ptr(), true, true, false, app.as_ptr(), &mut err);
+                    let conn = (f.walrcv_connect.unwrap())(
+                        conninfo.as_ptr(),
+                        true,
+                        true,
+                        false,
+                        app.as_ptr(),
+                        &mut err,
+                    );
                     conn
                 }) as usize
             })? as *mut pg_sys::WalReceiverConn;
@@ -81,7 +94,12 @@ impl ReplicationConn {
 
     /// Create a logical slot (pgoutput). With `export`, returns the exported snapshot's name,
     /// valid while this connection stays open and idle. Returns (snapshot, consistent point).
-    pub fn create_slot(&mut self, slot: &str, temporary: bool, export: bool) -> Result<(Option<String>, u64), String> {
+    pub fn create_slot(
+        &mut self,
+        slot: &str,
+        temporary: bool,
+        export: bool,
+    ) -> Result<(Option<String>, u64), String> {
         let f = functions();
         let slot = CString::new(slot).unwrap();
         let action = if export {
@@ -97,14 +115,33 @@ impl ReplicationConn {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 // 17 added `failover` (sync the slot to standbys) after `two_phase`: off, as on 15.
                 #[cfg(feature = "pg15")]
-                let name = (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, action, &mut lsn);
+                let name = (f.walrcv_create_slot.unwrap())(
+                    conn,
+                    slot.as_ptr(),
+                    temporary,
+                    false,
+                    action,
+                    &mut lsn,
+                );
                 #[cfg(feature = "pg18")]
-                let name = (f.walrcv_create_slot.unwrap())(conn, slot.as_ptr(), temporary, false, false, action, &mut lsn);
+                let name = (f.walrcv_create_slot.unwrap())(
+                    conn,
+                    slot.as_ptr(),
+                    temporary,
+                    false,
+                    false,
+                    action,
+                    &mut lsn,
+                );
                 name
             }) as usize
         })? as *const std::os::raw::c_char;
         // SAFETY: a non-NULL result is the snapshot name walrcv_create_slot pstrdup'ed, NUL-terminated.
-        let name = (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned());
+        let name = (!name.is_null()).then(|| {
+            unsafe { CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned()
+        });
         Ok((name, lsn))
     }
 
@@ -112,14 +149,26 @@ impl ReplicationConn {
         let f = functions();
         // SAFETY: self.conn is the open connection (freed only in Drop); the guarded call only returns
         // libpq's PQserverVersion for it.
-        unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_server_version.unwrap())(self.conn)) }
+        unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_server_version.unwrap())(self.conn))
+        }
     }
 
     /// `START_REPLICATION SLOT slot LOGICAL start (proto_version …, publication_names …)`.
-    pub fn start_logical(&mut self, slot: &str, start: u64, proto_version: u32, streaming: bool, publications: &[String]) -> Result<(), String> {
+    pub fn start_logical(
+        &mut self,
+        slot: &str,
+        start: u64,
+        proto_version: u32,
+        streaming: bool,
+        publications: &[String],
+    ) -> Result<(), String> {
         let f = functions();
         let slot = CString::new(slot).unwrap();
-        let publications: Vec<CString> = publications.iter().map(|p| CString::new(p.as_str()).unwrap()).collect();
+        let publications: Vec<CString> = publications
+            .iter()
+            .map(|p| CString::new(p.as_str()).unwrap())
+            .collect();
         // SAFETY: the options struct is plain data, zeroed then filled; the strings it points to
         // (slot, the pstrdup'ed names, the static "on") outlive the call; the List is built in the current memory
         // context; the call is guarded (an ERROR becomes Err through `catch`).
@@ -131,7 +180,10 @@ impl ReplicationConn {
             opts.proto.logical.proto_version = proto_version;
             let mut names: *mut pg_sys::List = std::ptr::null_mut();
             for p in &publications {
-                names = pg_sys::lappend(names, pg_sys::makeString(pg_sys::pstrdup(p.as_ptr())).cast());
+                names = pg_sys::lappend(
+                    names,
+                    pg_sys::makeString(pg_sys::pstrdup(p.as_ptr())).cast(),
+                );
             }
             opts.proto.logical.publication_names = names;
             opts.proto.logical.binary = false;
@@ -142,11 +194,19 @@ impl ReplicationConn {
             }
             #[cfg(feature = "pg18")]
             {
-                opts.proto.logical.streaming_str = if streaming { c"on".as_ptr() as *mut _ } else { std::ptr::null_mut() };
+                opts.proto.logical.streaming_str = if streaming {
+                    c"on".as_ptr() as *mut _
+                } else {
+                    std::ptr::null_mut()
+                };
             }
             opts.proto.logical.twophase = false;
             let conn = self.conn;
-            let ok = catch(|| pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_startstreaming.unwrap())(conn, &opts)))?;
+            let ok = catch(|| {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    (f.walrcv_startstreaming.unwrap())(conn, &opts)
+                })
+            })?;
             if ok {
                 Ok(())
             } else {
@@ -164,12 +224,16 @@ impl ReplicationConn {
         // SAFETY: `conn` is the open connection owned by self; `buf` and `fd` are live locals the guarded
         // call writes through.
         let len = catch(|| unsafe {
-            pg_sys::ffi::pg_guard_ffi_boundary(|| (f.walrcv_receive.unwrap())(conn, &mut buf, &mut fd))
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                (f.walrcv_receive.unwrap())(conn, &mut buf, &mut fd)
+            })
         })?;
         Ok(match len {
             // SAFETY: for n > 0 walrcv_receive set `buf` to n bytes of libpq's buffer, valid until the next call
             // on `conn`, which the `&mut self` borrow held by the returned Received rules out.
-            n if n > 0 => Received::Data(unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) }),
+            n if n > 0 => {
+                Received::Data(unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) })
+            }
             0 => Received::WouldBlock(fd),
             _ => Received::End,
         })

@@ -47,10 +47,17 @@ impl Install {
     /// Removes every livesync file (a rerun starts from the previous release again).
     fn remove_livesync(&self) {
         for dir in [&self.pkglibdir, &self.extdir] {
-            for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).flatten() {
+            for entry in fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+                .flatten()
+            {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name == "livesync.so" || name == "livesync.control" || name.starts_with("livesync--") {
-                    fs::remove_file(entry.path()).unwrap_or_else(|e| panic!("rm {}: {e}", entry.path().display()));
+                if name == "livesync.so"
+                    || name == "livesync.control"
+                    || name.starts_with("livesync--")
+                {
+                    fs::remove_file(entry.path())
+                        .unwrap_or_else(|e| panic!("rm {}: {e}", entry.path().display()));
                 }
             }
         }
@@ -60,7 +67,10 @@ impl Install {
     /// file and SQL scripts in sharedir/extension.
     fn destination(&self, file: &Path) -> PathBuf {
         let name = file.file_name().unwrap();
-        let in_extension_dir = file.parent().and_then(Path::file_name).is_some_and(|d| d == "extension");
+        let in_extension_dir = file
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "extension");
         if name.to_string_lossy().ends_with(".so") {
             self.pkglibdir.join(name)
         } else if in_extension_dir {
@@ -78,8 +88,10 @@ impl Install {
         for file in package_files(package) {
             let dest = self.destination(&file);
             let tmp = dest.with_extension("dpkg-new");
-            fs::copy(&file, &tmp).unwrap_or_else(|e| panic!("copy {} to {}: {e}", file.display(), tmp.display()));
-            fs::rename(&tmp, &dest).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), dest.display()));
+            fs::copy(&file, &tmp)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", file.display(), tmp.display()));
+            fs::rename(&tmp, &dest)
+                .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), dest.display()));
             names.push(dest.file_name().unwrap().to_string_lossy().into_owned());
         }
         if let Some(old) = replaces {
@@ -101,7 +113,10 @@ fn package_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
-        for entry in fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())).flatten() {
+        for entry in fs::read_dir(&d)
+            .unwrap_or_else(|e| panic!("read {}: {e}", d.display()))
+            .flatten()
+        {
             let path = entry.path();
             if path.is_dir() {
                 todo.push(path);
@@ -110,7 +125,11 @@ fn package_files(dir: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    assert!(!out.is_empty(), "no files in the package tree {}", dir.display());
+    assert!(
+        !out.is_empty(),
+        "no files in the package tree {}",
+        dir.display()
+    );
     out.sort();
     out
 }
@@ -124,7 +143,13 @@ fn package_version(package: &Path) -> String {
     let text = fs::read_to_string(&control).unwrap();
     text.lines()
         .find_map(|l| l.trim().strip_prefix("default_version"))
-        .map(|v| v.trim().trim_start_matches('=').trim().trim_matches('\'').to_string())
+        .map(|v| {
+            v.trim()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('\'')
+                .to_string()
+        })
         .unwrap_or_else(|| panic!("no default_version in {}", control.display()))
 }
 
@@ -274,7 +299,10 @@ fn extension_objects(cluster: &Cluster, db: &str) -> Vec<String> {
         parts.join("\nUNION ALL\n")
     );
     let mut client = cluster.connect(db);
-    query(&mut client, &sql).into_iter().map(|r| r.text("line").to_string()).collect()
+    query(&mut client, &sql)
+        .into_iter()
+        .map(|r| r.text("line").to_string())
+        .collect()
 }
 
 /// Lines only in `fresh` and lines only in `upgraded` (counted: a view may repeat a line).
@@ -328,7 +356,9 @@ fn changes_applied(db: &TestDb, table: &str) -> Result<i64, String> {
 }
 
 fn extversion(db: &TestDb) -> String {
-    db.tgt("SELECT extversion FROM pg_extension WHERE extname = 'livesync'")[0].text("extversion").to_string()
+    db.tgt("SELECT extversion FROM pg_extension WHERE extname = 'livesync'")[0]
+        .text("extversion")
+        .to_string()
 }
 
 fn connector_processes(db: &TestDb) -> i64 {
@@ -348,9 +378,19 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
     let to_pkg = env_path("LIVESYNC_UPGRADE_TO");
     let from = package_version(&from_pkg);
     let to = package_version(&to_pkg);
-    assert_eq!(to, env!("CARGO_PKG_VERSION"), "LIVESYNC_UPGRADE_TO is not a package of this tree");
-    assert_ne!(from, to, "the previous release and this tree have the same version");
-    eprintln!("upgrade test: livesync {from} -> {to} in {}", install.bindir.display());
+    assert_eq!(
+        to,
+        env!("CARGO_PKG_VERSION"),
+        "LIVESYNC_UPGRADE_TO is not a package of this tree"
+    );
+    assert_ne!(
+        from, to,
+        "the previous release and this tree have the same version"
+    );
+    eprintln!(
+        "upgrade test: livesync {from} -> {to} in {}",
+        install.bindir.display()
+    );
 
     install.remove_livesync();
     install.install_package(&from_pkg, None);
@@ -358,12 +398,19 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
     let source = dedicated_source("upg-source");
     let target = Cluster::start_new(
         "upg-target",
-        ClusterConfig { bindir: Some(install.bindir.clone()), ..ClusterConfig::target() }
-            // Several copy ranges for the bigger table.
-            .with_conf("livesync.copy_range_mb = 1"),
+        ClusterConfig {
+            bindir: Some(install.bindir.clone()),
+            ..ClusterConfig::target()
+        }
+        // Several copy ranges for the bigger table.
+        .with_conf("livesync.copy_range_mb = 1"),
     );
     let db = TestDb::on(&source, &target, "upgrade");
-    assert_eq!(extversion(&db), from, "CREATE EXTENSION installed another version than the previous release's");
+    assert_eq!(
+        extversion(&db),
+        from,
+        "CREATE EXTENSION installed another version than the previous release's"
+    );
 
     // Two tables on the source, one big enough for several copy ranges, and a load that inserts,
     // updates and deletes in both from before they are added until the end.
@@ -377,7 +424,10 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
     let load = Load::start(
         &source,
         &db.name,
-        &[("public.accounts", LoadKind::Mixed), ("public.events", LoadKind::Mixed)],
+        &[
+            ("public.accounts", LoadKind::Mixed),
+            ("public.events", LoadKind::Mixed),
+        ],
         2,
         Duration::from_millis(5),
     );
@@ -394,14 +444,21 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
     let applied_before: Vec<i64> = TABLES
         .iter()
         .map(|t| {
-            wait_until(&format!("changes applied to {t} under {from}"), WAIT, || match changes_applied(&db, t)? {
-                n if n > 0 => Ok(n),
-                n => Err(format!("changes_applied = {n}")),
-            })
+            wait_until(
+                &format!("changes applied to {t} under {from}"),
+                WAIT,
+                || match changes_applied(&db, t)? {
+                    n if n > 0 => Ok(n),
+                    n => Err(format!("changes_applied = {n}")),
+                },
+            )
         })
         .collect();
     let ranges = db.tgt("SELECT count(*) AS n FROM livesync.copy_range")[0].int("n");
-    assert!(ranges > TABLES.len() as i64, "expected several copy ranges for the bigger table, got {ranges} in all");
+    assert!(
+        ranges > TABLES.len() as i64,
+        "expected several copy ranges for the bigger table, got {ranges} in all"
+    );
     let before = copy_records(&db);
 
     // --- the upgrade, as the README describes it -------------------------------------------
@@ -409,22 +466,37 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
     //    loaded and go on syncing.
     let files = install.install_package(&to_pkg, Some(&from_pkg));
     eprintln!("upgrade test: installed {files:?}");
-    assert!(files.contains(&format!("livesync--{from}--{to}.sql")), "no upgrade script {from} -> {to} in the package: {files:?}");
+    assert!(
+        files.contains(&format!("livesync--{from}--{to}.sql")),
+        "no upgrade script {from} -> {to} in the package: {files:?}"
+    );
     let lsn = db.source_lsn();
     db.wait_flushed("app", &lsn, WAIT);
 
     // 2. A restart loads the new library. Until the extension is updated, its connectors wait:
     //    the new library does not run on the previous release's catalog.
     target.restart();
-    let mismatch = format!("livesync library version {to} does not match the extension's version {from}");
-    wait_until("the manager to report that the catalog awaits ALTER EXTENSION UPDATE", WAIT, || {
-        if target.log_contents().contains(&mismatch) {
-            Ok(())
-        } else {
-            Err(format!("no {mismatch:?} in the target's log; its end:\n{}", target.log_tail(10)))
-        }
-    });
-    assert_eq!(connector_processes(&db), 0, "a connector runs the new library on the {from} catalog");
+    let mismatch =
+        format!("livesync library version {to} does not match the extension's version {from}");
+    wait_until(
+        "the manager to report that the catalog awaits ALTER EXTENSION UPDATE",
+        WAIT,
+        || {
+            if target.log_contents().contains(&mismatch) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no {mismatch:?} in the target's log; its end:\n{}",
+                    target.log_tail(10)
+                ))
+            }
+        },
+    );
+    assert_eq!(
+        connector_processes(&db),
+        0,
+        "a connector runs the new library on the {from} catalog"
+    );
     assert_ne!(db.connector("app").unwrap().get("state"), Some("running"));
     load.wait_ops(100, WAIT);
 
@@ -439,7 +511,10 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
     drop(fresh_client);
     let fresh = extension_objects(&target, "upgrade_fresh");
     let upgraded = extension_objects(&target, &db.name);
-    assert!(fresh.len() > 100, "suspiciously few objects in a fresh install: {fresh:#?}");
+    assert!(
+        fresh.len() > 100,
+        "suspiciously few objects in a fresh install: {fresh:#?}"
+    );
     let (missing, extra) = diff_objects(&fresh, &upgraded);
     if !missing.is_empty() || !extra.is_empty() {
         panic!(
@@ -454,23 +529,39 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
             extra.join("\n  ")
         );
     }
-    query(&mut target.connect("postgres"), "DROP DATABASE upgrade_fresh WITH (FORCE)");
+    query(
+        &mut target.connect("postgres"),
+        "DROP DATABASE upgrade_fresh WITH (FORCE)",
+    );
 
     // --- the sync goes on ---------------------------------------------------------------------
     db.wait_running("app");
     load.wait_ops(200, WAIT);
     for (t, before) in TABLES.iter().zip(&applied_before) {
-        wait_until(&format!("changes applied to {t} under {to}"), WAIT, || match changes_applied(&db, t)? {
-            n if n > *before => Ok(n),
-            n => Err(format!("changes_applied = {n}, {before} before the upgrade")),
-        });
+        wait_until(
+            &format!("changes applied to {t} under {to}"),
+            WAIT,
+            || match changes_applied(&db, t)? {
+                n if n > *before => Ok(n),
+                n => Err(format!(
+                    "changes_applied = {n}, {before} before the upgrade"
+                )),
+            },
+        );
     }
     let stats = load.stop();
-    assert_eq!(stats.errors, 0, "the load failed on the source: {:?}", stats.last_error);
+    assert_eq!(
+        stats.errors, 0,
+        "the load failed on the source: {:?}",
+        stats.last_error
+    );
     assert!(stats.commits > 0, "{stats:?}");
     db.wait_caught_up("app");
     db.wait_all_same(
-        &[Compare::same("public.accounts", "t.id"), Compare::same("public.events", "t.id")],
+        &[
+            Compare::same("public.accounts", "t.id"),
+            Compare::same("public.events", "t.id"),
+        ],
         WAIT,
     );
     for t in TABLES {
@@ -479,9 +570,17 @@ fn previous_release_upgrades_in_place_under_load_without_a_copy() {
 
     // Nothing was copied again.
     let after = copy_records(&db);
-    let names = ["sync_table", "copy_range", "target tables' files", "connector slot"];
+    let names = [
+        "sync_table",
+        "copy_range",
+        "target tables' files",
+        "connector slot",
+    ];
     for ((name, b), a) in names.iter().zip(&before).zip(&after) {
-        assert_eq!(a, b, "{name}: changed by the upgrade (a copy started again?)");
+        assert_eq!(
+            a, b,
+            "{name}: changed by the upgrade (a copy started again?)"
+        );
     }
     eprintln!(
         "upgrade test: {} statements on the source, {ranges} copy ranges kept, changes applied before the upgrade {:?}",

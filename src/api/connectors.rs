@@ -37,14 +37,20 @@ fn parse_conninfo(conninfo: &str) -> Result<SourceConninfo> {
 
 fn validate_name(name: &str, what: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(LivesyncError::invalid_parameter(format!("{what} must not be empty")));
+        return Err(LivesyncError::invalid_parameter(format!(
+            "{what} must not be empty"
+        )));
     }
     if name.len() > 63 {
-        return Err(LivesyncError::invalid_parameter(format!("{what} \"{name}\" is too long"))
-            .detail(format!("It has {} bytes; the limit is 63.", name.len())));
+        return Err(
+            LivesyncError::invalid_parameter(format!("{what} \"{name}\" is too long"))
+                .detail(format!("It has {} bytes; the limit is 63.", name.len())),
+        );
     }
     if name.chars().any(char::is_control) {
-        return Err(LivesyncError::invalid_parameter(format!("{what} must not contain control characters")));
+        return Err(LivesyncError::invalid_parameter(format!(
+            "{what} must not contain control characters"
+        )));
     }
     Ok(())
 }
@@ -53,22 +59,31 @@ fn validate_name(name: &str, what: &str) -> Result<()> {
 fn probe(info: &SourceConninfo, app: &str) -> Result<SourceFacts> {
     let rt = new_runtime();
     block_on_interruptible(&rt, async {
-        let client = connect::connect(info, app).await.map_err(|e| LivesyncError::from_connect(&e))?;
-        SourceFacts::read(&client).await.map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))
+        let client = connect::connect(info, app)
+            .await
+            .map_err(|e| LivesyncError::from_connect(&e))?;
+        SourceFacts::read(&client)
+            .await
+            .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))
     })
 }
 
 /// The target database's encoding.
 fn target_encoding() -> String {
     // SAFETY: GetDatabaseEncodingName returns a static NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Wake this database's manager once the current transaction commits (or start it if none runs),
 /// so workers follow a catalog change at once rather than at the next poll.
 fn wake_manager_after_commit() {
     // No manager runs (the extension was just created, or it exited): the launcher starts it.
-    let pid = catalog::manager_pid().ok().flatten().or_else(|| catalog::launcher_pid().ok().flatten());
+    let pid = catalog::manager_pid()
+        .ok()
+        .flatten()
+        .or_else(|| catalog::launcher_pid().ok().flatten());
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
         if let Some(pid) = pid {
             worker::wake(pid);
@@ -114,7 +129,10 @@ fn add_connector(conninfo: &str, name: default!(Option<&str>, "NULL")) -> String
     if let Some((detail, hint)) = checks::summarize_failures(&checks) {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("the source at \"{}\" does not meet livesync's prerequisites", info.endpoint_with_db()),
+            format!(
+                "the source at \"{}\" does not meet livesync's prerequisites",
+                info.endpoint_with_db()
+            ),
         )
         .detail(detail)
         .hint(hint)
@@ -138,7 +156,15 @@ fn add_connector(conninfo: &str, name: default!(Option<&str>, "NULL")) -> String
 #[pg_extern]
 fn check_source(
     conninfo: &str,
-) -> TableIterator<'static, (name!(check, String), name!(ok, bool), name!(detail, String), name!(hint, Option<String>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(check, String),
+        name!(ok, bool),
+        name!(detail, String),
+        name!(hint, Option<String>),
+    ),
+> {
     hide_statement_from_error_log();
     let info = parse_conninfo(conninfo).or_raise();
     let rows = match probe(&info, "livesync check_source") {
@@ -155,7 +181,11 @@ fn check_source(
                 ),
                 None,
             )];
-            rows.extend(checks::evaluate(&facts, &target_encoding()).into_iter().map(|c| (c.name.to_string(), c.ok, c.detail, c.hint)));
+            rows.extend(
+                checks::evaluate(&facts, &target_encoding())
+                    .into_iter()
+                    .map(|c| (c.name.to_string(), c.ok, c.detail, c.hint)),
+            );
             rows
         }
     };
@@ -218,7 +248,10 @@ fn stop_worker_and_lock(c: &catalog::Connector) -> Result<()> {
                 PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
                 format!("could not stop the worker of connector \"{}\"", c.name),
             )
-            .detail(format!("The worker did not exit within {} s.", STOP_TIMEOUT.as_secs()))
+            .detail(format!(
+                "The worker did not exit within {} s.",
+                STOP_TIMEOUT.as_secs()
+            ))
             .hint("Try again; if it persists, check the server log for the worker's state."));
         }
         // A worker restarted by the manager in the meantime is told to stop too.
@@ -258,11 +291,14 @@ fn drop_connector(name: &str) {
         Ok(info) => {
             let rt = new_runtime();
             block_on_interruptible(&rt, async {
-                let client = connect::connect(&info, "livesync drop_connector").await.map_err(|e| e.to_string())?;
-                client
-                    .batch_execute(&leftovers)
+                let client = connect::connect(&info, "livesync drop_connector")
                     .await
-                    .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
+                    .map_err(|e| e.to_string())?;
+                client.batch_execute(&leftovers).await.map_err(|e| {
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string())
+                })
             })
         }
     };

@@ -9,7 +9,11 @@ use crate::copy::target::qualified;
 use crate::error::{LivesyncError, OrRaise};
 
 #[pg_extern]
-fn add_sequence(source_sequence: &str, target: default!(Option<&str>, "NULL"), connector: default!(Option<&str>, "NULL")) {
+fn add_sequence(
+    source_sequence: &str,
+    target: default!(Option<&str>, "NULL"),
+    connector: default!(Option<&str>, "NULL"),
+) {
     let c = resolve_connector(connector).or_raise();
     let seq = with_source(&c, async |client, info| {
         crate::sequences::describe(client, source_sequence)
@@ -40,16 +44,28 @@ fn add_sequence(source_sequence: &str, target: default!(Option<&str>, "NULL"), c
     if let Some(other) = sequences::find_by_target(&tschema, &tname).or_raise() {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("target sequence {} already follows source sequence {}", qualified(&tschema, &tname), qualified(&other.source_schema, &other.source_name)),
+            format!(
+                "target sequence {} already follows source sequence {}",
+                qualified(&tschema, &tname),
+                qualified(&other.source_schema, &other.source_name)
+            ),
         )
         .hint("Pass another target => 'schema.sequence'.")
         .raise();
     }
     let target_q = qualified(&tschema, &tname);
-    match catalog::first_value_rw::<String>("SELECT relkind::text FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)", &[target_q.as_str().into()]).or_raise() {
-        Some(k) if k != "S" => LivesyncError::new(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("{target_q} is not a sequence on the target"))
-            .hint("Pass another target => 'schema.sequence'.")
-            .raise(),
+    match catalog::first_value_rw::<String>(
+        "SELECT relkind::text FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)",
+        &[target_q.as_str().into()],
+    )
+    .or_raise()
+    {
+        Some(k) if k != "S" => LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{target_q} is not a sequence on the target"),
+        )
+        .hint("Pass another target => 'schema.sequence'.")
+        .raise(),
         _ => {}
     }
     if crate::sequences::create_on_target(&seq, &tschema, &tname).or_raise() {
@@ -66,13 +82,20 @@ fn remove_sequence(source_sequence: &str, connector: default!(Option<&str>, "NUL
         Some(s) if s.table_id.is_none() => sequences::delete(s.id).or_raise(),
         Some(_) => LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("sequence {} is owned by a synced table's column", qualified(&schema, &name)),
+            format!(
+                "sequence {} is owned by a synced table's column",
+                qualified(&schema, &name)
+            ),
         )
         .hint("It is kept in step as long as its table is synced; remove_table stops both.")
         .raise(),
         None => LivesyncError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("sequence {} is not kept in step by connector \"{}\"", qualified(&schema, &name), c.name),
+            format!(
+                "sequence {} is not kept in step by connector \"{}\"",
+                qualified(&schema, &name),
+                c.name
+            ),
         )
         .hint("SELECT source_sequence FROM livesync.sequences lists them.")
         .raise(),
@@ -101,15 +124,26 @@ fn sync_sequences(
         Vec::new()
     } else {
         let l = list.clone();
-        with_source(&c, async move |client, _info| Ok(crate::sequences::read_source(client, &l).await)).or_raise()
+        with_source(&c, async move |client, _info| {
+            Ok(crate::sequences::read_source(client, &l).await)
+        })
+        .or_raise()
     };
     let rows: Vec<_> = crate::sequences::apply(&list, values)
         .into_iter()
         .map(|s| {
             (
                 // Spelled as in livesync.sequences (quoted only where needed).
-                format!("{}.{}", spi::quote_identifier(&s.sequence.source_schema), spi::quote_identifier(&s.sequence.source_name)),
-                format!("{}.{}", spi::quote_identifier(&s.sequence.target_schema), spi::quote_identifier(&s.sequence.target_name)),
+                format!(
+                    "{}.{}",
+                    spi::quote_identifier(&s.sequence.source_schema),
+                    spi::quote_identifier(&s.sequence.source_name)
+                ),
+                format!(
+                    "{}.{}",
+                    spi::quote_identifier(&s.sequence.target_schema),
+                    spi::quote_identifier(&s.sequence.target_name)
+                ),
                 s.source_next,
                 s.target_next,
                 s.moved,

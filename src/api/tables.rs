@@ -9,18 +9,21 @@
 use pgrx::prelude::*;
 
 use crate::catalog::{self, tables};
+use crate::copy::target::{self, qualified};
 use crate::error::{LivesyncError, OrRaise, Result};
 use crate::runtime::{block_on_interruptible, new_runtime};
 use crate::source::conninfo::SourceConninfo;
-use crate::copy::target::{self, qualified};
 use crate::source::table::{self, TableDef};
 use crate::source::timecol;
-use crate::timescale::HypertableSpec;
 use crate::source::{connect, publication};
+use crate::timescale::HypertableSpec;
 
 /// The connector named `name`, or the only one when `name` is NULL.
 pub(crate) fn resolve_connector(name: Option<&str>) -> Result<catalog::Connector> {
-    catalog::lock_connector_by_name(&connector_name(name, "livesync.add_table('schema.table', connector => 'name')")?)
+    catalog::lock_connector_by_name(&connector_name(
+        name,
+        "livesync.add_table('schema.table', connector => 'name')",
+    )?)
 }
 
 /// `name`, or the only connector's name when `name` is NULL; `example` shows a call naming one.
@@ -31,8 +34,11 @@ pub(crate) fn connector_name(name: Option<&str>, example: &str) -> Result<String
     let all = catalog::connector_names()?;
     match all.as_slice() {
         [only] => Ok(only.clone()),
-        [] => Err(LivesyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "no connector exists")
-            .hint("Add one first: SELECT livesync.add_connector('host=... dbname=... user=...');")),
+        [] => Err(LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "no connector exists",
+        )
+        .hint("Add one first: SELECT livesync.add_connector('host=... dbname=... user=...');")),
         _ => Err(LivesyncError::new(
             PgSqlErrorCode::ERRCODE_AMBIGUOUS_PARAMETER,
             "more than one connector exists",
@@ -56,15 +62,23 @@ fn lock_table_set(c: &catalog::Connector) {
 
 /// Split a (possibly quoted) qualified name with the target's own parser.
 pub(crate) fn parse_qualified(spelled: &str, default_schema: &str) -> Result<(String, String)> {
-    let parts = Spi::get_one_with_args::<Vec<String>>("SELECT pg_catalog.parse_ident($1)", &[spelled.into()])
-        .map_err(|_| LivesyncError::invalid_parameter(format!("invalid table name \"{spelled}\""))
-            .hint("Write schema.table; quote names with special characters: 'public.\"Weird Name\"'."))?
-        .unwrap_or_default();
+    let parts = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT pg_catalog.parse_ident($1)",
+        &[spelled.into()],
+    )
+    .map_err(|_| {
+        LivesyncError::invalid_parameter(format!("invalid table name \"{spelled}\"")).hint(
+            "Write schema.table; quote names with special characters: 'public.\"Weird Name\"'.",
+        )
+    })?
+    .unwrap_or_default();
     match parts.as_slice() {
         [name] => Ok((default_schema.to_string(), name.clone())),
         [schema, name] => Ok((schema.clone(), name.clone())),
-        _ => Err(LivesyncError::invalid_parameter(format!("invalid table name \"{spelled}\""))
-            .detail("Expected table or schema.table.")),
+        _ => Err(
+            LivesyncError::invalid_parameter(format!("invalid table name \"{spelled}\""))
+                .detail("Expected table or schema.table."),
+        ),
     }
 }
 
@@ -84,17 +98,27 @@ pub(crate) fn with_source<R>(
     f: impl AsyncFnOnce(&tokio_postgres::Client, &SourceConninfo) -> Result<R>,
 ) -> Result<R> {
     let conninfo = catalog::conninfo(c.id)?.unwrap_or_default();
-    let info = SourceConninfo::parse(&conninfo)
-        .map_err(|e| LivesyncError::invalid_parameter(format!("invalid connection string of connector \"{}\": {}", c.name, e.0)))?;
+    let info = SourceConninfo::parse(&conninfo).map_err(|e| {
+        LivesyncError::invalid_parameter(format!(
+            "invalid connection string of connector \"{}\": {}",
+            c.name, e.0
+        ))
+    })?;
     let rt = new_runtime();
     block_on_interruptible(&rt, async {
-        let client = connect::connect(&info, "livesync add_table").await.map_err(|e| LivesyncError::from_connect(&e))?;
+        let client = connect::connect(&info, "livesync add_table")
+            .await
+            .map_err(|e| LivesyncError::from_connect(&e))?;
         f(&client, &info).await
     })
 }
 
 /// Read source table `source_table`; an error naming the source when it does not exist.
-async fn describe_source(client: &tokio_postgres::Client, info: &SourceConninfo, source_table: &str) -> Result<TableDef> {
+async fn describe_source(
+    client: &tokio_postgres::Client,
+    info: &SourceConninfo,
+    source_table: &str,
+) -> Result<TableDef> {
     match table::describe(client, source_table).await {
         Ok(Some(d)) => Ok(d),
         Ok(None) => Err(LivesyncError::new(
@@ -142,14 +166,20 @@ async fn plan_hypertable(
     let Some(kind) = timecol::time_kind(col.type_oid) else {
         return Err(LivesyncError::new(
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!("column \"{column}\" has type {}, which cannot partition a hypertable", col.type_name),
+            format!(
+                "column \"{column}\" has type {}, which cannot partition a hypertable",
+                col.type_name
+            ),
         )
         .hint("Use a timestamptz, timestamp, date or integer column."));
     };
     if !col.not_null {
         return Err(LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("column \"{column}\" of source table {} can be NULL", def.qualified()),
+            format!(
+                "column \"{column}\" of source table {} can be NULL",
+                def.qualified()
+            ),
         )
         .detail("A hypertable's time column is NOT NULL; a NULL on the source would stop the sync.")
         .hint(format!(
@@ -172,7 +202,11 @@ async fn plan_hypertable(
         }
     };
     Ok((
-        HypertableSpec { time_column: column, chunk_interval, integer: kind == timecol::TimeKind::Integer },
+        HypertableSpec {
+            time_column: column,
+            chunk_interval,
+            integer: kind == timecol::TimeKind::Integer,
+        },
         suggestion,
     ))
 }
@@ -196,15 +230,23 @@ fn add_table(
     }
     let ht_options = time_column.is_some() || chunk_interval.is_some();
     if hypertable == Some(false) && ht_options {
-        LivesyncError::invalid_parameter("time_column and chunk_interval apply to hypertables only")
-            .hint("Pass hypertable => true, or leave them out.")
-            .raise();
+        LivesyncError::invalid_parameter(
+            "time_column and chunk_interval apply to hypertables only",
+        )
+        .hint("Pass hypertable => true, or leave them out.")
+        .raise();
     }
-    let req = HypertableRequest { wanted: hypertable.unwrap_or(ht_options), time_column, chunk_interval };
+    let req = HypertableRequest {
+        wanted: hypertable.unwrap_or(ht_options),
+        time_column,
+        chunk_interval,
+    };
     if req.wanted && distributed_by.is_some() {
-        LivesyncError::invalid_parameter("a target cannot be both a hypertable and a Citus distributed table")
-            .hint("Pass either hypertable => true or distributed_by => 'column'.")
-            .raise();
+        LivesyncError::invalid_parameter(
+            "a target cannot be both a hypertable and a Citus distributed table",
+        )
+        .hint("Pass either hypertable => true or distributed_by => 'column'.")
+        .raise();
     }
     if req.wanted {
         crate::timescale::check_available().or_raise();
@@ -214,7 +256,11 @@ fn add_table(
     }
     // Suggest a hypertable only where one could be made, and only to a caller who did not say.
     let suggest = hypertable.is_none() && !req.wanted && crate::timescale::installed();
-    let chunk_bytes = if req.wanted { crate::timescale::chunk_bytes() } else { 0 };
+    let chunk_bytes = if req.wanted {
+        crate::timescale::chunk_bytes()
+    } else {
+        0
+    };
 
     let c = resolve_connector(connector).or_raise();
     lock_table_set(&c);
@@ -309,19 +355,26 @@ fn add_table(
     if let Some(other) = tables::find_by_target(&tschema, &tname).or_raise() {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("target table {target_q} already receives source table {}", qualified(&other.source_schema, &other.source_name)),
+            format!(
+                "target table {target_q} already receives source table {}",
+                qualified(&other.source_schema, &other.source_name)
+            ),
         )
         .hint("Pass another target => 'schema.table'.")
         .raise();
     }
 
-    let target_relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
-        .map_err(catalog::spi_err)
-        .or_raise();
+    let target_relid = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[target_q.as_str().into()],
+    )
+    .map_err(catalog::spi_err)
+    .or_raise();
     let created = target_relid.is_none();
     // A Citus table cannot have one of several equal rows picked by its ctid, which is how
     // changes of a table without a key (REPLICA IDENTITY FULL) are applied.
-    let citus_target = distributed_by.is_some() || target_relid.and_then(crate::citus::table).is_some();
+    let citus_target =
+        distributed_by.is_some() || target_relid.and_then(crate::citus::table).is_some();
     if citus_target && def.key.is_empty() && !append_only {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -340,7 +393,9 @@ fn add_table(
     // builds there; kept in step once the table is copied (src/sequences.rs).
     let source_q = def.qualified();
     let owned = with_source(&c, async |client, info| {
-        crate::sequences::owned_by(client, &source_q).await.map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))
+        crate::sequences::owned_by(client, &source_q)
+            .await
+            .map_err(|e| LivesyncError::source_query(&info.endpoint(), &e))
     })
     .or_raise();
     let mut owned_targets = Vec::new();
@@ -355,17 +410,23 @@ fn add_table(
             continue;
         }
         if crate::sequences::create_on_target(s, &tschema, &s.name).or_raise() {
-            pgrx::notice!("created sequence {} on the target", qualified(&tschema, &s.name));
+            pgrx::notice!(
+                "created sequence {} on the target",
+                qualified(&tschema, &s.name)
+            );
         }
         owned_targets.push(s.clone());
     }
-    let mut build_key = target::prepare(&def, &tschema, &tname, spec.as_ref(), distributed_by).or_raise();
+    let mut build_key =
+        target::prepare(&def, &tschema, &tname, spec.as_ref(), distributed_by).or_raise();
     if created {
         // A column the sequence belongs to draws from it on the target too (an identity column
         // becomes a plain column with that default; a serial default the target could not
         // resolve is set again, schema-qualified).
         for s in &owned_targets {
-            let Some((col, _)) = &s.owner_column else { continue };
+            let Some((col, _)) = &s.owner_column else {
+                continue;
+            };
             let has_default = catalog::first_value_rw::<bool>(
                 "SELECT atthasdef FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2",
                 &[target_q.as_str().into(), col.as_str().into()],
@@ -489,7 +550,11 @@ fn add_table(
         Ok(())
     })
     .or_raise();
-    if let Some(h) = def.source_hypertable.as_ref().filter(|_| def.key.is_empty()) {
+    if let Some(h) = def
+        .source_hypertable
+        .as_ref()
+        .filter(|_| def.key.is_empty())
+    {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_WARNING,
             format!("source hypertable {} has no primary key", def.qualified()),
@@ -521,7 +586,13 @@ fn add_table(
     })
     .or_raise();
     for s in &owned_targets {
-        catalog::sequences::insert(c.id, Some(table_id), (&s.schema, &s.name), (&tschema, &s.name)).or_raise();
+        catalog::sequences::insert(
+            c.id,
+            Some(table_id),
+            (&s.schema, &s.name),
+            (&tschema, &s.name),
+        )
+        .or_raise();
     }
     wake_worker_after_commit(&c);
 }
@@ -534,7 +605,11 @@ fn remove_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
     let Some(t) = tables::find(c.id, &schema, &name).or_raise() else {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("table {} is not synced by connector \"{}\"", qualified(&schema, &name), c.name),
+            format!(
+                "table {} is not synced by connector \"{}\"",
+                qualified(&schema, &name),
+                c.name
+            ),
         )
         .hint("SELECT source_table FROM livesync.table_progress lists the synced tables.")
         .raise();
@@ -552,14 +627,21 @@ fn resync_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
     let Some(t) = tables::find(c.id, &schema, &name).or_raise() else {
         LivesyncError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("table {} is not synced by connector \"{}\"", qualified(&schema, &name), c.name),
+            format!(
+                "table {} is not synced by connector \"{}\"",
+                qualified(&schema, &name),
+                c.name
+            ),
         )
         .raise();
     };
     // The copy starts over from a new snapshot; rows of the old copy must go first.
-    Spi::run(&format!("TRUNCATE {}", qualified(&t.target_schema, &t.target_name)))
-        .map_err(catalog::spi_err)
-        .or_raise();
+    Spi::run(&format!(
+        "TRUNCATE {}",
+        qualified(&t.target_schema, &t.target_name)
+    ))
+    .map_err(catalog::spi_err)
+    .or_raise();
     tables::mark_pending(t.id).or_raise();
     wake_worker_after_commit(&c);
 }
@@ -571,7 +653,14 @@ fn resync_table(source_table: &str, connector: default!(Option<&str>, "NULL")) {
 fn suggest_time_column(
     source_table: &str,
     connector: default!(Option<&str>, "NULL"),
-) -> TableIterator<'static, (name!(time_column, Option<String>), name!(reason, String), name!(chunk_interval, Option<String>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(time_column, Option<String>),
+        name!(reason, String),
+        name!(chunk_interval, Option<String>),
+    ),
+> {
     let c = resolve_connector(connector).or_raise();
     let chunk_bytes = crate::timescale::chunk_bytes();
     let row = with_source(&c, async |client, info| {

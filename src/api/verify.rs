@@ -9,12 +9,30 @@ use super::tables::{connector_name, parse_qualified};
 use crate::catalog::{self, tables};
 use crate::error::{LivesyncError, OrRaise, Result};
 
-type Row = (i64, String, String, Option<String>, Option<String>, Option<i32>, Option<i32>, Option<i64>, Option<i64>, Option<i64>, Option<f64>, Option<f64>, Option<String>, Option<String>);
+type Row = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<i32>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<f64>,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+);
 
 /// The connector named `name` (not locked: a verification takes long and must not hold up the
 /// connector's own catalog updates), or the only one when `name` is NULL.
 fn connector(name: Option<&str>) -> Result<catalog::Connector> {
-    let name = connector_name(name, "livesync.verify_table('schema.table', connector => 'name')")?;
+    let name = connector_name(
+        name,
+        "livesync.verify_table('schema.table', connector => 'name')",
+    )?;
     catalog::connector_by_name(&name)?.ok_or_else(|| LivesyncError::connector_not_found(&name))
 }
 
@@ -33,11 +51,21 @@ fn check_isolation() {
 
 /// Verify one table: start its worker, wait, read the result.
 fn verify(t: &tables::SyncTable, by_text: bool) -> Row {
-    let id = catalog::as_owner(|| catalog::first_value_rw::<i64>("SELECT pg_catalog.nextval('livesync.verification_run_id_seq')", &[])).or_raise().unwrap_or_default();
+    let id = catalog::as_owner(|| {
+        catalog::first_value_rw::<i64>(
+            "SELECT pg_catalog.nextval('livesync.verification_run_id_seq')",
+            &[],
+        )
+    })
+    .or_raise()
+    .unwrap_or_default();
     let Some(handle) = crate::verify::launch(id, t.id, by_text) else {
-        LivesyncError::new(PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, "could not start a verify worker: no free background worker slot")
-            .hint("Raise max_worker_processes (a restart), or try again when copies have finished.")
-            .raise();
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "could not start a verify worker: no free background worker slot",
+        )
+        .hint("Raise max_worker_processes (a restart), or try again when copies have finished.")
+        .raise();
     };
     // A cancel here leaves the worker running to its end; its result lands in livesync.verification.
     let _ = handle.wait_for_shutdown();
@@ -73,9 +101,12 @@ fn verify(t: &tables::SyncTable, by_text: bool) -> Row {
     .map_err(catalog::spi_err)
     .or_raise();
     r.unwrap_or_else(|| {
-        LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the verify worker ended without recording a result")
-            .hint("See the server log for what stopped it.")
-            .raise()
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "the verify worker ended without recording a result",
+        )
+        .hint("See the server log for what stopped it.")
+        .raise()
     })
 }
 
@@ -83,54 +114,72 @@ fn verify(t: &tables::SyncTable, by_text: bool) -> Row {
 /// that differ are in `livesync.verification_differences`. Rows are compared by their columns'
 /// own equality (typed hashes), or by their text with `by_text`.
 #[pg_extern]
-fn verify_table(source_table: &str, connector: default!(Option<&str>, "NULL"), by_text: default!(bool, false)) -> TableIterator<'static, (
-    name!(verification_id, i64),
-    name!(source_table, String),
-    name!(state, String),
-    name!(cut_lsn, Option<String>),
-    name!(method, Option<String>),
-    name!(ranges, Option<i32>),
-    name!(ranges_differing, Option<i32>),
-    name!(rows_source, Option<i64>),
-    name!(rows_target, Option<i64>),
-    name!(differences, Option<i64>),
-    name!(duration_ms, Option<f64>),
-    name!(pause_ms, Option<f64>),
-    name!(error, Option<String>),
-    name!(note, Option<String>),
-)> {
+fn verify_table(
+    source_table: &str,
+    connector: default!(Option<&str>, "NULL"),
+    by_text: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(verification_id, i64),
+        name!(source_table, String),
+        name!(state, String),
+        name!(cut_lsn, Option<String>),
+        name!(method, Option<String>),
+        name!(ranges, Option<i32>),
+        name!(ranges_differing, Option<i32>),
+        name!(rows_source, Option<i64>),
+        name!(rows_target, Option<i64>),
+        name!(differences, Option<i64>),
+        name!(duration_ms, Option<f64>),
+        name!(pause_ms, Option<f64>),
+        name!(error, Option<String>),
+        name!(note, Option<String>),
+    ),
+> {
     check_isolation();
     let c = self::connector(connector).or_raise();
     let (schema, name) = parse_qualified(source_table, "public").or_raise();
-    let t = tables::find(c.id, &schema, &name).or_raise().unwrap_or_else(|| {
-        LivesyncError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("table \"{schema}.{name}\" is not synced by connector \"{}\"", c.name),
-        )
-        .hint("SELECT source_table FROM livesync.table_progress lists the synced tables.")
-        .raise()
-    });
+    let t = tables::find(c.id, &schema, &name)
+        .or_raise()
+        .unwrap_or_else(|| {
+            LivesyncError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!(
+                    "table \"{schema}.{name}\" is not synced by connector \"{}\"",
+                    c.name
+                ),
+            )
+            .hint("SELECT source_table FROM livesync.table_progress lists the synced tables.")
+            .raise()
+        });
     TableIterator::new(vec![verify(&t, by_text)])
 }
 
 /// [`verify_table`] for every table of the connector, one after the other.
 #[pg_extern]
-fn verify_tables(connector: default!(Option<&str>, "NULL"), by_text: default!(bool, false)) -> TableIterator<'static, (
-    name!(verification_id, i64),
-    name!(source_table, String),
-    name!(state, String),
-    name!(cut_lsn, Option<String>),
-    name!(method, Option<String>),
-    name!(ranges, Option<i32>),
-    name!(ranges_differing, Option<i32>),
-    name!(rows_source, Option<i64>),
-    name!(rows_target, Option<i64>),
-    name!(differences, Option<i64>),
-    name!(duration_ms, Option<f64>),
-    name!(pause_ms, Option<f64>),
-    name!(error, Option<String>),
-    name!(note, Option<String>),
-)> {
+fn verify_tables(
+    connector: default!(Option<&str>, "NULL"),
+    by_text: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(verification_id, i64),
+        name!(source_table, String),
+        name!(state, String),
+        name!(cut_lsn, Option<String>),
+        name!(method, Option<String>),
+        name!(ranges, Option<i32>),
+        name!(ranges_differing, Option<i32>),
+        name!(rows_source, Option<i64>),
+        name!(rows_target, Option<i64>),
+        name!(differences, Option<i64>),
+        name!(duration_ms, Option<f64>),
+        name!(pause_ms, Option<f64>),
+        name!(error, Option<String>),
+        name!(note, Option<String>),
+    ),
+> {
     check_isolation();
     let c = self::connector(connector).or_raise();
     let ids = Spi::connect(|cl| {
@@ -140,6 +189,10 @@ fn verify_tables(connector: default!(Option<&str>, "NULL"), by_text: default!(bo
     })
     .map_err(catalog::spi_err)
     .or_raise();
-    let rows: Vec<Row> = ids.into_iter().filter_map(|id| tables::by_id(id).or_raise()).map(|t| verify(&t, by_text)).collect();
+    let rows: Vec<Row> = ids
+        .into_iter()
+        .filter_map(|id| tables::by_id(id).or_raise())
+        .map(|t| verify(&t, by_text))
+        .collect();
     TableIterator::new(rows)
 }

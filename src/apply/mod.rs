@@ -74,8 +74,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-pub mod relmap;
 pub mod origin;
+pub mod relmap;
 pub mod spool;
 
 use pgrx::prelude::*;
@@ -83,9 +83,9 @@ use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
 
 use crate::catalog::tables::{self, SyncTable};
+use crate::copy::load::Route;
 use crate::source::pgoutput::{ColumnValue, Decoder, LogicalMessage, OldTuple, TupleData};
 use crate::source::quote_ident;
-use crate::copy::load::Route;
 use relmap::{BatchShape, Mapping, RemoteColumn, RemoteRelation, TargetColumn};
 
 /// A change that cannot be applied: which table, why, and what to do.
@@ -116,7 +116,9 @@ fn verdict(t: &SyncTable, final_lsn: u64) -> Verdict {
         "copied" if final_lsn >= t.snapshot_lsn => Verdict::Apply,
         "copied" => Verdict::Skip,
         "error" => Verdict::SkipCounted,
-        "copying" | "loaded" if t.spooled && t.snapshot_lsn != 0 && final_lsn >= t.snapshot_lsn => Verdict::Spool,
+        "copying" | "loaded" if t.spooled && t.snapshot_lsn != 0 && final_lsn >= t.snapshot_lsn => {
+            Verdict::Spool
+        }
         _ => Verdict::Skip, // pending / copying: the copy (to come) contains it
     }
 }
@@ -150,13 +152,27 @@ struct MappedRelation {
 enum Pending {
     /// INSERTs in COPY text format, loaded with one `COPY FROM` (or `INSERT … SELECT` for
     /// hypertables): multi-insert buffers, partition routing, one executor start-up per batch.
-    Insert { present: Vec<bool>, columns: Vec<String>, data: Vec<u8>, rows: usize },
+    Insert {
+        present: Vec<bool>,
+        columns: Vec<String>,
+        data: Vec<u8>,
+        rows: usize,
+    },
     /// UPDATEs of rows whose key did not change, coalesced by key — within one target
     /// transaction only the last version of a row is ever visible — and applied as
     /// `UPDATE … FROM (VALUES …)` statements of up to 64 rows.
-    Update { present: Vec<bool>, shape: BatchShape, rows: Vec<(Vec<Value>, Vec<Value>)>, index: HashMap<Vec<Value>, usize> },
+    Update {
+        present: Vec<bool>,
+        shape: BatchShape,
+        rows: Vec<(Vec<Value>, Vec<Value>)>,
+        index: HashMap<Vec<Value>, usize>,
+    },
     /// DELETEs by key, as `DELETE … USING (VALUES …)`.
-    Delete { shape: BatchShape, keys: Vec<Vec<Value>>, seen: HashSet<Vec<Value>> },
+    Delete {
+        shape: BatchShape,
+        keys: Vec<Vec<Value>>,
+        seen: HashSet<Vec<Value>>,
+    },
 }
 
 struct TableBatch {
@@ -179,7 +195,11 @@ const MAX_PENDING_BYTES: usize = 32 << 20;
 type Value = Option<Vec<u8>>;
 
 fn approx_bytes(values: &[Value]) -> usize {
-    values.iter().map(|v| v.as_ref().map_or(1, |s| s.len() + 1)).sum::<usize>() + 16
+    values
+        .iter()
+        .map(|v| v.as_ref().map_or(1, |s| s.len() + 1))
+        .sum::<usize>()
+        + 16
 }
 
 /// Apply a table's batch once it holds this much data. Smaller batches interleave reading and
@@ -348,7 +368,9 @@ impl Applier {
     /// Where the stream was when an error struck, for the stored error's context: the table and
     /// the source transaction being applied.
     pub fn error_context(&self) -> Option<String> {
-        let t = self.current_table.and_then(|id| self.tables.iter().find(|t| t.id == id))?;
+        let t = self
+            .current_table
+            .and_then(|id| self.tables.iter().find(|t| t.id == id))?;
         let mut s = format!(
             "applying changes of source table {}.{} to {}.{}",
             quote_ident(&t.source_schema),
@@ -357,7 +379,10 @@ impl Applier {
             quote_ident(&t.target_name)
         );
         if self.in_source_txn && self.final_lsn != 0 {
-            s.push_str(&format!(" in the source transaction committed at {}", crate::source::pgoutput::Lsn(self.final_lsn)));
+            s.push_str(&format!(
+                " in the source transaction committed at {}",
+                crate::source::pgoutput::Lsn(self.final_lsn)
+            ));
         }
         Some(s)
     }
@@ -421,9 +446,18 @@ impl Applier {
     /// The batch of `table_id` for rows like `like`, started when there is none.
     fn batch(&mut self, table_id: i32, rel_id: u32, like: Pending) -> &mut TableBatch {
         if self.batch_for(table_id, rel_id, &like).is_none() {
-            self.batches.push(TableBatch { table_id, rel_id, pending: like, bytes: 0 });
+            self.batches.push(TableBatch {
+                table_id,
+                rel_id,
+                pending: like,
+                bytes: 0,
+            });
         }
-        let pos = self.batches.iter().position(|b| b.table_id == table_id).expect("batch just ensured");
+        let pos = self
+            .batches
+            .iter()
+            .position(|b| b.table_id == table_id)
+            .expect("batch just ensured");
         &mut self.batches[pos]
     }
 
@@ -447,21 +481,42 @@ impl Applier {
 
     fn apply_batch(&mut self, b: TableBatch) {
         self.current_table = Some(b.table_id);
-        let mr = self.relations.get(&b.rel_id).expect("batched relation is known");
+        let mr = self
+            .relations
+            .get(&b.rel_id)
+            .expect("batched relation is known");
         let (target, m) = mr.target.clone().expect("batched relation has a target");
         match b.pending {
-            Pending::Insert { columns, data, rows, .. } => {
+            Pending::Insert {
+                columns,
+                data,
+                rows,
+                ..
+            } => {
                 let oid = mr.target_oid.expect("batched relation has a target");
-                let (loaded, _) = crate::copy::load::load_buffer(oid, mr.route, &columns, bytes::Bytes::from(data));
+                let (loaded, _) = crate::copy::load::load_buffer(
+                    oid,
+                    mr.route,
+                    &columns,
+                    bytes::Bytes::from(data),
+                );
                 debug_assert_eq!(loaded as usize, rows);
             }
             Pending::Update { shape, rows, .. } => {
                 let remote = mr.remote.clone();
                 let mut rest = rows.as_slice();
                 while !rest.is_empty() {
-                    let n = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
-                    let Some(sql) = shape.update_sql(&target, &remote, &m, n) else { break };
-                    let values = rest[..n].iter().flat_map(|(k, v)| k.iter().chain(v).cloned()).collect();
+                    let n = ROWS_PER_STATEMENT
+                        .into_iter()
+                        .find(|&n| n <= rest.len())
+                        .unwrap_or(1);
+                    let Some(sql) = shape.update_sql(&target, &remote, &m, n) else {
+                        break;
+                    };
+                    let values = rest[..n]
+                        .iter()
+                        .flat_map(|(k, v)| k.iter().chain(v).cloned())
+                        .collect();
                     let found = self.exec(&sql, values);
                     self.count_missing(b.table_id, n.saturating_sub(found));
                     rest = &rest[n..];
@@ -471,7 +526,10 @@ impl Applier {
                 let remote = mr.remote.clone();
                 let mut rest = keys.as_slice();
                 while !rest.is_empty() {
-                    let n = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+                    let n = ROWS_PER_STATEMENT
+                        .into_iter()
+                        .find(|&n| n <= rest.len())
+                        .unwrap_or(1);
                     let sql = shape.delete_sql(&target, &remote, &m, n);
                     let values = rest[..n].iter().flatten().cloned().collect();
                     let found = self.exec(&sql, values);
@@ -483,7 +541,6 @@ impl Applier {
         self.current_table = None;
     }
 
-
     fn table_of(&self, schema: &str, name: &str) -> Option<&SyncTable> {
         self.tables.iter().find(|t| t.receives(schema, name))
     }
@@ -491,7 +548,11 @@ impl Applier {
     /// Whether remote relation `rel_id` is a chunk of a synced source hypertable (not its root).
     fn is_source_chunk(&self, rel_id: u32) -> bool {
         self.relations.get(&rel_id).is_some_and(|mr| {
-            self.tables.iter().any(|t| t.source_hypertable.as_ref().is_some_and(|h| h.is_chunk(&mr.remote.schema, &mr.remote.name)))
+            self.tables.iter().any(|t| {
+                t.source_hypertable
+                    .as_ref()
+                    .is_some_and(|h| h.is_chunk(&mr.remote.schema, &mr.remote.name))
+            })
         })
     }
 
@@ -508,22 +569,43 @@ impl Applier {
             return Ok(Some((TableRef { id: t.id }, target.clone())));
         }
         let t = t.clone();
-        let target = format!("{}.{}", quote_ident(&t.target_schema), quote_ident(&t.target_name));
+        let target = format!(
+            "{}.{}",
+            quote_ident(&t.target_schema),
+            quote_ident(&t.target_name)
+        );
         if self.relations[&rel_id].target.is_none() {
-            let mut cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, sqlstate: "42P01".into(), message: m, ..Default::default() })?;
+            let mut cols = target_columns(&target).map_err(|m| ApplyError {
+                table_id: t.id,
+                sqlstate: "42P01".into(),
+                message: m,
+                ..Default::default()
+            })?;
             if self.auto_add_columns {
                 let mr = &self.relations[&rel_id];
                 let m = Mapping::new(&mr.remote, &cols);
-                let missing: Vec<RemoteColumn> = m.missing_columns(&mr.remote).into_iter().cloned().collect();
+                let missing: Vec<RemoteColumn> =
+                    m.missing_columns(&mr.remote).into_iter().cloned().collect();
                 if !missing.is_empty() {
                     for c in &missing {
                         if let Some(ty) = self.type_name_on_target(c) {
-                            Spi::run(&format!("ALTER TABLE {target} ADD COLUMN {} {ty}", quote_ident(&c.name)))
-                                .expect("ALTER TABLE failed");
-                            pgrx::log!("livesync: added column {} {ty} to {target} (the source added it)", quote_ident(&c.name));
+                            Spi::run(&format!(
+                                "ALTER TABLE {target} ADD COLUMN {} {ty}",
+                                quote_ident(&c.name)
+                            ))
+                            .expect("ALTER TABLE failed");
+                            pgrx::log!(
+                                "livesync: added column {} {ty} to {target} (the source added it)",
+                                quote_ident(&c.name)
+                            );
                         }
                     }
-                    cols = target_columns(&target).map_err(|m| ApplyError { table_id: t.id, sqlstate: "42P01".into(), message: m, ..Default::default() })?;
+                    cols = target_columns(&target).map_err(|m| ApplyError {
+                        table_id: t.id,
+                        sqlstate: "42P01".into(),
+                        message: m,
+                        ..Default::default()
+                    })?;
                 }
             }
             let mr = self.relations.get_mut(&rel_id).unwrap();
@@ -547,9 +629,12 @@ impl Applier {
                 });
             }
             mr.target = Some((target.clone(), m));
-            mr.target_oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target.as_str().into()])
-                .ok()
-                .flatten();
+            mr.target_oid = Spi::get_one_with_args::<pg_sys::Oid>(
+                "SELECT pg_catalog.to_regclass($1)::oid",
+                &[target.as_str().into()],
+            )
+            .ok()
+            .flatten();
             let citus = mr.target_oid.and_then(crate::citus::table);
             mr.citus = citus.is_some();
             mr.moving_column = match &citus {
@@ -559,8 +644,16 @@ impl Applier {
             if let Some((_, m)) = mr.target.as_mut() {
                 m.pick_by_ctid = !mr.citus;
             }
-            let key: Vec<&str> = mr.remote.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
-            mr.other_unique = mr.target_oid.is_some_and(|oid| has_other_unique_index(oid, &key));
+            let key: Vec<&str> = mr
+                .remote
+                .columns
+                .iter()
+                .filter(|c| c.key)
+                .map(|c| c.name.as_str())
+                .collect();
+            mr.other_unique = mr
+                .target_oid
+                .is_some_and(|oid| has_other_unique_index(oid, &key));
             mr.route = if t.source_hypertable.is_some() {
                 // TimescaleDB on the source decompresses data a change touches by re-inserting
                 // its rows into the chunk (the compressed batch's deletion is not published:
@@ -592,10 +685,13 @@ impl Applier {
             let (nsp, name) = self.remote_types.get(&c.type_oid)?;
             format!("{}.{}", quote_ident(nsp), quote_ident(name))
         };
-        let exists = Spi::get_one_with_args::<bool>("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[spelled.as_str().into()])
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.to_regtype($1) IS NOT NULL",
+            &[spelled.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
         exists.then_some(spelled)
     }
 
@@ -616,9 +712,18 @@ impl Applier {
     }
 
     /// Decide whether the change to `rel_id` applies; returns its table and target when it does.
-    fn gate(&mut self, rel_id: u32, raw: &[u8], streamed: bool) -> Result<Option<(TableRef, String)>, ApplyError> {
-        let Some(mr) = self.relations.get(&rel_id) else { return Ok(None) };
-        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name) else { return Ok(None) };
+    fn gate(
+        &mut self,
+        rel_id: u32,
+        raw: &[u8],
+        streamed: bool,
+    ) -> Result<Option<(TableRef, String)>, ApplyError> {
+        let Some(mr) = self.relations.get(&rel_id) else {
+            return Ok(None);
+        };
+        let Some(t) = self.table_of(&mr.remote.schema, &mr.remote.name) else {
+            return Ok(None);
+        };
         let id = t.id;
         let v = match self.replaying {
             Some(r) if r == id => Verdict::Apply,
@@ -654,7 +759,8 @@ impl Applier {
         self.current_table = Some(id);
         if self.spooled_relations.insert((id, rel_id)) {
             if let Some((rel, rel_streamed)) = self.relation_raw.get(&rel_id) {
-                tables::spool_change(id, *rel_streamed, self.final_lsn, rel).unwrap_or_else(|e| e.raise());
+                tables::spool_change(id, *rel_streamed, self.final_lsn, rel)
+                    .unwrap_or_else(|e| e.raise());
             }
         }
         tables::spool_change(id, streamed, self.final_lsn, raw).unwrap_or_else(|e| e.raise());
@@ -682,12 +788,19 @@ impl Applier {
             after = last.0;
             total += rows.len();
             for (_, streamed, raw) in &rows {
-                let decoder = if *streamed { &mut in_stream } else { &mut plain };
+                let decoder = if *streamed {
+                    &mut in_stream
+                } else {
+                    &mut plain
+                };
                 let msg = decoder.decode(raw).map_err(|e| ApplyError {
                     table_id: id,
                     sqlstate: "XX001".into(),
                     message: format!("a spooled change of the table cannot be decoded: {e}"),
-                    hint: Some("SELECT livesync.resync_table('schema.table'); copies the table again.".into()),
+                    hint: Some(
+                        "SELECT livesync.resync_table('schema.table'); copies the table again."
+                            .into(),
+                    ),
                     ..Default::default()
                 })?;
                 self.handle(msg, raw, *streamed)?;
@@ -709,7 +822,10 @@ impl Applier {
         Spi::connect_mut(|client| {
             if !self.statements.contains_key(sql) {
                 let types = vec![PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID); n];
-                let stmt = client.prepare_mut(sql, &types).expect("prepare failed").keep();
+                let stmt = client
+                    .prepare_mut(sql, &types)
+                    .expect("prepare failed")
+                    .keep();
                 self.statements.insert(sql.to_string(), stmt);
             }
             let stmt = &self.statements[sql];
@@ -724,7 +840,10 @@ impl Applier {
                     None => pgrx::datum::DatumWithOid::null_oid(text),
                 })
                 .collect();
-            client.update(stmt, None, &args).map(|t| t.len()).expect("statement failed")
+            client
+                .update(stmt, None, &args)
+                .map(|t| t.len())
+                .expect("statement failed")
         })
     }
 
@@ -733,7 +852,12 @@ impl Applier {
     /// before running SQL.
     /// `raw` is the message as received (spooled as is for a table copied while the stream
     /// runs); `streamed`: it came inside a streamed transaction (decoded with its xid).
-    pub fn handle(&mut self, msg: LogicalMessage, raw: &[u8], streamed: bool) -> Result<(), ApplyError> {
+    pub fn handle(
+        &mut self,
+        msg: LogicalMessage,
+        raw: &[u8],
+        streamed: bool,
+    ) -> Result<(), ApplyError> {
         self.current_table = None;
         match msg {
             LogicalMessage::Begin(b) => {
@@ -761,7 +885,12 @@ impl Applier {
                     columns: r
                         .columns
                         .iter()
-                        .map(|c| RemoteColumn { name: c.name.clone(), type_oid: c.type_oid, type_mod: c.type_modifier, key: c.is_key() })
+                        .map(|c| RemoteColumn {
+                            name: c.name.clone(),
+                            type_oid: c.type_oid,
+                            type_mod: c.type_modifier,
+                            key: c.is_key(),
+                        })
                         .collect(),
                 };
                 self.flush();
@@ -781,15 +910,30 @@ impl Applier {
                 self.statements.clear();
             }
             LogicalMessage::Insert(ins) => {
-                let Some((t, _)) = self.gate(ins.rel_id, raw, streamed)? else { return Ok(()) };
+                let Some((t, _)) = self.gate(ins.rel_id, raw, streamed)? else {
+                    return Ok(());
+                };
                 let present: Vec<bool> = ins.new.0.iter().map(|v| !v.is_unchanged()).collect();
                 let columns = {
                     let mr = &self.relations[&ins.rel_id];
-                    mr.remote.columns.iter().zip(&present).filter(|(_, p)| **p).map(|(c, _)| c.name.clone()).collect()
+                    mr.remote
+                        .columns
+                        .iter()
+                        .zip(&present)
+                        .filter(|(_, p)| **p)
+                        .map(|(c, _)| c.name.clone())
+                        .collect()
                 };
-                let like = Pending::Insert { present: present.clone(), columns, data: Vec::with_capacity(64 << 10), rows: 0 };
+                let like = Pending::Insert {
+                    present: present.clone(),
+                    columns,
+                    data: Vec::with_capacity(64 << 10),
+                    rows: 0,
+                };
                 let b = self.batch(t.id, ins.rel_id, like);
-                let Pending::Insert { data, rows, .. } = &mut b.pending else { unreachable!("insert batch") };
+                let Pending::Insert { data, rows, .. } = &mut b.pending else {
+                    unreachable!("insert batch")
+                };
                 let before = data.len();
                 let mut first = true;
                 for (v, p) in ins.new.0.iter().zip(&present) {
@@ -801,7 +945,9 @@ impl Applier {
                     }
                     first = false;
                     match v {
-                        ColumnValue::Text(bytes) => crate::copy::load::push_copy_value(data, Some(bytes)),
+                        ColumnValue::Text(bytes) => {
+                            crate::copy::load::push_copy_value(data, Some(bytes))
+                        }
                         _ => crate::copy::load::push_copy_value(data, None),
                     }
                 }
@@ -811,7 +957,9 @@ impl Applier {
                 self.batched(t.id, added);
             }
             LogicalMessage::Update(up) => {
-                let Some((t, target)) = self.gate(up.rel_id, raw, streamed)? else { return Ok(()) };
+                let Some((t, target)) = self.gate(up.rel_id, raw, streamed)? else {
+                    return Ok(());
+                };
                 let new_present: Vec<bool> = up.new.0.iter().map(|v| !v.is_unchanged()).collect();
                 // Batched when the key did not change and identifies the row (not under
                 // REPLICA IDENTITY FULL), except for hypertables and distributed tables (see
@@ -827,9 +975,16 @@ impl Applier {
                     let key = values_of(&up.new, &shape.key_idx, t.id)?;
                     let vals = values_of(&up.new, &shape.set_idx, t.id)?;
                     let n = approx_bytes(&key) + approx_bytes(&vals);
-                    let like = Pending::Update { present: new_present, shape, rows: Vec::new(), index: HashMap::new() };
+                    let like = Pending::Update {
+                        present: new_present,
+                        shape,
+                        rows: Vec::new(),
+                        index: HashMap::new(),
+                    };
                     let b = self.batch(t.id, up.rel_id, like);
-                    let Pending::Update { rows, index, .. } = &mut b.pending else { unreachable!("update batch") };
+                    let Pending::Update { rows, index, .. } = &mut b.pending else {
+                        unreachable!("update batch")
+                    };
                     match index.get(&key) {
                         // The same row again: only its last version matters.
                         Some(&i) => rows[i].1 = vals,
@@ -852,7 +1007,15 @@ impl Applier {
                 let old_present = identity_present(&old, full, &mr.remote);
                 let key_changed = up.old.is_some();
                 let moving = mr.moving_column.as_deref().and_then(|tc| {
-                    relmap::moving_update_sql(&target, &mr.remote, m, &new_present, &old_present, tc, key_changed)
+                    relmap::moving_update_sql(
+                        &target,
+                        &mr.remote,
+                        m,
+                        &new_present,
+                        &old_present,
+                        tc,
+                        key_changed,
+                    )
                 });
                 if let Some((stay, moved, set_idx, where_idx)) = moving {
                     let mut values = values_of(&up.new, &set_idx, t.id)?;
@@ -869,7 +1032,8 @@ impl Applier {
                     self.changes_in_txn += 1;
                     return Ok(());
                 }
-                let Some((sql, set_idx, where_idx)) = relmap::update_sql(&target, &mr.remote, m, &new_present, &old_present)
+                let Some((sql, set_idx, where_idx)) =
+                    relmap::update_sql(&target, &mr.remote, m, &new_present, &old_present)
                 else {
                     return Err(no_identity(&t, &mr.remote, "UPDATE"));
                 };
@@ -882,23 +1046,33 @@ impl Applier {
                 self.changes_in_txn += 1;
             }
             LogicalMessage::Delete(del) => {
-                let Some((t, target)) = self.gate(del.rel_id, raw, streamed)? else { return Ok(()) };
+                let Some((t, target)) = self.gate(del.rel_id, raw, streamed)? else {
+                    return Ok(());
+                };
                 let old = del.old.tuple().clone();
                 let (old_present, batchable) = {
                     let mr = &self.relations[&del.rel_id];
                     let (_, m) = mr.target.as_ref().unwrap();
-                    let full = matches!(del.old, OldTuple::Full(_)) || mr.remote.replica_identity == b'f';
+                    let full =
+                        matches!(del.old, OldTuple::Full(_)) || mr.remote.replica_identity == b'f';
                     let old_present = identity_present(&old, full, &mr.remote);
-                    let batchable =
-                        (!full && mr.moving_column.is_none()).then(|| BatchShape::for_delete(&mr.remote, m, &old_present)).flatten();
+                    let batchable = (!full && mr.moving_column.is_none())
+                        .then(|| BatchShape::for_delete(&mr.remote, m, &old_present))
+                        .flatten();
                     (old_present, batchable)
                 };
                 if let Some(shape) = batchable {
                     let key = values_of(&old, &shape.key_idx, t.id)?;
                     let n = approx_bytes(&key);
-                    let like = Pending::Delete { shape, keys: Vec::new(), seen: HashSet::new() };
+                    let like = Pending::Delete {
+                        shape,
+                        keys: Vec::new(),
+                        seen: HashSet::new(),
+                    };
                     let b = self.batch(t.id, del.rel_id, like);
-                    let Pending::Delete { keys, seen, .. } = &mut b.pending else { unreachable!("delete batch") };
+                    let Pending::Delete { keys, seen, .. } = &mut b.pending else {
+                        unreachable!("delete batch")
+                    };
                     if seen.insert(key.clone()) {
                         keys.push(key);
                     }
@@ -908,7 +1082,8 @@ impl Applier {
                 self.flush_table(t.id);
                 let mr = &self.relations[&del.rel_id];
                 let (_, m) = mr.target.as_ref().unwrap();
-                let Some((sql, idx)) = relmap::delete_sql(&target, &mr.remote, m, &old_present) else {
+                let Some((sql, idx)) = relmap::delete_sql(&target, &mr.remote, m, &old_present)
+                else {
                     return Err(no_identity(&t, &mr.remote, "DELETE"));
                 };
                 let values = values_of(&old, &idx, t.id)?;
@@ -936,18 +1111,28 @@ impl Applier {
                     }
                 }
                 // CASCADE is not propagated: the target's foreign keys are its own business.
-                let restart = if tr.restart_identity() { " RESTART IDENTITY" } else { "" };
+                let restart = if tr.restart_identity() {
+                    " RESTART IDENTITY"
+                } else {
+                    ""
+                };
                 if !targets.is_empty() {
-                    Spi::run(&format!("TRUNCATE {}{restart}", targets.join(", "))).expect("TRUNCATE failed");
+                    Spi::run(&format!("TRUNCATE {}{restart}", targets.join(", ")))
+                        .expect("TRUNCATE failed");
                     self.changes_in_txn += 1;
                 }
                 if !citus_targets.is_empty() {
-                    crate::citus::truncate(&format!("TRUNCATE {}{restart}", citus_targets.join(", "))).expect("TRUNCATE failed");
+                    crate::citus::truncate(&format!(
+                        "TRUNCATE {}{restart}",
+                        citus_targets.join(", ")
+                    ))
+                    .expect("TRUNCATE failed");
                     self.changes_in_txn += 1;
                 }
             }
             LogicalMessage::Type(ty) => {
-                self.remote_types.insert(ty.type_oid, (ty.namespace, ty.name));
+                self.remote_types
+                    .insert(ty.type_oid, (ty.namespace, ty.name));
             }
             LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {}
             LogicalMessage::StreamStart(_)

@@ -92,8 +92,18 @@ pub fn headroom(pending: &[String]) -> (usize, usize) {
     // SAFETY: runs in a transaction (add_connector); the relation is opened and closed here with
     // the same lock, the scan begun and ended here, and nothing from it outlives the loop.
     unsafe {
-        let rel = pg_sys::table_open(pg_sys::ReplicationOriginRelationId, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let scan = pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, std::ptr::null_mut(), 0, std::ptr::null_mut());
+        let rel = pg_sys::table_open(
+            pg_sys::ReplicationOriginRelationId,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+        );
         while !pg_sys::systable_getnext(scan).is_null() {
             n += 1;
         }
@@ -101,7 +111,9 @@ pub fn headroom(pending: &[String]) -> (usize, usize) {
         pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
     }
     for name in pending {
-        let Ok(c) = CString::new(name.as_str()) else { continue };
+        let Ok(c) = CString::new(name.as_str()) else {
+            continue;
+        };
         // SAFETY: `c` outlives the call; missing_ok = true, so a missing origin is 0, no ERROR.
         if unsafe { pg_sys::replorigin_by_name(c.as_ptr(), true) } == 0 {
             n += 1;

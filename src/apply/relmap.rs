@@ -59,20 +59,45 @@ impl Mapping {
         let target_types = remote
             .columns
             .iter()
-            .map(|c| target.iter().find(|t| t.name == c.name).map(|t| t.type_name.clone()))
+            .map(|c| {
+                target
+                    .iter()
+                    .find(|t| t.name == c.name)
+                    .map(|t| t.type_name.clone())
+            })
             .collect();
-        let comparable =
-            remote.columns.iter().map(|c| target.iter().find(|t| t.name == c.name).is_some_and(|t| t.comparable)).collect();
-        Mapping { target_types, comparable, pick_by_ctid: true }
+        let comparable = remote
+            .columns
+            .iter()
+            .map(|c| {
+                target
+                    .iter()
+                    .find(|t| t.name == c.name)
+                    .is_some_and(|t| t.comparable)
+            })
+            .collect();
+        Mapping {
+            target_types,
+            comparable,
+            pick_by_ctid: true,
+        }
     }
 
     /// The first remote column missing on the target, if any.
     pub fn missing_column<'r>(&self, remote: &'r RemoteRelation) -> Option<&'r str> {
-        self.missing_columns(remote).first().map(|c| c.name.as_str())
+        self.missing_columns(remote)
+            .first()
+            .map(|c| c.name.as_str())
     }
 
     pub fn missing_columns<'r>(&self, remote: &'r RemoteRelation) -> Vec<&'r RemoteColumn> {
-        remote.columns.iter().zip(&self.target_types).filter(|(_, t)| t.is_none()).map(|(c, _)| c).collect()
+        remote
+            .columns
+            .iter()
+            .zip(&self.target_types)
+            .filter(|(_, t)| t.is_none())
+            .map(|(c, _)| c)
+            .collect()
     }
 }
 
@@ -81,7 +106,12 @@ fn cast(n: usize, ty: &str) -> String {
 }
 
 /// `INSERT INTO target (cols…) VALUES ($1::type, …)` over the columns marked present.
-pub fn insert_sql(target: &str, remote: &RemoteRelation, m: &Mapping, present: &[bool]) -> (String, Vec<usize>) {
+pub fn insert_sql(
+    target: &str,
+    remote: &RemoteRelation,
+    m: &Mapping,
+    present: &[bool],
+) -> (String, Vec<usize>) {
     let mut cols = Vec::new();
     let mut vals = Vec::new();
     let mut idx = Vec::new();
@@ -94,13 +124,25 @@ pub fn insert_sql(target: &str, remote: &RemoteRelation, m: &Mapping, present: &
         cols.push(quote_ident(&c.name));
         vals.push(cast(idx.len(), ty));
     }
-    (format!("INSERT INTO {target} ({}) VALUES ({})", cols.join(", "), vals.join(", ")), idx)
+    (
+        format!(
+            "INSERT INTO {target} ({}) VALUES ({})",
+            cols.join(", "),
+            vals.join(", ")
+        ),
+        idx,
+    )
 }
 
 /// The WHERE clause identifying a row: key columns (`=`) or, under REPLICA IDENTITY FULL, every
 /// comparable column (`IS NOT DISTINCT FROM`). Parameters start at `$first`. Returns the clause
 /// and the tuple indexes of its parameters, or None when the relation has no usable identity.
-pub fn where_sql(remote: &RemoteRelation, m: &Mapping, old_present: &[bool], first: usize) -> Option<(String, Vec<usize>)> {
+pub fn where_sql(
+    remote: &RemoteRelation,
+    m: &Mapping,
+    old_present: &[bool],
+    first: usize,
+) -> Option<(String, Vec<usize>)> {
     let full = remote.replica_identity == b'f';
     let mut parts = Vec::new();
     let mut idx = Vec::new();
@@ -140,14 +182,22 @@ pub fn update_sql(
         }
         let ty = m.target_types[i].as_deref().unwrap_or("text");
         set_idx.push(i);
-        sets.push(format!("{} = {}", quote_ident(&c.name), cast(set_idx.len(), ty)));
+        sets.push(format!(
+            "{} = {}",
+            quote_ident(&c.name),
+            cast(set_idx.len(), ty)
+        ));
     }
     let (wh, where_idx) = where_sql(remote, m, old_present, set_idx.len() + 1)?;
     if sets.is_empty() {
         return None;
     }
     let sql = if remote.replica_identity == b'f' && m.pick_by_ctid {
-        format!("{} UPDATE {target} AS _ls_t SET {} FROM _ls_r {ONE_ROW_JOIN}", one_row(target, &wh), sets.join(", "))
+        format!(
+            "{} UPDATE {target} AS _ls_t SET {} FROM _ls_r {ONE_ROW_JOIN}",
+            one_row(target, &wh),
+            sets.join(", ")
+        )
     } else {
         format!("UPDATE {target} SET {} WHERE {wh}", sets.join(", "))
     };
@@ -184,19 +234,35 @@ pub fn moving_update_sql(
     let full = remote.replica_identity == b'f';
     let (wh, _) = where_sql(remote, m, old_present, set_idx.len() + 1)?;
     let ty = |i: usize| m.target_types[i].as_deref().unwrap_or("text");
-    let stay = match set_idx.iter().position(|&i| remote.columns[i].name == time_column) {
+    let stay = match set_idx
+        .iter()
+        .position(|&i| remote.columns[i].name == time_column)
+    {
         Some(time_pos) if !(key_changed || full) => {
-            let same_time = format!("{} = {}", quote_ident(time_column), cast(time_pos + 1, ty(set_idx[time_pos])));
+            let same_time = format!(
+                "{} = {}",
+                quote_ident(time_column),
+                cast(time_pos + 1, ty(set_idx[time_pos]))
+            );
             let sets: Vec<String> = set_idx
                 .iter()
                 .enumerate()
                 .filter(|(_, &i)| remote.columns[i].name != time_column && !remote.columns[i].key)
-                .map(|(n, &i)| format!("{} = {}", quote_ident(&remote.columns[i].name), cast(n + 1, ty(i))))
+                .map(|(n, &i)| {
+                    format!(
+                        "{} = {}",
+                        quote_ident(&remote.columns[i].name),
+                        cast(n + 1, ty(i))
+                    )
+                })
                 .collect();
             Some(if sets.is_empty() {
                 format!("SELECT 1 FROM {target} WHERE {wh} AND {same_time}")
             } else {
-                format!("UPDATE {target} SET {} WHERE {wh} AND {same_time}", sets.join(", "))
+                format!(
+                    "UPDATE {target} SET {} WHERE {wh} AND {same_time}",
+                    sets.join(", ")
+                )
             })
         }
         _ => None,
@@ -209,14 +275,20 @@ pub fn moving_update_sql(
     let mut cols = Vec::new();
     let mut vals = Vec::new();
     for (i, c) in remote.columns.iter().enumerate() {
-        let Some(t) = m.target_types[i].as_deref() else { continue };
+        let Some(t) = m.target_types[i].as_deref() else {
+            continue;
+        };
         cols.push(quote_ident(&c.name));
         match set_idx.iter().position(|&s| s == i) {
             Some(n) => vals.push(cast(n + 1, t)),
             None => vals.push(format!("_ls_d.{}", quote_ident(&c.name))),
         }
     }
-    let moved = format!("{delete} INSERT INTO {target} ({}) SELECT {} FROM _ls_d", cols.join(", "), vals.join(", "));
+    let moved = format!(
+        "{delete} INSERT INTO {target} ({}) SELECT {} FROM _ls_d",
+        cols.join(", "),
+        vals.join(", ")
+    );
     Some((stay, moved, set_idx, where_idx))
 }
 
@@ -231,12 +303,22 @@ pub struct BatchShape {
 impl BatchShape {
     /// None when the relation has no key (REPLICA IDENTITY FULL or NOTHING): such changes are
     /// applied one by one.
-    pub fn for_update(remote: &RemoteRelation, m: &Mapping, new_present: &[bool]) -> Option<BatchShape> {
+    pub fn for_update(
+        remote: &RemoteRelation,
+        m: &Mapping,
+        new_present: &[bool],
+    ) -> Option<BatchShape> {
         if remote.replica_identity == b'f' {
             return None;
         }
-        let key_idx: Vec<usize> = (0..remote.columns.len()).filter(|&i| remote.columns[i].key).collect();
-        if key_idx.is_empty() || key_idx.iter().any(|&i| !new_present[i] || m.target_types[i].is_none()) {
+        let key_idx: Vec<usize> = (0..remote.columns.len())
+            .filter(|&i| remote.columns[i].key)
+            .collect();
+        if key_idx.is_empty()
+            || key_idx
+                .iter()
+                .any(|&i| !new_present[i] || m.target_types[i].is_none())
+        {
             return None;
         }
         let set_idx = (0..remote.columns.len())
@@ -245,7 +327,11 @@ impl BatchShape {
         Some(BatchShape { key_idx, set_idx })
     }
 
-    pub fn for_delete(remote: &RemoteRelation, m: &Mapping, old_present: &[bool]) -> Option<BatchShape> {
+    pub fn for_delete(
+        remote: &RemoteRelation,
+        m: &Mapping,
+        old_present: &[bool],
+    ) -> Option<BatchShape> {
         let mut shape = Self::for_update(remote, m, old_present)?;
         shape.set_idx.clear();
         Some(shape)
@@ -258,20 +344,37 @@ impl BatchShape {
             let row: Vec<String> = cols
                 .iter()
                 .enumerate()
-                .map(|(n, &i)| cast(r * cols.len() + n + 1, m.target_types[i].as_deref().unwrap_or("text")))
+                .map(|(n, &i)| {
+                    cast(
+                        r * cols.len() + n + 1,
+                        m.target_types[i].as_deref().unwrap_or("text"),
+                    )
+                })
                 .collect();
             list.push(format!("({})", row.join(", ")));
         }
-        let names: Vec<String> =
-            (1..=self.key_idx.len()).map(|n| format!("k{n}")).chain((1..=self.set_idx.len()).map(|n| format!("c{n}"))).collect();
-        format!("(VALUES {}) AS _ls_v({})", list.join(", "), names.join(", "))
+        let names: Vec<String> = (1..=self.key_idx.len())
+            .map(|n| format!("k{n}"))
+            .chain((1..=self.set_idx.len()).map(|n| format!("c{n}")))
+            .collect();
+        format!(
+            "(VALUES {}) AS _ls_v({})",
+            list.join(", "),
+            names.join(", ")
+        )
     }
 
     fn key_join(&self, remote: &RemoteRelation) -> String {
         self.key_idx
             .iter()
             .enumerate()
-            .map(|(n, &i)| format!("_ls_t.{} = _ls_v.k{}", quote_ident(&remote.columns[i].name), n + 1))
+            .map(|(n, &i)| {
+                format!(
+                    "_ls_t.{} = _ls_v.k{}",
+                    quote_ident(&remote.columns[i].name),
+                    n + 1
+                )
+            })
             .collect::<Vec<_>>()
             .join(" AND ")
     }
@@ -279,7 +382,13 @@ impl BatchShape {
     /// `UPDATE target AS _ls_t SET c = _ls_v.c1, … FROM (VALUES …) AS _ls_v(k1, …, c1, …) WHERE
     /// _ls_t.key = _ls_v.k1 …` for `rows` rows; parameters are per row the key values then the
     /// set values. None when there is nothing to set (every column is part of the key).
-    pub fn update_sql(&self, target: &str, remote: &RemoteRelation, m: &Mapping, rows: usize) -> Option<String> {
+    pub fn update_sql(
+        &self,
+        target: &str,
+        remote: &RemoteRelation,
+        m: &Mapping,
+        rows: usize,
+    ) -> Option<String> {
         if self.set_idx.is_empty() {
             return None;
         }
@@ -287,7 +396,13 @@ impl BatchShape {
             .set_idx
             .iter()
             .enumerate()
-            .map(|(n, &i)| format!("{} = _ls_v.c{}", quote_ident(&remote.columns[i].name), n + 1))
+            .map(|(n, &i)| {
+                format!(
+                    "{} = _ls_v.c{}",
+                    quote_ident(&remote.columns[i].name),
+                    n + 1
+                )
+            })
             .collect();
         Some(format!(
             "UPDATE {target} AS _ls_t SET {} FROM {} WHERE {}",
@@ -298,8 +413,18 @@ impl BatchShape {
     }
 
     /// `DELETE FROM target AS _ls_t USING (VALUES …) AS _ls_v(k1, …) WHERE _ls_t.key = _ls_v.k1 …`.
-    pub fn delete_sql(&self, target: &str, remote: &RemoteRelation, m: &Mapping, rows: usize) -> String {
-        format!("DELETE FROM {target} AS _ls_t USING {} WHERE {}", self.values_list(m, rows), self.key_join(remote))
+    pub fn delete_sql(
+        &self,
+        target: &str,
+        remote: &RemoteRelation,
+        m: &Mapping,
+        rows: usize,
+    ) -> String {
+        format!(
+            "DELETE FROM {target} AS _ls_t USING {} WHERE {}",
+            self.values_list(m, rows),
+            self.key_join(remote)
+        )
     }
 }
 
@@ -311,10 +436,21 @@ fn one_row(target: &str, wh: &str) -> String {
 
 const ONE_ROW_JOIN: &str = "WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _ls_r.tid";
 
-pub fn delete_sql(target: &str, remote: &RemoteRelation, m: &Mapping, old_present: &[bool]) -> Option<(String, Vec<usize>)> {
+pub fn delete_sql(
+    target: &str,
+    remote: &RemoteRelation,
+    m: &Mapping,
+    old_present: &[bool],
+) -> Option<(String, Vec<usize>)> {
     let (wh, idx) = where_sql(remote, m, old_present, 1)?;
     if remote.replica_identity == b'f' && m.pick_by_ctid {
-        return Some((format!("{} DELETE FROM {target} AS _ls_t USING _ls_r {ONE_ROW_JOIN}", one_row(target, &wh)), idx));
+        return Some((
+            format!(
+                "{} DELETE FROM {target} AS _ls_t USING _ls_r {ONE_ROW_JOIN}",
+                one_row(target, &wh)
+            ),
+            idx,
+        ));
     }
     Some((format!("DELETE FROM {target} WHERE {wh}"), idx))
 }
@@ -330,18 +466,45 @@ mod tests {
             name: "t".into(),
             replica_identity: ident,
             columns: vec![
-                RemoteColumn { name: "id".into(), type_oid: 23, type_mod: -1, key: ident != b'f' },
-                RemoteColumn { name: "doc".into(), type_oid: 114, type_mod: -1, key: false },
-                RemoteColumn { name: "v".into(), type_oid: 25, type_mod: -1, key: false },
+                RemoteColumn {
+                    name: "id".into(),
+                    type_oid: 23,
+                    type_mod: -1,
+                    key: ident != b'f',
+                },
+                RemoteColumn {
+                    name: "doc".into(),
+                    type_oid: 114,
+                    type_mod: -1,
+                    key: false,
+                },
+                RemoteColumn {
+                    name: "v".into(),
+                    type_oid: 25,
+                    type_mod: -1,
+                    key: false,
+                },
             ],
         }
     }
 
     fn target() -> Vec<TargetColumn> {
         vec![
-            TargetColumn { name: "v".into(), type_name: "text".into(), comparable: true },
-            TargetColumn { name: "id".into(), type_name: "integer".into(), comparable: true },
-            TargetColumn { name: "doc".into(), type_name: "json".into(), comparable: false },
+            TargetColumn {
+                name: "v".into(),
+                type_name: "text".into(),
+                comparable: true,
+            },
+            TargetColumn {
+                name: "id".into(),
+                type_name: "integer".into(),
+                comparable: true,
+            },
+            TargetColumn {
+                name: "doc".into(),
+                type_name: "json".into(),
+                comparable: false,
+            },
         ]
     }
 
@@ -358,8 +521,12 @@ mod tests {
     fn update_sets_only_present_columns_and_keys_on_identity() {
         let r = rel(b'd');
         let m = Mapping::new(&r, &target());
-        let (sql, set, wh) = update_sql("t", &r, &m, &[true, false, true], &[true, false, false]).unwrap();
-        assert_eq!(sql, "UPDATE t SET \"id\" = $1::integer, \"v\" = $2::text WHERE \"id\" = $3::integer");
+        let (sql, set, wh) =
+            update_sql("t", &r, &m, &[true, false, true], &[true, false, false]).unwrap();
+        assert_eq!(
+            sql,
+            "UPDATE t SET \"id\" = $1::integer, \"v\" = $2::text WHERE \"id\" = $3::integer"
+        );
         assert_eq!((set, wh), (vec![0, 2], vec![0]));
     }
 
@@ -373,7 +540,8 @@ mod tests {
             "WITH _ls_r AS (SELECT tableoid AS toid, ctid AS tid FROM t WHERE \"id\" IS NOT DISTINCT FROM $1::integer AND \"v\" IS NOT DISTINCT FROM $2::text LIMIT 1) DELETE FROM t AS _ls_t USING _ls_r WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _ls_r.tid"
         );
         assert_eq!(idx, vec![0, 2]);
-        let (sql, set, wh) = update_sql("t", &r, &m, &[true, true, true], &[true, true, true]).unwrap();
+        let (sql, set, wh) =
+            update_sql("t", &r, &m, &[true, true, true], &[true, true, true]).unwrap();
         assert!(sql.starts_with("WITH _ls_r AS (SELECT tableoid AS toid, ctid AS tid FROM t WHERE \"id\" IS NOT DISTINCT FROM $4::integer"), "{sql}");
         assert!(sql.ends_with("UPDATE t AS _ls_t SET \"id\" = $1::integer, \"doc\" = $2::json, \"v\" = $3::text FROM _ls_r WHERE _ls_t.tableoid = _ls_r.toid AND _ls_t.ctid = _ls_r.tid"), "{sql}");
         assert_eq!((set, wh), (vec![0, 1, 2], vec![0, 2]));
@@ -392,9 +560,23 @@ mod tests {
             sql,
             "UPDATE t SET \"id\" = $1::integer, \"v\" = $2::text WHERE \"id\" IS NOT DISTINCT FROM $3::integer AND \"v\" IS NOT DISTINCT FROM $4::text"
         );
-        let (stay, moved, ..) = moving_update_sql("t", &r, &m, &[true, true, true], &[true, true, true], "id", false).unwrap();
+        let (stay, moved, ..) = moving_update_sql(
+            "t",
+            &r,
+            &m,
+            &[true, true, true],
+            &[true, true, true],
+            "id",
+            false,
+        )
+        .unwrap();
         assert_eq!(stay, None);
-        assert!(moved.starts_with("WITH _ls_d AS (DELETE FROM t WHERE \"id\" IS NOT DISTINCT FROM $4::integer"), "{moved}");
+        assert!(
+            moved.starts_with(
+                "WITH _ls_d AS (DELETE FROM t WHERE \"id\" IS NOT DISTINCT FROM $4::integer"
+            ),
+            "{moved}"
+        );
     }
 
     #[test]
@@ -403,15 +585,35 @@ mod tests {
         r.columns[2].name = "time".into();
         r.columns[2].key = true;
         let target = vec![
-            TargetColumn { name: "id".into(), type_name: "integer".into(), comparable: true },
-            TargetColumn { name: "doc".into(), type_name: "json".into(), comparable: false },
-            TargetColumn { name: "time".into(), type_name: "timestamp with time zone".into(), comparable: true },
+            TargetColumn {
+                name: "id".into(),
+                type_name: "integer".into(),
+                comparable: true,
+            },
+            TargetColumn {
+                name: "doc".into(),
+                type_name: "json".into(),
+                comparable: false,
+            },
+            TargetColumn {
+                name: "time".into(),
+                type_name: "timestamp with time zone".into(),
+                comparable: true,
+            },
         ];
         let m = Mapping::new(&r, &target);
         // Key unchanged and "doc" an unchanged TOASTed value: nothing to set, only whether the
         // row kept its time; moving keeps "doc" from the old row.
-        let (stay, moved, set, wh) =
-            moving_update_sql("t", &r, &m, &[true, false, true], &[true, false, true], "time", false).unwrap();
+        let (stay, moved, set, wh) = moving_update_sql(
+            "t",
+            &r,
+            &m,
+            &[true, false, true],
+            &[true, false, true],
+            "time",
+            false,
+        )
+        .unwrap();
         assert_eq!(
             stay.as_deref(),
             Some("SELECT 1 FROM t WHERE \"id\" = $3::integer AND \"time\" = $4::timestamp with time zone AND \"time\" = $2::timestamp with time zone")
@@ -422,9 +624,29 @@ mod tests {
         );
         assert_eq!((set, wh), (vec![0, 2], vec![0, 2]));
         // A changed non-key column is set; a changed key goes straight to the move.
-        let (stay, ..) = moving_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", false).unwrap();
-        assert!(stay.unwrap().starts_with("UPDATE t SET \"doc\" = $2::json WHERE"));
-        let (stay, ..) = moving_update_sql("t", &r, &m, &[true, true, true], &[true, false, true], "time", true).unwrap();
+        let (stay, ..) = moving_update_sql(
+            "t",
+            &r,
+            &m,
+            &[true, true, true],
+            &[true, false, true],
+            "time",
+            false,
+        )
+        .unwrap();
+        assert!(stay
+            .unwrap()
+            .starts_with("UPDATE t SET \"doc\" = $2::json WHERE"));
+        let (stay, ..) = moving_update_sql(
+            "t",
+            &r,
+            &m,
+            &[true, true, true],
+            &[true, false, true],
+            "time",
+            true,
+        )
+        .unwrap();
         assert_eq!(stay, None);
     }
 
@@ -434,7 +656,13 @@ mod tests {
         let m = Mapping::new(&r, &target());
         // "doc" unchanged (TOAST): only "v" is set; the key finds the rows.
         let shape = BatchShape::for_update(&r, &m, &[true, false, true]).unwrap();
-        assert_eq!(shape, BatchShape { key_idx: vec![0], set_idx: vec![2] });
+        assert_eq!(
+            shape,
+            BatchShape {
+                key_idx: vec![0],
+                set_idx: vec![2]
+            }
+        );
         assert_eq!(
             shape.update_sql("t", &r, &m, 2).unwrap(),
             "UPDATE t AS _ls_t SET \"v\" = _ls_v.c1 FROM (VALUES ($1::integer, $2::text), ($3::integer, $4::text)) AS _ls_v(k1, c1) WHERE _ls_t.\"id\" = _ls_v.k1"
@@ -445,7 +673,10 @@ mod tests {
             "DELETE FROM t AS _ls_t USING (VALUES ($1::integer), ($2::integer)) AS _ls_v(k1) WHERE _ls_t.\"id\" = _ls_v.k1"
         );
         // No key, or every column in the key: nothing to batch / nothing to set.
-        assert_eq!(BatchShape::for_update(&rel(b'f'), &m, &[true, true, true]), None);
+        assert_eq!(
+            BatchShape::for_update(&rel(b'f'), &m, &[true, true, true]),
+            None
+        );
         let mut all_key = rel(b'd');
         for c in &mut all_key.columns {
             c.key = true;
@@ -462,7 +693,12 @@ mod tests {
         }
         let m = Mapping::new(&r, &target());
         assert!(delete_sql("t", &r, &m, &[true, true, true]).is_none());
-        r.columns.push(RemoteColumn { name: "added".into(), type_oid: 23, type_mod: -1, key: false });
+        r.columns.push(RemoteColumn {
+            name: "added".into(),
+            type_oid: 23,
+            type_mod: -1,
+            key: false,
+        });
         let m = Mapping::new(&r, &target());
         assert_eq!(m.missing_column(&r), Some("added"));
     }

@@ -53,7 +53,11 @@ impl Spool {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(Spool { dir, prefix, files: HashMap::new() })
+        Ok(Spool {
+            dir,
+            prefix,
+            files: HashMap::new(),
+        })
     }
 
     /// `Stream Start` of `xid`: its first block starts a new file.
@@ -61,15 +65,31 @@ impl Spool {
         if first_segment || !self.files.contains_key(&xid) {
             self.remove(xid);
             let path = self.dir.join(format!("{}{xid}", self.prefix));
-            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-            self.files.insert(xid, SpoolFile { writer: BufWriter::with_capacity(256 << 10, file), path, len: 0, subxacts: Vec::new() });
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            self.files.insert(
+                xid,
+                SpoolFile {
+                    writer: BufWriter::with_capacity(256 << 10, file),
+                    path,
+                    len: 0,
+                    subxacts: Vec::new(),
+                },
+            );
         }
         Ok(())
     }
 
     /// Append one message of the block of `xid`, a change of (sub)transaction `subxid`.
     pub fn append(&mut self, xid: u32, subxid: Option<u32>, message: &[u8]) -> io::Result<()> {
-        let f = self.files.get_mut(&xid).ok_or_else(|| io::Error::other(format!("no Stream Start for transaction {xid}")))?;
+        let f = self
+            .files
+            .get_mut(&xid)
+            .ok_or_else(|| io::Error::other(format!("no Stream Start for transaction {xid}")))?;
         if let Some(sub) = subxid.filter(|s| *s != xid) {
             if !f.subxacts.iter().any(|(s, _)| *s == sub) {
                 f.subxacts.push((sub, f.len));
@@ -87,8 +107,12 @@ impl Spool {
             self.remove(xid);
             return Ok(());
         }
-        let Some(f) = self.files.get_mut(&xid) else { return Ok(()) };
-        let Some(pos) = f.subxacts.iter().position(|(s, _)| *s == subxid) else { return Ok(()) };
+        let Some(f) = self.files.get_mut(&xid) else {
+            return Ok(());
+        };
+        let Some(pos) = f.subxacts.iter().position(|(s, _)| *s == subxid) else {
+            return Ok(());
+        };
         let offset = f.subxacts[pos].1;
         f.subxacts.truncate(pos);
         f.writer.flush()?;
@@ -100,11 +124,16 @@ impl Spool {
 
     /// `Stream Commit`: the transaction's messages, in order (None when nothing was spooled).
     pub fn take(&mut self, xid: u32) -> io::Result<Option<Replay>> {
-        let Some(mut f) = self.files.remove(&xid) else { return Ok(None) };
+        let Some(mut f) = self.files.remove(&xid) else {
+            return Ok(None);
+        };
         f.writer.flush()?;
         let mut file = f.writer.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
-        Ok(Some(Replay { reader: BufReader::with_capacity(256 << 10, file.take(f.len)), path: f.path }))
+        Ok(Some(Replay {
+            reader: BufReader::with_capacity(256 << 10, file.take(f.len)),
+            path: f.path,
+        }))
     }
 
     fn remove(&mut self, xid: u32) {
@@ -180,7 +209,15 @@ mod tests {
         s.abort(200, 200).unwrap();
         assert_eq!(s.pending(), 1);
         let got: Vec<Vec<u8>> = s.take(100).unwrap().unwrap().map(|m| m.unwrap()).collect();
-        assert_eq!(got, vec![b"top-1".to_vec(), b"sub101-1".to_vec(), b"sub101-2".to_vec(), b"top-3".to_vec()]);
+        assert_eq!(
+            got,
+            vec![
+                b"top-1".to_vec(),
+                b"sub101-1".to_vec(),
+                b"sub101-2".to_vec(),
+                b"top-3".to_vec()
+            ]
+        );
         assert!(s.take(200).unwrap().is_none());
         // A new stream removes what an earlier one left behind.
         s.start(300, true).unwrap();

@@ -61,7 +61,10 @@ pub struct NewConnector<'a> {
 }
 
 pub(crate) fn spi_err(e: pgrx::spi::Error) -> LivesyncError {
-    LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("livesync catalog access failed: {e}"))
+    LivesyncError::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("livesync catalog access failed: {e}"),
+    )
 }
 
 /// The first column of the first row, or None when the query returns no row (Spi::get_one
@@ -87,25 +90,38 @@ pub(crate) fn first_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
 /// `SECURITY_LOCAL_USERID_CHANGE` set (no `SET ROLE` inside) and the caller's identity restored on
 /// every path.
 pub(crate) fn as_owner<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
-    let owner = first_value::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'livesync'", &[])?
-        .ok_or_else(|| LivesyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "extension \"livesync\" is not installed in this database"))?;
+    let owner = first_value::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'livesync'",
+        &[],
+    )?
+    .ok_or_else(|| {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "extension \"livesync\" is not installed in this database",
+        )
+    })?;
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context: i32 = 0;
     // SAFETY: reads this backend's current user and security context into locals.
     unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
     // SAFETY: switches the current user within this transaction; restored below on success and
     // in `finally` on an ERROR (which also restores it at transaction abort).
-    unsafe { pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        )
+    };
     let f = std::panic::AssertUnwindSafe(f);
     pgrx::PgTryBuilder::new(move || {
         let f = f;
         (f.0)()
     })
-        .finally(move || {
-            // SAFETY: puts back exactly what was read above.
-            unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
-        })
-        .execute()
+    .finally(move || {
+        // SAFETY: puts back exactly what was read above.
+        unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    })
+    .execute()
 }
 
 /// Like [`first_value`], run as a read-write SPI call: for a query that locks rows (`FOR
@@ -144,9 +160,11 @@ pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// EXTENSION livesync UPDATE` (or after an UPDATE run before the restart). None when livesync is
 /// not installed.
 pub fn installed_version() -> Option<String> {
-    Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'livesync'")
-        .ok()
-        .flatten()
+    Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'livesync'",
+    )
+    .ok()
+    .flatten()
 }
 
 /// Live `livesync connector` processes of this database, whoever started them (the manager
@@ -203,7 +221,9 @@ pub fn connector_by_name(name: &str) -> Result<Option<Connector>> {
 pub fn lock_connector_by_name(name: &str) -> Result<Connector> {
     as_owner(|| {
         let r = Spi::connect_mut(|c| {
-            let q = format!("SELECT {CONNECTOR_COLUMNS} FROM livesync.connector WHERE name = $1 FOR UPDATE");
+            let q = format!(
+                "SELECT {CONNECTOR_COLUMNS} FROM livesync.connector WHERE name = $1 FOR UPDATE"
+            );
             let mut t = c.update(&q, Some(1), &[name.into()])?;
             match t.next() {
                 Some(row) => connector_from_row(&row).map(Some),
@@ -229,8 +249,13 @@ pub fn connector_by_id(id: i32) -> Result<Option<Connector>> {
 
 pub fn connector_names() -> Result<Vec<String>> {
     Spi::connect(|c| {
-        let t = c.select("SELECT name FROM livesync.connector ORDER BY name", None, &[])?;
-        t.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect::<SpiResult<Vec<_>>>()
+        let t = c.select(
+            "SELECT name FROM livesync.connector ORDER BY name",
+            None,
+            &[],
+        )?;
+        t.map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+            .collect::<SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)
 }
@@ -239,22 +264,27 @@ pub fn connector_names() -> Result<Vec<String>> {
 pub fn origin_names() -> Result<Vec<String>> {
     Spi::connect(|c| {
         let t = c.select("SELECT slot_name::text FROM livesync.connector", None, &[])?;
-        t.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect::<SpiResult<Vec<_>>>()
+        t.map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+            .collect::<SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)
 }
 
 pub fn conninfo(id: i32) -> Result<Option<String>> {
-    first_value::<String>("SELECT conninfo FROM livesync.connector_secret WHERE connector_id = $1", &[id.into()])
+    first_value::<String>(
+        "SELECT conninfo FROM livesync.connector_secret WHERE connector_id = $1",
+        &[id.into()],
+    )
 }
 
 /// Insert a connector and its secret; returns the new row. The token is random (see
 /// `src/source/names.rs` for why names derive from it).
 pub fn insert_connector(n: &NewConnector) -> Result<Connector> {
     as_owner(|| {
-        let token: String = Spi::get_one("SELECT left(replace(gen_random_uuid()::text, '-', ''), 16)")
-            .map_err(spi_err)?
-            .expect("gen_random_uuid returned NULL");
+        let token: String =
+            Spi::get_one("SELECT left(replace(gen_random_uuid()::text, '-', ''), 16)")
+                .map_err(spi_err)?
+                .expect("gen_random_uuid returned NULL");
         let token = crate::source::names::ConnectorToken::parse(&token)
             .map_err(|e| LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e))?;
         let id: i32 = Spi::get_one_with_args(
@@ -298,21 +328,28 @@ pub fn set_enabled(id: i32, enabled: bool) -> Result<()> {
 
 pub fn set_auto_add_columns(id: i32, on: bool) -> Result<()> {
     as_owner(|| {
-        Spi::run_with_args("UPDATE livesync.connector SET auto_add_columns = $2 WHERE id = $1", &[id.into(), on.into()])
-            .map_err(spi_err)
+        Spi::run_with_args(
+            "UPDATE livesync.connector SET auto_add_columns = $2 WHERE id = $1",
+            &[id.into(), on.into()],
+        )
+        .map_err(spi_err)
     })
 }
 
 pub fn rename(id: i32, new_name: &str) -> Result<()> {
     as_owner(|| {
-        Spi::run_with_args("UPDATE livesync.connector SET name = $2 WHERE id = $1", &[id.into(), new_name.into()])
-            .map_err(spi_err)
+        Spi::run_with_args(
+            "UPDATE livesync.connector SET name = $2 WHERE id = $1",
+            &[id.into(), new_name.into()],
+        )
+        .map_err(spi_err)
     })
 }
 
 pub fn delete_connector(id: i32) -> Result<()> {
     as_owner(|| {
-        Spi::run_with_args("DELETE FROM livesync.connector WHERE id = $1", &[id.into()]).map_err(spi_err)
+        Spi::run_with_args("DELETE FROM livesync.connector WHERE id = $1", &[id.into()])
+            .map_err(spi_err)
     })
 }
 
@@ -450,7 +487,12 @@ pub fn report_stream_stats(id: i32, s: &StreamStats) -> Result<()> {
     .map_err(spi_err)
 }
 
-pub fn report_slot(id: i32, wal_status: Option<&str>, retained_bytes: Option<i64>, safe_wal_size: Option<i64>) -> Result<()> {
+pub fn report_slot(
+    id: i32,
+    wal_status: Option<&str>,
+    retained_bytes: Option<i64>,
+    safe_wal_size: Option<i64>,
+) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.connector
             SET slot_wal_status = $2, slot_retained_bytes = $3, slot_safe_wal_size = $4, slot_checked_at = now()

@@ -32,8 +32,18 @@ pub fn any_done(table_id: i32) -> Result<bool> {
 }
 
 /// Replace the table's ranges by a new plan under `snapshot` (at `lsn`).
-pub fn replace(table_id: i32, ranges: &[PageRange], snapshot: &str, lsn: &str, binary: bool) -> Result<()> {
-    Spi::run_with_args("DELETE FROM livesync.copy_range WHERE table_id = $1", &[table_id.into()]).map_err(spi_err)?;
+pub fn replace(
+    table_id: i32,
+    ranges: &[PageRange],
+    snapshot: &str,
+    lsn: &str,
+    binary: bool,
+) -> Result<()> {
+    Spi::run_with_args(
+        "DELETE FROM livesync.copy_range WHERE table_id = $1",
+        &[table_id.into()],
+    )
+    .map_err(spi_err)?;
     for (i, r) in ranges.iter().enumerate() {
         Spi::run_with_args(
             "INSERT INTO livesync.copy_range (table_id, range_no, start_page, end_page, snapshot, snapshot_lsn, binary_format)
@@ -61,7 +71,12 @@ const UNCLAIMED: &str = "(r.claimed_by IS NULL OR NOT EXISTS (
 /// Move the ranges still to load, nobody alive loading them, that `filter` selects — a condition
 /// on `r` (copy_range) and `t` (their sync_table), with its own parameters from `$3` on — to
 /// `snapshot` (at `lsn`). Returns how many moved.
-fn move_ranges(snapshot: &str, lsn: &str, filter: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Result<i64> {
+fn move_ranges(
+    snapshot: &str,
+    lsn: &str,
+    filter: &str,
+    args: Vec<pgrx::datum::DatumWithOid>,
+) -> Result<i64> {
     let mut all: Vec<pgrx::datum::DatumWithOid> = vec![snapshot.into(), lsn.into()];
     all.extend(args);
     Spi::connect_mut(|c| {
@@ -193,7 +208,13 @@ pub fn release(table_id: i32, range_no: i32) -> Result<()> {
 
 /// Must run in the transaction that loaded the range. `file_node`: the source table's file node
 /// under the range's snapshot (a rewrite between two snapshots moves every row).
-pub fn mark_done(table_id: i32, range_no: i32, rows: i64, bytes: i64, file_node: Option<i64>) -> Result<()> {
+pub fn mark_done(
+    table_id: i32,
+    range_no: i32,
+    rows: i64,
+    bytes: i64,
+    file_node: Option<i64>,
+) -> Result<()> {
     Spi::run_with_args(
         "UPDATE livesync.copy_range SET done = true, rows = $3, bytes = $4, finished_at = clock_timestamp(),
                 file_node = $5::oid
@@ -225,8 +246,14 @@ pub fn finished_tables(connector_id: i32, only_spooled: bool) -> Result<Vec<(i32
             None,
             &[connector_id.into(), only_spooled.into()],
         )?;
-        t.map(|r| Ok((r.get::<i32>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
-            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+        t.map(|r| {
+            Ok((
+                r.get::<i32>(1)?.unwrap_or_default(),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<i64>(3)?.unwrap_or(0),
+            ))
+        })
+        .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)
 }
@@ -259,8 +286,14 @@ pub fn remaining_by_snapshot(connector_id: i32) -> Result<Vec<(String, i64, i64)
             None,
             &[connector_id.into()],
         )?;
-        t.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
-            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+        t.map(|r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<i64>(3)?.unwrap_or(0),
+            ))
+        })
+        .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)
 }
@@ -278,4 +311,3 @@ pub fn claimable(connector_id: i32, live: Option<&[String]>) -> Result<i64> {
     )?
     .unwrap_or(0))
 }
-

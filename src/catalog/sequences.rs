@@ -51,7 +51,12 @@ pub fn find(connector_id: i32, schema: &str, name: &str) -> Result<Option<SyncSe
 
 /// The sequence that keeps target sequence `schema.name` in step, of any connector.
 pub fn find_by_target(schema: &str, name: &str) -> Result<Option<SyncSequence>> {
-    Ok(select("q.target_schema = $1 AND q.target_name = $2", &[schema.into(), name.into()])?.into_iter().next())
+    Ok(select(
+        "q.target_schema = $1 AND q.target_name = $2",
+        &[schema.into(), name.into()],
+    )?
+    .into_iter()
+    .next())
 }
 
 /// The connector's sequences to bring up to the source now: those added by hand, and those of
@@ -64,7 +69,12 @@ pub fn due(connector_id: i32) -> Result<Vec<SyncSequence>> {
     )
 }
 
-pub fn insert(connector_id: i32, table_id: Option<i32>, source: (&str, &str), target: (&str, &str)) -> Result<()> {
+pub fn insert(
+    connector_id: i32,
+    table_id: Option<i32>,
+    source: (&str, &str),
+    target: (&str, &str),
+) -> Result<()> {
     as_owner(|| {
         Spi::run_with_args(
             "INSERT INTO livesync.sync_sequence (connector_id, table_id, source_schema, source_name, target_schema, target_name)
@@ -77,7 +87,13 @@ pub fn insert(connector_id: i32, table_id: Option<i32>, source: (&str, &str), ta
 }
 
 pub fn delete(id: i32) -> Result<()> {
-    as_owner(|| Spi::run_with_args("DELETE FROM livesync.sync_sequence WHERE id = $1", &[id.into()]).map_err(spi_err))
+    as_owner(|| {
+        Spi::run_with_args(
+            "DELETE FROM livesync.sync_sequence WHERE id = $1",
+            &[id.into()],
+        )
+        .map_err(spi_err)
+    })
 }
 
 /// What a sync saw: the next values on each side (after it), or why it could not.

@@ -89,7 +89,10 @@ impl SyncTable {
     /// itself or, for a source hypertable, one of its chunks.
     pub fn receives(&self, schema: &str, name: &str) -> bool {
         (self.source_schema == schema && self.source_name == name)
-            || self.source_hypertable.as_ref().is_some_and(|h| h.is_chunk(schema, name))
+            || self
+                .source_hypertable
+                .as_ref()
+                .is_some_and(|h| h.is_chunk(schema, name))
     }
 }
 
@@ -137,7 +140,11 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::SpiResult<SyncTable
             _ => None,
         },
         source_hypertable: match (row.get::<String>(13)?, row.get::<String>(14)?) {
-            (Some(chunk_schema), Some(chunk_prefix)) => Some(SourceHypertable { chunk_schema, chunk_prefix, compressed: false }),
+            (Some(chunk_schema), Some(chunk_prefix)) => Some(SourceHypertable {
+                chunk_schema,
+                chunk_prefix,
+                compressed: false,
+            }),
             _ => None,
         },
         build_indexes: row.get::<Vec<String>>(15)?,
@@ -153,15 +160,24 @@ fn select(where_sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<Syn
     Spi::connect(|c| {
         let q = format!("SELECT {COLUMNS} FROM livesync.sync_table WHERE {where_sql} ORDER BY id");
         let t = c.select(&q, None, args)?;
-        t.map(|row| from_row(&row)).collect::<pgrx::spi::SpiResult<Vec<_>>>()
+        t.map(|row| from_row(&row))
+            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })
     .map_err(spi_err)
 }
 
-pub fn find(connector_id: i32, source_schema: &str, source_name: &str) -> Result<Option<SyncTable>> {
+pub fn find(
+    connector_id: i32,
+    source_schema: &str,
+    source_name: &str,
+) -> Result<Option<SyncTable>> {
     Ok(select(
         "connector_id = $1 AND source_schema = $2 AND source_name = $3",
-        &[connector_id.into(), source_schema.into(), source_name.into()],
+        &[
+            connector_id.into(),
+            source_schema.into(),
+            source_name.into(),
+        ],
     )?
     .into_iter()
     .next())
@@ -169,9 +185,12 @@ pub fn find(connector_id: i32, source_schema: &str, source_name: &str) -> Result
 
 /// The table syncing into target `schema.name`, if any (a target takes one source only).
 pub fn find_by_target(target_schema: &str, target_name: &str) -> Result<Option<SyncTable>> {
-    Ok(select("target_schema = $1 AND target_name = $2", &[target_schema.into(), target_name.into()])?
-        .into_iter()
-        .next())
+    Ok(select(
+        "target_schema = $1 AND target_name = $2",
+        &[target_schema.into(), target_name.into()],
+    )?
+    .into_iter()
+    .next())
 }
 
 pub fn insert(n: &NewSyncTable) -> Result<i32> {
@@ -222,7 +241,11 @@ pub fn mark_unpublished(connector_id: i32, main: bool, append: bool) -> Result<(
 
 /// The worker put the table into the connector's publication (or found it there).
 pub fn mark_published(id: i32) -> Result<()> {
-    Spi::run_with_args("UPDATE livesync.sync_table SET published = true WHERE id = $1", &[id.into()]).map_err(spi_err)
+    Spi::run_with_args(
+        "UPDATE livesync.sync_table SET published = true WHERE id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)
 }
 
 /// `remove_table`: drop the table from the connector's publication once this commits.
@@ -260,7 +283,11 @@ pub fn delete_unpublish(connector_id: i32, schema: &str, name: &str) -> Result<(
 
 pub fn delete(id: i32) -> Result<()> {
     as_owner(|| {
-        Spi::run_with_args("DELETE FROM livesync.sync_table WHERE id = $1", &[id.into()]).map_err(spi_err)
+        Spi::run_with_args(
+            "DELETE FROM livesync.sync_table WHERE id = $1",
+            &[id.into()],
+        )
+        .map_err(spi_err)
     })
 }
 
@@ -316,7 +343,11 @@ pub fn set_plan(
     snapshot_lsn: &str,
     resume_key: Option<&[String]>,
 ) -> Result<()> {
-    Spi::run_with_args("DELETE FROM livesync.spooled_change WHERE table_id = $1", &[id.into()]).map_err(spi_err)?;
+    Spi::run_with_args(
+        "DELETE FROM livesync.spooled_change WHERE table_id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)?;
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET build_key = coalesce($2, build_key), build_key_primary = CASE WHEN $2 IS NULL THEN build_key_primary ELSE $3 END,
@@ -381,7 +412,10 @@ pub fn restart_copy(id: i32, why: &str) -> Result<()> {
 
 /// [`restart_copy`] for every table of the connector whose copy is under way.
 pub fn restart_copies(connector_id: i32, why: &str) -> Result<()> {
-    for t in select("connector_id = $1 AND state IN ('copying', 'loaded')", &[connector_id.into()])? {
+    for t in select(
+        "connector_id = $1 AND state IN ('copying', 'loaded')",
+        &[connector_id.into()],
+    )? {
         restart_copy(t.id, why)?;
     }
     Ok(())
@@ -401,7 +435,13 @@ pub fn mark_loaded(id: i32, rows: i64, bytes: i64) -> Result<()> {
 
 /// The connector's tables copied beside the stream whose load is done: their spools are next.
 pub fn loaded_spooled(connector_id: i32) -> Result<Vec<i32>> {
-    Ok(select("connector_id = $1 AND state = 'loaded' AND spooled", &[connector_id.into()])?.into_iter().map(|t| t.id).collect())
+    Ok(select(
+        "connector_id = $1 AND state = 'loaded' AND spooled",
+        &[connector_id.into()],
+    )?
+    .into_iter()
+    .map(|t| t.id)
+    .collect())
 }
 
 /// Spool one raw pgoutput message of table `id` (in the stream's apply transaction).
@@ -435,7 +475,11 @@ pub fn spooled_changes(id: i32, after: i64, limit: i64) -> Result<Vec<(i64, bool
 
 /// The replay of a spooled table is applied: it is copied (in that same transaction).
 pub fn finish_spooled(id: i32) -> Result<()> {
-    Spi::run_with_args("DELETE FROM livesync.spooled_change WHERE table_id = $1", &[id.into()]).map_err(spi_err)?;
+    Spi::run_with_args(
+        "DELETE FROM livesync.spooled_change WHERE table_id = $1",
+        &[id.into()],
+    )
+    .map_err(spi_err)?;
     Spi::run_with_args(
         "UPDATE livesync.sync_table
             SET state = 'copied', spooled = false, finished_at = clock_timestamp(), attempts = 0, next_attempt_at = NULL,
@@ -463,7 +507,14 @@ pub fn by_id(id: i32) -> Result<Option<SyncTable>> {
 }
 
 pub fn mark_error(id: i32, message: &str, hint: Option<&str>) -> Result<()> {
-    mark_copy_error(id, &ErrorRecord { message, hint, ..Default::default() })
+    mark_copy_error(
+        id,
+        &ErrorRecord {
+            message,
+            hint,
+            ..Default::default()
+        },
+    )
 }
 
 /// A copy failed: `error`, retried after a back-off (2, 4, 8 … 300 s).
@@ -542,7 +593,14 @@ pub fn mark_stream_error(id: i32, e: &ErrorRecord) -> Result<()> {
                 last_error_sqlstate = $4, last_error_detail = $5, last_error_context = $6,
                 retry_reason = NULL, retry_since = NULL, next_attempt_at = 'infinity'
           WHERE id = $1",
-        &[id.into(), e.message.into(), e.hint.into(), e.sqlstate.into(), e.detail.into(), e.context.into()],
+        &[
+            id.into(),
+            e.message.into(),
+            e.hint.into(),
+            e.sqlstate.into(),
+            e.detail.into(),
+            e.context.into(),
+        ],
     )
     .map_err(spi_err)
 }

@@ -36,7 +36,13 @@ pub struct Summary {
     pub named: Vec<Difference>,
 }
 
-pub fn start(id: i64, connector_id: i32, table_id: i32, source_table: &str, target_table: &str) -> Result<()> {
+pub fn start(
+    id: i64,
+    connector_id: i32,
+    table_id: i32,
+    source_table: &str,
+    target_table: &str,
+) -> Result<()> {
     Spi::run_with_args(
         "INSERT INTO livesync.verification_run (id, connector_id, table_id, source_table, target_table, state, started_at)
          VALUES ($1, $2, $3, $4, $5, 'running', pg_catalog.clock_timestamp())",

@@ -36,9 +36,11 @@ pub type Refusal = String;
 pub fn single_expression(text: &str) -> Result<String, Refusal> {
     // SAFETY (of the closure): `node` is the statement node `parse_one` checked to be a
     // SelectStmt; its lists and pointers are NIL/NULL or point into the parse tree.
-    let shape = parse_one(&format!("SELECT ({text})"), pg_sys::NodeTag::T_SelectStmt, |node| unsafe {
-        is_plain_select(&*(node as *mut pg_sys::SelectStmt))
-    });
+    let shape = parse_one(
+        &format!("SELECT ({text})"),
+        pg_sys::NodeTag::T_SelectStmt,
+        |node| unsafe { is_plain_select(&*(node as *mut pg_sys::SelectStmt)) },
+    );
     match shape {
         Ok(true) => Ok(format!("({text})")),
         Ok(false) => Err("it is not a single expression".into()),
@@ -49,13 +51,18 @@ pub fn single_expression(text: &str) -> Result<String, Refusal> {
 /// Parse `sql` with PostgreSQL's raw parser on the target (nothing is analyzed or run) and call
 /// `check` on its statement when it is exactly one statement of kind `tag`; false otherwise. A
 /// syntax error (or a NUL byte) is Err.
-fn parse_one(sql: &str, tag: pg_sys::NodeTag, check: impl FnOnce(*mut pg_sys::Node) -> bool) -> Result<bool, String> {
+fn parse_one(
+    sql: &str,
+    tag: pg_sys::NodeTag,
+    check: impl FnOnce(*mut pg_sys::Node) -> bool,
+) -> Result<bool, String> {
     let c = CString::new(sql).map_err(|_| "it contains a NUL byte".to_string())?;
     crate::error::catch(|| {
         // SAFETY: `c` is a valid NUL-terminated string that outlives the call; raw_parser only
         // reads it and returns a List allocated in the current memory context (freed with it).
         // A syntax error is an ereport, which `catch` turns into Err.
-        let list = unsafe { pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT) };
+        let list =
+            unsafe { pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT) };
         // SAFETY: raw_parser returns NIL or a List of RawStmt nodes, each with a statement node.
         let node = unsafe {
             let stmts = PgList::<pg_sys::RawStmt>::from_pg(list);
@@ -95,7 +102,9 @@ fn is_plain_select(s: &pg_sys::SelectStmt) -> bool {
     if targets.len() != 1 {
         return false;
     }
-    let Some(t) = targets.get_ptr(0) else { return false };
+    let Some(t) = targets.get_ptr(0) else {
+        return false;
+    };
     // SAFETY: a ResTarget pointer from the list above.
     unsafe { (*t).name.is_null() && (*t).indirection.is_null() && !(*t).val.is_null() }
 }

@@ -13,7 +13,10 @@
 //!   partitioned tables.
 //! - [`Route::Executor`]: for TimescaleDB hypertables. `CopyFrom` on a hypertable's root would
 //!   write rows into the root's own heap, where TimescaleDB hides them (no error, no chunks: the
-//!   rows silently vanish — exactly the defect of native subscriptions). Rows are instead parsed
+//!   rows silently vanish — exactly the defect of native subscriptions). A source's stream (the
+//!   initial copy, rows read again on resume) goes through TimescaleDB's own COPY instead, fed
+//!   from a pipe (`copy::pipe`), which buffers rows per chunk. The change stream's batched
+//!   INSERTs, a few rows each, take the executor: rows are parsed
 //!   by the same COPY machinery (`NextCopyFrom`, so formats, input functions, defaults and
 //!   `pg_stat_progress_copy` are identical) and inserted by a planned
 //!   `INSERT INTO target SELECT * FROM livesync._copy_rows(NULL::target)`, whose executor
@@ -50,7 +53,10 @@ use crate::runtime::block_on_until_shutdown;
 /// Where COPY data comes from: a source's `COPY … TO STDOUT` (initial copy), or rows already in
 /// memory (batched INSERTs of the change stream).
 pub enum Data {
-    Stream { rt: *const tokio::runtime::Runtime, stream: Pin<Box<CopyOutStream>> },
+    Stream {
+        rt: *const tokio::runtime::Runtime,
+        stream: Pin<Box<CopyOutStream>>,
+    },
     Buffer,
 }
 
@@ -73,7 +79,9 @@ fn next_chunk(src: &mut CopySource, wait: bool) -> Option<Bytes> {
     if src.ended {
         return None;
     }
-    let Data::Stream { rt, stream } = &mut src.data else { return None };
+    let Data::Stream { rt, stream } = &mut src.data else {
+        return None;
+    };
     let item = if wait {
         // SAFETY: `rt` was set by `load` from its `&Runtime` argument, borrowed for the whole `run`; `Reset`
         // clears SOURCE (and this pointer) before `run` returns.
@@ -91,7 +99,10 @@ fn next_chunk(src: &mut CopySource, wait: bool) -> Option<Bytes> {
         }
         Some(Ok(b)) => Some(b),
         Some(Err(e)) => {
-            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
             error!("reading COPY data from the source failed: {msg}")
         }
     }
@@ -109,7 +120,9 @@ unsafe extern "C-unwind" fn read_copy_data(
 ) -> std::ffi::c_int {
     SOURCE.with(|s| {
         let mut s = s.borrow_mut();
-        let src = s.as_mut().expect("COPY data requested with no source stream");
+        let src = s
+            .as_mut()
+            .expect("COPY data requested with no source stream");
         let out = outbuf as *mut u8;
         let mut n = 0usize;
         while n < maxread as usize {
@@ -150,10 +163,14 @@ pub enum Route {
 /// through the COPY's encoding and binary ones through the client encoding, refusing a character
 /// it lacks. A Citus target's shard sessions get the replica role too. Returns the target's OID.
 pub fn begin(target_q: &str) -> Result<pg_sys::Oid, String> {
-    Spi::run("SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = 'UTF8'").map_err(|e| e.to_string())?;
-    let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.into()])
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("target table {target_q} does not exist"))?;
+    Spi::run("SET LOCAL session_replication_role = replica; SET LOCAL client_encoding = 'UTF8'")
+        .map_err(|e| e.to_string())?;
+    let relid = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[target_q.into()],
+    )
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| format!("target table {target_q} does not exist"))?;
     if crate::citus::table(relid).is_some() {
         crate::citus::prepare_writes().map_err(|e| e.to_string())?;
     }
@@ -189,11 +206,30 @@ pub fn load(
     stream: CopyOutStream,
     binary: bool,
 ) -> (i64, i64) {
-    run(relid, route, columns, Data::Stream { rt, stream: Box::pin(stream) }, Bytes::new(), binary)
+    match route {
+        // A source's stream into a hypertable: TimescaleDB's own COPY (see `copy::pipe`).
+        Route::Executor => super::pipe::load(rt, relid, columns, stream, binary),
+        _ => run(
+            relid,
+            route,
+            columns,
+            Data::Stream {
+                rt,
+                stream: Box::pin(stream),
+            },
+            Bytes::new(),
+            binary,
+        ),
+    }
 }
 
 /// Load rows already encoded in COPY text format.
-pub fn load_buffer(relid: pg_sys::Oid, route: Route, columns: &[String], rows: Bytes) -> (i64, i64) {
+pub fn load_buffer(
+    relid: pg_sys::Oid,
+    route: Route,
+    columns: &[String],
+    rows: Bytes,
+) -> (i64, i64) {
     run(relid, route, columns, Data::Buffer, rows, false)
 }
 
@@ -212,8 +248,22 @@ thread_local! {
     static PARSER: RefCell<Option<Parser>> = const { RefCell::new(None) };
 }
 
-fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial: Bytes, binary: bool) -> (i64, i64) {
-    SOURCE.with(|s| *s.borrow_mut() = Some(CopySource { data, pending: initial, bytes: 0, ended: false }));
+fn run(
+    relid: pg_sys::Oid,
+    route: Route,
+    columns: &[String],
+    data: Data,
+    initial: Bytes,
+    binary: bool,
+) -> (i64, i64) {
+    SOURCE.with(|s| {
+        *s.borrow_mut() = Some(CopySource {
+            data,
+            pending: initial,
+            bytes: 0,
+            ended: false,
+        })
+    });
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -230,7 +280,10 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
         let mut attnames: *mut pg_sys::List = std::ptr::null_mut();
         for c in columns {
             let name = CString::new(c.as_str()).expect("column name with NUL");
-            attnames = pg_sys::lappend(attnames, pg_sys::makeString(pg_sys::pstrdup(name.as_ptr())).cast());
+            attnames = pg_sys::lappend(
+                attnames,
+                pg_sys::makeString(pg_sys::pstrdup(name.as_ptr())).cast(),
+            );
         }
         // CopyFrom finds its result relation through the parse state's range table (as in
         // DoCopy and PostgreSQL's tablesync): without this entry it would dereference nothing.
@@ -244,7 +297,14 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
             options = pg_sys::lappend(options, format.cast());
         }
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-        pg_sys::addRangeTableEntryForRelation(pstate, rel, pg_sys::RowExclusiveLock as _, std::ptr::null_mut(), false, false);
+        pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            rel,
+            pg_sys::RowExclusiveLock as _,
+            std::ptr::null_mut(),
+            false,
+            false,
+        );
         let cstate = pg_sys::BeginCopyFrom(
             pstate,
             rel,
@@ -257,7 +317,9 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
         );
         let rows = match route {
             Route::CopyFrom => pg_sys::CopyFrom(cstate) as i64,
-            Route::Executor | Route::Distributed | Route::ExecutorSkippingExisting => insert_through_executor(cstate, rel, route),
+            Route::Executor | Route::Distributed | Route::ExecutorSkippingExisting => {
+                insert_through_executor(cstate, rel, route)
+            }
         };
         pg_sys::EndCopyFrom(cstate);
         pg_sys::table_close(rel, pg_sys::NoLock as _);
@@ -269,13 +331,18 @@ fn run(relid: pg_sys::Oid, route: Route, columns: &[String], data: Data, initial
 
 /// Run `INSERT INTO rel SELECT * FROM livesync._copy_rows(NULL::rel)` until `cstate` is
 /// exhausted; returns the rows inserted.
-unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Relation, route: Route) -> i64 {
+unsafe fn insert_through_executor(
+    cstate: pg_sys::CopyFromState,
+    rel: pg_sys::Relation,
+    route: Route,
+) -> i64 {
     // SAFETY: `rel` is the relation `run` opened, and it stays open until after this function returns.
     let relid = unsafe { (*rel).rd_id };
-    let target: String = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
-        .ok()
-        .flatten()
-        .expect("target relation has a name");
+    let target: String =
+        Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
+            .ok()
+            .flatten()
+            .expect("target relation has a name");
     let streamed = route == Route::Distributed;
     let mut sql = if streamed {
         format!("INSERT INTO {target} SELECT (_ls_r).* FROM (SELECT livesync._copy_rows(NULL::{target}) AS _ls_r OFFSET 0) _ls_s")
@@ -288,11 +355,24 @@ unsafe fn insert_through_executor(cstate: pg_sys::CopyFromState, rel: pg_sys::Re
     // SAFETY: only allocates an ExprContext in the current (transaction) memory context; it is freed
     // below, after PARSER, its only other user, is cleared.
     let econtext = unsafe { pg_sys::CreateStandaloneExprContext() };
-    PARSER.with(|p| *p.borrow_mut() = Some(Parser { cstate, rel, econtext, rows: 0, done: false, streamed }));
+    PARSER.with(|p| {
+        *p.borrow_mut() = Some(Parser {
+            cstate,
+            rel,
+            econtext,
+            rows: 0,
+            done: false,
+            streamed,
+        })
+    });
     Spi::connect_mut(|client| {
-        let stmt = client.prepare_mut(&sql, &[]).expect("prepare INSERT … SELECT");
+        let stmt = client
+            .prepare_mut(&sql, &[])
+            .expect("prepare INSERT … SELECT");
         loop {
-            client.update(&stmt, None, &[]).expect("INSERT … SELECT failed");
+            client
+                .update(&stmt, None, &[])
+                .expect("INSERT … SELECT failed");
             if PARSER.with(|p| p.borrow().as_ref().is_none_or(|p| p.done)) {
                 break;
             }
@@ -322,14 +402,17 @@ pub extern "C" fn pg_finfo_livesync_copy_rows() -> &'static pg_sys::Pg_finfo_rec
 /// Only PostgreSQL's function manager may call it (as `livesync._copy_rows`), with a valid `fcinfo`.
 #[unsafe(no_mangle)]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn livesync_copy_rows(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     // SAFETY: the fmgr passes a valid fcinfo and resultinfo is checked to be a ReturnSetInfo before use;
     // PARSER's cstate/rel/econtext stay live while insert_through_executor runs (it clears PARSER).
     unsafe {
         let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         if rsinfo.is_null()
             || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
-            || ((*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32) == 0
+            || ((*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32)
+                == 0
         {
             ereport!(
                 ERROR,
@@ -337,7 +420,11 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
                 "livesync._copy_rows must be called in FROM"
             );
         }
-        let active = PARSER.with(|p| p.borrow().as_ref().map(|p| (p.cstate, p.rel, p.econtext, p.done, p.streamed)));
+        let active = PARSER.with(|p| {
+            p.borrow()
+                .as_ref()
+                .map(|p| (p.cstate, p.rel, p.econtext, p.done, p.streamed))
+        });
         let Some((cstate, rel, econtext, done, streamed)) = active else {
             ereport!(
                 ERROR,
@@ -356,7 +443,8 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
                 pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
                 if pg_sys::NextCopyFrom(cstate, econtext, values.as_mut_ptr(), nulls.as_mut_ptr()) {
                     // heap_form_tuple stamps the row type of `rel`, which makes it a composite datum.
-                    let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                    let tuple =
+                        pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
                     let rows = PARSER.with(|p| {
                         let mut p = p.borrow_mut();
                         let p = p.as_mut().expect("parser still active");
@@ -364,7 +452,10 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
                         p.rows
                     });
                     if rows % STREAMED_PROGRESS_ROWS == 0 {
-                        pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_COPY_TUPLES_PROCESSED as i32, rows);
+                        pg_sys::pgstat_progress_update_param(
+                            pg_sys::PROGRESS_COPY_TUPLES_PROCESSED as i32,
+                            rows,
+                        );
                     }
                     (*rsinfo).isDone = pg_sys::ExprDoneCond::ExprMultipleResult;
                     return pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data);
@@ -375,7 +466,10 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
                     p.done = true;
                     p.rows
                 });
-                pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_COPY_TUPLES_PROCESSED as i32, rows);
+                pg_sys::pgstat_progress_update_param(
+                    pg_sys::PROGRESS_COPY_TUPLES_PROCESSED as i32,
+                    rows,
+                );
             }
             (*rsinfo).isDone = pg_sys::ExprDoneCond::ExprEndResult;
             (*fcinfo).isnull = true;
@@ -400,10 +494,16 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
         let mut finished = done;
         while !finished && n < EXECUTOR_SLICE_ROWS {
             let prev = pg_sys::MemoryContextSwitchTo(row_cx);
-            let more = pg_sys::NextCopyFrom(cstate, econtext, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let more =
+                pg_sys::NextCopyFrom(cstate, econtext, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::MemoryContextSwitchTo(per_query);
             if more {
-                pg_sys::tuplestore_putvalues(store, result_desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                pg_sys::tuplestore_putvalues(
+                    store,
+                    result_desc,
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                );
                 n += 1;
             } else {
                 finished = true;
@@ -411,7 +511,8 @@ pub unsafe extern "C-unwind" fn livesync_copy_rows(fcinfo: pg_sys::FunctionCallI
             pg_sys::MemoryContextSwitchTo(prev);
             pg_sys::MemoryContextReset(row_cx);
             pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
-            let read = SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0)) - start_bytes;
+            let read =
+                SOURCE.with(|s| s.borrow().as_ref().map(|s| s.bytes).unwrap_or(0)) - start_bytes;
             if read >= EXECUTOR_SLICE_BYTES {
                 break;
             }

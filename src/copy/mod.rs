@@ -30,6 +30,7 @@
 
 pub mod guard;
 pub mod load;
+mod pipe;
 pub mod plan;
 pub mod resume;
 pub mod snapshot;
@@ -62,7 +63,10 @@ fn record_errors(due: &[SyncTable], message: &str, hint: Option<&str>) {
 }
 
 fn record_error(t: &SyncTable, message: &str, hint: Option<&str>) {
-    pgrx::log!("livesync: copy of {} failed: {message}", qualified(&t.source_schema, &t.source_name));
+    pgrx::log!(
+        "livesync: copy of {} failed: {message}",
+        qualified(&t.source_schema, &t.source_name)
+    );
     let _ = in_transaction(|| tables::mark_error(t.id, message, hint));
 }
 
@@ -75,13 +79,21 @@ pub enum SlotStatus {
     Usable,
 }
 
-pub async fn slot_status(client: &tokio_postgres::Client, slot: &str) -> Result<SlotStatus, tokio_postgres::Error> {
+pub async fn slot_status(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<SlotStatus, tokio_postgres::Error> {
     let r = client
-        .query_opt("SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await?;
     Ok(match r {
         None => SlotStatus::Missing,
-        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some("lost") => SlotStatus::Invalidated,
+        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
+            SlotStatus::Invalidated
+        }
         Some(_) => SlotStatus::Usable,
     })
 }
@@ -108,7 +120,10 @@ pub fn report_if_slot_lost(c: &Connector, status: &SlotStatus) -> bool {
     };
     let e = crate::error::LivesyncError::new(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("the replication slot \"{}\" of connector \"{}\" {what}", c.slot_name, c.name),
+        format!(
+            "the replication slot \"{}\" of connector \"{}\" {what}",
+            c.slot_name, c.name
+        ),
     );
     let message = format!(
         "{} — the changes made on the source since the connector last streamed are gone for its {copied} synced table(s); \
@@ -130,7 +145,10 @@ enum Prepared {
     /// The source could not be reached or export a snapshot: try again after a back-off.
     Failed,
     /// Ranges planned under this exported snapshot, which must stay open until they are loaded.
-    Batch { snap: snapshot::ExportedSnapshot, ranges: usize },
+    Batch {
+        snap: snapshot::ExportedSnapshot,
+        ranges: usize,
+    },
 }
 
 /// A name for a temporary slot of this process (several may exist at once).
@@ -138,14 +156,21 @@ fn temporary_slot_name(c: &Connector, what: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: MyProcPid is set at process start and never changes; a plain read.
-    format!("{}_{what}_{}_{n}", c.slot_name, unsafe { pg_sys::MyProcPid })
+    format!("{}_{what}_{}_{n}", c.slot_name, unsafe {
+        pg_sys::MyProcPid
+    })
 }
 
 /// Make sure the connector's permanent slot exists before its stream starts: create it when
 /// missing — or invalidated while no table depends on it; the copies under way then start
 /// over, since their spools miss the changes the lost slot skipped. Returns Ok(false) when the
 /// slot is lost and tables depend on it (reported; the connector waits for the user).
-pub fn ensure_slot(c: &Connector, conninfo: &str, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> Result<bool, String> {
+pub fn ensure_slot(
+    c: &Connector,
+    conninfo: &str,
+    client: &tokio_postgres::Client,
+    rt: &tokio::runtime::Runtime,
+) -> Result<bool, String> {
     let status = match block_on_until_shutdown(rt, slot_status(client, &c.slot_name)) {
         None => return Ok(false),
         Some(r) => r.map_err(|e| e.to_string())?,
@@ -159,20 +184,33 @@ pub fn ensure_slot(c: &Connector, conninfo: &str, client: &tokio_postgres::Clien
     }
     if status == SlotStatus::Invalidated {
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&c.slot_name];
-        if let Some(r) = block_on_until_shutdown(rt, client.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &args)) {
+        if let Some(r) = block_on_until_shutdown(
+            rt,
+            client.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &args),
+        ) {
             r.map_err(|e| e.to_string())?;
         }
     }
     // Copies under way read their changes from the old slot's stream: they start over.
-    in_transaction(|| tables::restart_copies(c.id, "the connector's replication slot was created anew"))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.message)?;
-    let mut conn = crate::walrcv::ReplicationConn::connect(conninfo, &format!("livesync connector {}", c.name))?;
+    in_transaction(|| {
+        tables::restart_copies(c.id, "the connector's replication slot was created anew")
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.message)?;
+    let mut conn = crate::walrcv::ReplicationConn::connect(
+        conninfo,
+        &format!("livesync connector {}", c.name),
+    )?;
     let (_, lsn) = conn.create_slot(&c.slot_name, false, false)?;
     in_transaction(|| crate::catalog::record_slot_created(c.id, &crate::walrcv::format_lsn(lsn)))
         .map_err(|e| e.to_string())?
         .map_err(|e| e.message)?;
-    pgrx::log!("livesync connector \"{}\": created replication slot \"{}\" at {}", c.name, c.slot_name, crate::walrcv::format_lsn(lsn));
+    pgrx::log!(
+        "livesync connector \"{}\": created replication slot \"{}\" at {}",
+        c.name,
+        c.slot_name,
+        crate::walrcv::format_lsn(lsn)
+    );
     Ok(true)
 }
 
@@ -189,12 +227,18 @@ fn prepare_batch(
     due: Vec<SyncTable>,
     live: &[String],
 ) -> Prepared {
-    let client = match block_on_until_shutdown(rt, connect::connect(info, &format!("livesync copy {}", c.name))) {
+    let client = match block_on_until_shutdown(
+        rt,
+        connect::connect(info, &format!("livesync copy {}", c.name)),
+    ) {
         None => return Prepared::Exit,
         Some(Ok(client)) => client,
         Some(Err(e)) => {
             // The stream notices too and reconnects; copies under way keep what they loaded.
-            pgrx::log!("livesync connector \"{}\": could not reach the source to start a copy: {e}", c.name);
+            pgrx::log!(
+                "livesync connector \"{}\": could not reach the source to start a copy: {e}",
+                c.name
+            );
             return Prepared::Failed;
         }
     };
@@ -221,18 +265,29 @@ fn prepare_batch(
     for t in &due {
         let _ = in_transaction(|| tables::mark_copying(t.id));
     }
-    let snap = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &temporary_slot_name(c, "copy"), true) {
+    let snap = match snapshot::ExportedSnapshot::create(
+        conninfo,
+        &format!("livesync copy {}", c.name),
+        &temporary_slot_name(c, "copy"),
+        true,
+    ) {
         Ok(s) => s,
         Err(e) => {
             // A copy under way keeps what it loaded (it is tried again after a back-off, see
             // `Batches`); the others go to `error`, retried from scratch.
-            let fresh: Vec<SyncTable> = due.into_iter().filter(|t| !resumed.contains(&t.id)).collect();
+            let fresh: Vec<SyncTable> = due
+                .into_iter()
+                .filter(|t| !resumed.contains(&t.id))
+                .collect();
             record_errors(
                 &fresh,
                 &format!("could not export a snapshot from the source: {e}"),
                 Some("Check that the source has a free replication slot and WAL sender (livesync.check_source)."),
             );
-            pgrx::log!("livesync connector \"{}\": could not export a copy snapshot: {e}", c.name);
+            pgrx::log!(
+                "livesync connector \"{}\": could not export a copy snapshot: {e}",
+                c.name
+            );
             return Prepared::Failed;
         }
     };
@@ -254,7 +309,14 @@ fn prepare_batch(
     }
     let due: Vec<&SyncTable> = due.iter().filter(|t| !resumed.contains(&t.id)).collect();
     if due.is_empty() {
-        return if total_ranges == 0 { Prepared::Nothing } else { Prepared::Batch { snap, ranges: total_ranges } };
+        return if total_ranges == 0 {
+            Prepared::Nothing
+        } else {
+            Prepared::Batch {
+                snap,
+                ranges: total_ranges,
+            }
+        };
     }
 
     // Read every table's definition under the snapshot: the shape the copy will have.
@@ -268,7 +330,11 @@ fn prepare_batch(
             .get(0);
         let mut defs = Vec::new();
         for t in &due {
-            let def = crate::source::table::describe(&client, &qualified(&t.source_schema, &t.source_name)).await;
+            let def = crate::source::table::describe(
+                &client,
+                &qualified(&t.source_schema, &t.source_name),
+            )
+            .await;
             defs.push(def.map_err(|e| e.to_string()));
         }
         Ok::<_, String>((version, defs))
@@ -278,8 +344,19 @@ fn prepare_batch(
         Some(Ok(d)) => d,
         Some(Err(e)) => {
             let due: Vec<SyncTable> = due.into_iter().cloned().collect();
-            record_errors(&due, &format!("could not read the source tables: {e}"), None);
-            return if total_ranges == 0 { Prepared::Nothing } else { Prepared::Batch { snap, ranges: total_ranges } };
+            record_errors(
+                &due,
+                &format!("could not read the source tables: {e}"),
+                None,
+            );
+            return if total_ranges == 0 {
+                Prepared::Nothing
+            } else {
+                Prepared::Batch {
+                    snap,
+                    ranges: total_ranges,
+                }
+            };
         }
     };
 
@@ -288,7 +365,11 @@ fn prepare_batch(
         let def = match def {
             Ok(Some(d)) => d,
             Ok(None) => {
-                record_error(t, "the source table no longer exists", Some("Remove it: SELECT livesync.remove_table('…');"));
+                record_error(
+                    t,
+                    "the source table no longer exists",
+                    Some("Remove it: SELECT livesync.remove_table('…');"),
+                );
                 continue;
             }
             Err(e) => {
@@ -304,9 +385,23 @@ fn prepare_batch(
                 // A previous attempt loaded ranges that cannot be kept (see `resume`).
                 target::truncate(&target_q)?;
             }
-            let key = target::prepare(&def, &t.target_schema, &t.target_name, t.hypertable.as_ref(), t.distributed_by.as_deref())?;
+            let key = target::prepare(
+                &def,
+                &t.target_schema,
+                &t.target_name,
+                t.hypertable.as_ref(),
+                t.distributed_by.as_deref(),
+            )?;
             let resume_key = def.resume_key();
-            tables::set_plan(t.id, key.as_deref(), def.key_is_primary, def.est_rows as i64, def.size_bytes, &snap.lsn, resume_key.as_deref())?;
+            tables::set_plan(
+                t.id,
+                key.as_deref(),
+                def.key_is_primary,
+                def.est_rows as i64,
+                def.size_bytes,
+                &snap.lsn,
+                resume_key.as_deref(),
+            )?;
             ranges::replace(t.id, &planned, &snap.name, &snap.lsn, binary)
         });
         match prepared {
@@ -318,7 +413,10 @@ fn prepare_batch(
     if total_ranges == 0 {
         return Prepared::Nothing;
     }
-    Prepared::Batch { snap, ranges: total_ranges }
+    Prepared::Batch {
+        snap,
+        ranges: total_ranges,
+    }
 }
 
 /// Build table `id`'s key and other indexes once all its ranges are loaded — after putting it
@@ -328,7 +426,9 @@ fn prepare_batch(
 /// workers finding a table whose finisher died. `source`: None in the connector's worker, which
 /// leaves a table that must be put right to a copy worker.
 pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Source>) {
-    let Ok(Ok(Some(t))) = in_transaction(|| tables::by_id(id)) else { return };
+    let Ok(Ok(Some(t))) = in_transaction(|| tables::by_id(id)) else {
+        return;
+    };
     if t.state != "copying" {
         return;
     }
@@ -349,7 +449,9 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Sour
         }
         // Crash-sensitive: the key and the 'loaded' mark, with the snapshot's LSN, commit
         // together; before this commit the table's changes are only spooled.
-        let Some(t) = tables::by_id(id)? else { return Ok(()) };
+        let Some(t) = tables::by_id(id)? else {
+            return Ok(());
+        };
         // Every range reads as of one snapshot (settle made it so): the spool before it goes.
         if let Some((oldest, newest)) = ranges::snapshot_span(id)? {
             if oldest != newest {
@@ -358,14 +460,21 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Sour
             tables::settle_spool(id, &newest)?;
         }
         let target_q = target::qualified(&t.target_schema, &t.target_name);
-        let target_relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
-            .map_err(crate::catalog::spi_err)?;
+        let target_relid = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT pg_catalog.to_regclass($1)::oid",
+            &[target_q.as_str().into()],
+        )
+        .map_err(crate::catalog::spi_err)?;
         if target_relid.and_then(crate::citus::table).is_some() {
             crate::citus::commit_durably().map_err(crate::catalog::spi_err)?;
         }
         if let Some(key) = &t.build_key {
-            Spi::run(&crate::source::table::create_key_sql(&target_q, key, t.build_key_primary))
-                .map_err(crate::catalog::spi_err)?;
+            Spi::run(&crate::source::table::create_key_sql(
+                &target_q,
+                key,
+                t.build_key_primary,
+            ))
+            .map_err(crate::catalog::spi_err)?;
         }
         // The other indexes (indexes => 'all'): one that cannot be built on the target (a
         // function or operator class it lacks, a unique index a hypertable refuses) is left
@@ -378,8 +487,14 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Sour
                 pgrx::warning!("livesync: index not built on {}: the stored statement is not a CREATE INDEX on it", qualified(&t.target_schema, &t.target_name));
                 continue;
             }
-            if let Err(e) = crate::error::in_subtransaction(|| guard::run_one(stmt)).map_err(String::from).and_then(|r| r.map_err(|e| e.to_string())) {
-                pgrx::warning!("livesync: index not built on {}: {e}; statement: {stmt}", qualified(&t.target_schema, &t.target_name));
+            if let Err(e) = crate::error::in_subtransaction(|| guard::run_one(stmt))
+                .map_err(String::from)
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                pgrx::warning!(
+                    "livesync: index not built on {}: {e}; statement: {stmt}",
+                    qualified(&t.target_schema, &t.target_name)
+                );
             }
         }
         // The ranges' sums once put right (a resumed copy read some keys again).
@@ -398,7 +513,9 @@ pub fn finish_table(id: i32, rows: i64, bytes: i64, source: Option<&resume::Sour
             let _ = in_transaction(|| tables::mark_error(id, &e.message, e.hint.as_deref()));
         }
         Err(e) => {
-            let _ = in_transaction(|| tables::mark_error(id, &format!("could not build the key: {e}"), None));
+            let _ = in_transaction(|| {
+                tables::mark_error(id, &format!("could not build the key: {e}"), None)
+            });
         }
     }
 }
@@ -440,7 +557,12 @@ impl Batches {
     }
 
     fn start_workers(&mut self, c: &Connector, n: usize) {
-        self.workers.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
+        self.workers.retain(|h| {
+            !matches!(
+                h.pid(),
+                Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
+            )
+        });
         let want = crate::guc::copy_workers().min(n.max(1));
         while self.workers.len() < want {
             match crate::worker::copier::start(c.id) {
@@ -454,7 +576,13 @@ impl Batches {
 /// Start copying the connector's due tables beside its stream: the snapshot comes from a
 /// temporary slot, and the stream spools the tables' changes from the snapshot's LSN on (see the
 /// hand-off in `src/apply/`). Returns false if the worker must exit.
-pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &tokio::runtime::Runtime, batches: &mut Batches) -> bool {
+pub fn start_batch(
+    c: &Connector,
+    conninfo: &str,
+    info: &SourceConninfo,
+    rt: &tokio::runtime::Runtime,
+    batches: &mut Batches,
+) -> bool {
     if batches.retry_at.is_some_and(|at| Instant::now() < at) {
         return true;
     }
@@ -481,7 +609,10 @@ pub fn start_batch(c: &Connector, conninfo: &str, info: &SourceConninfo, rt: &to
         Prepared::Batch { snap, ranges } => {
             batches.failures = 0;
             batches.retry_at = None;
-            batches.snaps.push(Snap { snap, born: Instant::now() });
+            batches.snaps.push(Snap {
+                snap,
+                born: Instant::now(),
+            });
             batches.start_workers(c, ranges);
             true
         }
@@ -503,7 +634,12 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
         batches.last_done = done;
         batches.restarts = 0;
     }
-    let left_under = |name: &str| remaining.iter().find(|(s, _, _)| s == name).map_or(0, |(_, _, l)| *l);
+    let left_under = |name: &str| {
+        remaining
+            .iter()
+            .find(|(s, _, _)| s == name)
+            .map_or(0, |(_, _, l)| *l)
+    };
     batches.snaps.retain(|s| left_under(&s.snap.name) > 0);
     if remaining.is_empty() {
         // No table is copying (the stream's usual case): nothing to rotate, adopt or finish.
@@ -512,25 +648,48 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
     }
 
     let max_age = Duration::from_secs(crate::guc::MAX_SNAPSHOT_AGE.get().max(1) as u64);
-    let old: Vec<String> = batches.snaps.iter().filter(|s| s.born.elapsed() >= max_age).map(|s| s.snap.name.clone()).collect();
+    let old: Vec<String> = batches
+        .snaps
+        .iter()
+        .filter(|s| s.born.elapsed() >= max_age)
+        .map(|s| s.snap.name.clone())
+        .collect();
     for name in old {
-        let fresh = match snapshot::ExportedSnapshot::create(conninfo, &format!("livesync copy {}", c.name), &temporary_slot_name(c, "copy"), true) {
+        let fresh = match snapshot::ExportedSnapshot::create(
+            conninfo,
+            &format!("livesync copy {}", c.name),
+            &temporary_slot_name(c, "copy"),
+            true,
+        ) {
             Ok(s) => s,
             Err(e) => {
-                pgrx::log!("livesync connector \"{}\": could not export a fresh copy snapshot: {e}", c.name);
+                pgrx::log!(
+                    "livesync connector \"{}\": could not export a fresh copy snapshot: {e}",
+                    c.name
+                );
                 break;
             }
         };
         match in_transaction(|| ranges::rotate(c.id, &name, &fresh.name, &fresh.lsn)) {
             Ok(Ok(n)) if n > 0 => {
-                pgrx::log!("livesync connector \"{}\": {n} range(s) move to a fresh snapshot at {}", c.name, fresh.lsn);
-                batches.snaps.push(Snap { snap: fresh, born: Instant::now() });
+                pgrx::log!(
+                    "livesync connector \"{}\": {n} range(s) move to a fresh snapshot at {}",
+                    c.name,
+                    fresh.lsn
+                );
+                batches.snaps.push(Snap {
+                    snap: fresh,
+                    born: Instant::now(),
+                });
             }
             _ => {}
         }
         // The old snapshot stays while ranges are read under it (tables without a key, ranges
         // being loaded); otherwise it goes now.
-        let still = in_transaction(|| ranges::remaining_by_snapshot(c.id)).ok().and_then(|r| r.ok()).unwrap_or_default();
+        let still = in_transaction(|| ranges::remaining_by_snapshot(c.id))
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
         if !still.iter().any(|(s, _, l)| s == &name && *l > 0) {
             batches.snaps.retain(|s| s.snap.name != name);
         } else if let Some(s) = batches.snaps.iter_mut().find(|s| s.snap.name == name) {
@@ -543,18 +702,35 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
     // worker that could not import it): under the newest snapshot with them.
     let live = batches.live();
     if let Some(newest) = batches.snaps.last() {
-        if let Ok(Ok(n)) = in_transaction(|| ranges::adopt_orphans(c.id, &live, &newest.snap.name, &newest.snap.lsn)) {
+        if let Ok(Ok(n)) = in_transaction(|| {
+            ranges::adopt_orphans(c.id, &live, &newest.snap.name, &newest.snap.lsn)
+        }) {
             if n > 0 {
-                pgrx::log!("livesync connector \"{}\": {n} range(s) of a snapshot that is gone move to {}", c.name, newest.snap.lsn);
+                pgrx::log!(
+                    "livesync connector \"{}\": {n} range(s) of a snapshot that is gone move to {}",
+                    c.name,
+                    newest.snap.lsn
+                );
             }
         }
     }
     // Work a copy worker could take now: ranges under a live snapshot nobody alive is loading,
     // or tables loaded but not finished.
-    let claimable = in_transaction(|| ranges::claimable(c.id, Some(&live))).ok().and_then(|r| r.ok()).unwrap_or(0);
-    let unfinished = in_transaction(|| ranges::finished_tables(c.id, true)).ok().and_then(|r| r.ok()).map_or(0, |v| v.len());
+    let claimable = in_transaction(|| ranges::claimable(c.id, Some(&live)))
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or(0);
+    let unfinished = in_transaction(|| ranges::finished_tables(c.id, true))
+        .ok()
+        .and_then(|r| r.ok())
+        .map_or(0, |v| v.len());
     let left = claimable as usize;
-    batches.workers.retain(|h| !matches!(h.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)));
+    batches.workers.retain(|h| {
+        !matches!(
+            h.pid(),
+            Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
+        )
+    });
     if left > 0 || unfinished > 0 {
         if batches.workers.is_empty() {
             if batches.restarts >= MAX_WORKER_RESTARTS {
@@ -572,8 +748,15 @@ pub fn tend_batches(c: &Connector, conninfo: &str, batches: &mut Batches) {
 
 fn fail_unfinished(c: &Connector, why: &str) {
     let _ = in_transaction(|| -> crate::error::Result<()> {
-        for t in tables::due_for_copy(c.id)?.iter().filter(|t| t.state == "copying") {
-            tables::mark_error(t.id, &format!("copy interrupted: {why}"), Some("It is retried automatically; check the server log."))?;
+        for t in tables::due_for_copy(c.id)?
+            .iter()
+            .filter(|t| t.state == "copying")
+        {
+            tables::mark_error(
+                t.id,
+                &format!("copy interrupted: {why}"),
+                Some("It is retried automatically; check the server log."),
+            )?;
         }
         Ok(())
     });
@@ -598,7 +781,11 @@ fn fail_unfinished(c: &Connector, why: &str) {
 /// Every step is idempotent, so a crash between a source change and the catalog's commit is
 /// repaired by the next run. Runs under the connector's table-set lock (add_table/remove_table
 /// in progress: try again later). Returns whether the set of synced tables changed.
-pub fn reconcile(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> bool {
+pub fn reconcile(
+    c: &Connector,
+    client: &tokio_postgres::Client,
+    rt: &tokio::runtime::Runtime,
+) -> bool {
     let (changed, gone) = reconcile_tables(c, client, rt);
     if gone {
         // Its tables go back in once it exists again (a missing publication means nothing about
@@ -622,7 +809,13 @@ pub fn ensure_publications(
         let main = publication::ensure(client, &c.publication_name, false).await?;
         let append = publication::ensure(client, &apubname, true).await?;
         let version: i32 = if main || append {
-            client.query_one("SELECT pg_catalog.current_setting('server_version_num')::int4", &[]).await?.get(0)
+            client
+                .query_one(
+                    "SELECT pg_catalog.current_setting('server_version_num')::int4",
+                    &[],
+                )
+                .await?
+                .get(0)
         } else {
             0
         };
@@ -650,7 +843,12 @@ pub fn ensure_publications(
 /// made while the publication was missing, so the stream stops there (see the README). 18 goes
 /// on without sending them (a WARNING "skipped loading publication" in its log): the tables
 /// that were in it and receiving changes lack those, and go to `error` until `resync_table`.
-fn publications_recreated(c: &Connector, main: bool, append: bool, version: i32) -> crate::error::Result<()> {
+fn publications_recreated(
+    c: &Connector,
+    main: bool,
+    append: bool,
+    version: i32,
+) -> crate::error::Result<()> {
     let apubname = c.append_publication_name();
     let in_gone = |t: &SyncTable| t.published && if t.append_only { append } else { main };
     let all = tables::stream_tables(c.id)?;
@@ -659,11 +857,14 @@ fn publications_recreated(c: &Connector, main: bool, append: bool, version: i32)
     if published.is_empty() {
         return Ok(()); // the worker's first start, or nothing was published yet
     }
-    let names: Vec<String> = [(main, c.publication_name.as_str()), (append, apubname.as_str())]
-        .iter()
-        .filter(|(gone, _)| *gone)
-        .map(|(_, n)| format!("publication \"{n}\""))
-        .collect();
+    let names: Vec<String> = [
+        (main, c.publication_name.as_str()),
+        (append, apubname.as_str()),
+    ]
+    .iter()
+    .filter(|(gone, _)| *gone)
+    .map(|(_, n)| format!("publication \"{n}\""))
+    .collect();
     let names = names.join(" and ");
     let mut message = format!(
         "{names} does not exist on the source (dropped there): created again with its {} synced table(s)",
@@ -671,8 +872,10 @@ fn publications_recreated(c: &Connector, main: bool, append: bool, version: i32)
     );
     if version >= 180000 {
         // Copied or being copied: their changes after their snapshot come from the stream.
-        let lacking: Vec<&&SyncTable> =
-            published.iter().filter(|t| t.state != "error" && (t.state != "pending" || t.snapshot_lsn != 0)).collect();
+        let lacking: Vec<&&SyncTable> = published
+            .iter()
+            .filter(|t| t.state != "error" && (t.state != "pending" || t.snapshot_lsn != 0))
+            .collect();
         for t in &lacking {
             let q = qualified(&t.source_schema, &t.source_name);
             tables::mark_stream_error(
@@ -698,7 +901,11 @@ fn publications_recreated(c: &Connector, main: bool, append: bool, version: i32)
 }
 
 /// One run of [`reconcile`]; also whether one of the connector's publications is missing.
-fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::runtime::Runtime) -> (bool, bool) {
+fn reconcile_tables(
+    c: &Connector,
+    client: &tokio_postgres::Client,
+    rt: &tokio::runtime::Runtime,
+) -> (bool, bool) {
     let mut gone = false;
     let changed = in_transaction(|| -> crate::error::Result<bool> {
         if !crate::worker::try_xact_lock(crate::worker::LOCK_CLASS_TABLES, c.id) {
@@ -709,17 +916,28 @@ fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::
         let source_err = |e: tokio_postgres::Error| {
             crate::error::LivesyncError::new(
                 PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
-                format!("could not update publication \"{}\" on the source: {}", c.publication_name, source_message(&e)),
+                format!(
+                    "could not update publication \"{}\" on the source: {}",
+                    c.publication_name,
+                    source_message(&e)
+                ),
             )
         };
         let pubname = c.publication_name.as_str();
         let apubname = c.append_publication_name();
         let Some(outcome) = block_on_until_shutdown(rt, async {
             // None: a publication is missing (dropped on the source).
-            let Some(mut main) = publication::tables(client, pubname).await? else { return Ok(None) };
-            let Some(mut append) = publication::tables(client, &apubname).await? else { return Ok(None) };
+            let Some(mut main) = publication::tables(client, pubname).await? else {
+                return Ok(None);
+            };
+            let Some(mut append) = publication::tables(client, &apubname).await? else {
+                return Ok(None);
+            };
             for (schema, name) in &unpublish {
-                if !synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name) {
+                if !synced
+                    .iter()
+                    .any(|t| &t.source_schema == schema && &t.source_name == name)
+                {
                     publication::drop_table(client, pubname, schema, name).await?;
                     publication::drop_table(client, &apubname, schema, name).await?;
                     main.retain(|(s, n)| !(s == schema && n == name));
@@ -728,9 +946,20 @@ fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::
             }
             let mut failures = Vec::new();
             for t in synced.iter().filter(|t| !t.published) {
-                let (p, list) = if t.append_only { (apubname.as_str(), &mut append) } else { (pubname, &mut main) };
+                let (p, list) = if t.append_only {
+                    (apubname.as_str(), &mut append)
+                } else {
+                    (pubname, &mut main)
+                };
                 let r = async {
-                    publication::add_table(client, p, t.append_only, &t.source_schema, &t.source_name).await?;
+                    publication::add_table(
+                        client,
+                        p,
+                        t.append_only,
+                        &t.source_schema,
+                        &t.source_name,
+                    )
+                    .await?;
                     if let Some(h) = &t.source_hypertable {
                         publication::add_schema(client, p, t.append_only, &h.chunk_schema).await?;
                     }
@@ -764,11 +993,19 @@ fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::
         let mut changed = false;
         // Chunks of synced source hypertables are published through their whole schema; they
         // are part of their hypertable, not tables of their own.
-        let chunk_schemas: Vec<&str> =
-            synced.iter().filter_map(|t| t.source_hypertable.as_ref().map(|h| h.chunk_schema.as_str())).collect();
+        let chunk_schemas: Vec<&str> = synced
+            .iter()
+            .filter_map(|t| {
+                t.source_hypertable
+                    .as_ref()
+                    .map(|h| h.chunk_schema.as_str())
+            })
+            .collect();
         for t in &synced {
             let list = if t.append_only { &append } else { &main };
-            let in_pub = list.iter().any(|(s, n)| s == &t.source_schema && n == &t.source_name);
+            let in_pub = list
+                .iter()
+                .any(|(s, n)| s == &t.source_schema && n == &t.source_name);
             if in_pub && !t.published {
                 tables::mark_published(t.id)?;
             } else if !in_pub && t.published {
@@ -781,17 +1018,26 @@ fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::
                 changed = true;
             }
         }
-        let published = main.iter().map(|t| (t, false)).chain(append.iter().map(|t| (t, true)));
+        let published = main
+            .iter()
+            .map(|t| (t, false))
+            .chain(append.iter().map(|t| (t, true)));
         for ((schema, name), append_only) in published {
             if chunk_schemas.contains(&schema.as_str())
-                || synced.iter().any(|t| &t.source_schema == schema && &t.source_name == name)
+                || synced
+                    .iter()
+                    .any(|t| &t.source_schema == schema && &t.source_name == name)
             {
                 continue;
             }
             if tables::find_by_target(schema, name)?.is_some() {
                 continue; // that target already receives another table; add_table reports this
             }
-            pgrx::log!("livesync: {} joined publication \"{}\"; syncing it", qualified(schema, name), c.publication_name);
+            pgrx::log!(
+                "livesync: {} joined publication \"{}\"; syncing it",
+                qualified(schema, name),
+                c.publication_name
+            );
             tables::insert(&tables::NewSyncTable {
                 connector_id: c.id,
                 source_schema: schema,
@@ -820,7 +1066,10 @@ fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::
             false
         }
         Err(e) => {
-            pgrx::log!("livesync connector \"{}\": could not reconcile its publication: {e}", c.name);
+            pgrx::log!(
+                "livesync connector \"{}\": could not reconcile its publication: {e}",
+                c.name
+            );
             false
         }
     };
@@ -828,5 +1077,7 @@ fn reconcile_tables(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::
 }
 
 fn source_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
 }

@@ -15,8 +15,16 @@ pub struct PageRange {
 
 pub const BLOCK_SIZE: i64 = 8192;
 
-pub fn plan(size_bytes: i64, range_bytes: i64, source_version_num: i32, partitioned: bool) -> Vec<PageRange> {
-    let whole = vec![PageRange { start: 0, end: None }];
+pub fn plan(
+    size_bytes: i64,
+    range_bytes: i64,
+    source_version_num: i32,
+    partitioned: bool,
+) -> Vec<PageRange> {
+    let whole = vec![PageRange {
+        start: 0,
+        end: None,
+    }];
     if partitioned || source_version_num < 140000 || range_bytes <= 0 {
         return whole;
     }
@@ -27,7 +35,14 @@ pub fn plan(size_bytes: i64, range_bytes: i64, source_version_num: i32, partitio
         return whole;
     }
     (0..n)
-        .map(|i| PageRange { start: i * per, end: if i == n - 1 { None } else { Some((i + 1) * per) } })
+        .map(|i| PageRange {
+            start: i * per,
+            end: if i == n - 1 {
+                None
+            } else {
+                Some((i + 1) * per)
+            },
+        })
         .collect()
 }
 
@@ -39,7 +54,13 @@ mod tests {
 
     #[test]
     fn small_tables_and_old_sources_get_one_range() {
-        assert_eq!(plan(10 * MB, 256 * MB, 150000, false), vec![PageRange { start: 0, end: None }]);
+        assert_eq!(
+            plan(10 * MB, 256 * MB, 150000, false),
+            vec![PageRange {
+                start: 0,
+                end: None
+            }]
+        );
         assert_eq!(plan(10_000 * MB, 256 * MB, 130011, false).len(), 1);
         assert_eq!(plan(10_000 * MB, 256 * MB, 150000, true).len(), 1);
         assert_eq!(plan(0, 256 * MB, 150000, false).len(), 1);
@@ -49,9 +70,27 @@ mod tests {
     fn large_tables_are_split_with_an_open_last_range() {
         let r = plan(1000 * MB, 256 * MB, 160000, false);
         assert_eq!(r.len(), 4);
-        assert_eq!(r[0], PageRange { start: 0, end: Some(32768) });
-        assert_eq!(r[1], PageRange { start: 32768, end: Some(65536) });
-        assert_eq!(r[3], PageRange { start: 98304, end: None });
+        assert_eq!(
+            r[0],
+            PageRange {
+                start: 0,
+                end: Some(32768)
+            }
+        );
+        assert_eq!(
+            r[1],
+            PageRange {
+                start: 32768,
+                end: Some(65536)
+            }
+        );
+        assert_eq!(
+            r[3],
+            PageRange {
+                start: 98304,
+                end: None
+            }
+        );
         // Ranges are contiguous.
         for w in r.windows(2) {
             assert_eq!(w[0].end, Some(w[1].start));

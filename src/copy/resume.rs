@@ -75,30 +75,51 @@ pub struct StartOver(pub String);
 
 /// The keys (text of each key column, in the database's encoding) changed by the spooled
 /// messages `msgs` (streamed flag, raw message) of a table keyed by `key`.
-pub fn changed_keys(msgs: &[(bool, Vec<u8>)], key: &[String]) -> Result<HashSet<Vec<Vec<u8>>>, StartOver> {
+pub fn changed_keys(
+    msgs: &[(bool, Vec<u8>)],
+    key: &[String],
+) -> Result<HashSet<Vec<Vec<u8>>>, StartOver> {
     let mut plain = Decoder::new();
     let mut streamed = Decoder::streamed();
     // Per relation OID: the positions of the key columns in its tuples.
-    let mut positions: std::collections::HashMap<u32, Vec<usize>> = std::collections::HashMap::new();
+    let mut positions: std::collections::HashMap<u32, Vec<usize>> =
+        std::collections::HashMap::new();
     let mut keys = HashSet::new();
     let take = |positions: &Vec<usize>, t: &TupleData| -> Result<Vec<Vec<u8>>, StartOver> {
         positions
             .iter()
             .map(|&i| match t.get(i) {
                 Some(ColumnValue::Text(v)) => Ok(v.clone()),
-                other => Err(StartOver(format!("a change carries key column {} as {other:?}", i + 1))),
+                other => Err(StartOver(format!(
+                    "a change carries key column {} as {other:?}",
+                    i + 1
+                ))),
             })
             .collect()
     };
     for (is_streamed, raw) in msgs {
-        let decoder = if *is_streamed { &mut streamed } else { &mut plain };
-        let msg = decoder.decode(raw).map_err(|e| StartOver(format!("a spooled change cannot be decoded: {e}")))?;
-        let rel = |id: u32| positions.get(&id).ok_or_else(|| StartOver(format!("no RELATION message for relation {id}")));
+        let decoder = if *is_streamed {
+            &mut streamed
+        } else {
+            &mut plain
+        };
+        let msg = decoder
+            .decode(raw)
+            .map_err(|e| StartOver(format!("a spooled change cannot be decoded: {e}")))?;
+        let rel = |id: u32| {
+            positions
+                .get(&id)
+                .ok_or_else(|| StartOver(format!("no RELATION message for relation {id}")))
+        };
         match msg {
             LogicalMessage::Relation(r) => {
-                let pos: Option<Vec<usize>> =
-                    key.iter().map(|k| r.columns.iter().position(|c| &c.name == k)).collect();
-                let pos = pos.ok_or_else(|| StartOver(format!("relation \"{}\" lacks a key column", r.name)))?;
+                let pos: Option<Vec<usize>> = key
+                    .iter()
+                    .map(|k| r.columns.iter().position(|c| &c.name == k))
+                    .collect();
+                let pos = pos.ok_or_else(|| {
+                    StartOver(format!("relation \"{}\" lacks a key column", r.name))
+                })?;
                 positions.insert(r.rel_id, pos);
             }
             LogicalMessage::Insert(i) => {
@@ -114,7 +135,11 @@ pub fn changed_keys(msgs: &[(bool, Vec<u8>)], key: &[String]) -> Result<HashSet<
             LogicalMessage::Delete(d) => {
                 keys.insert(take(rel(d.rel_id)?, d.old.tuple())?);
             }
-            LogicalMessage::Truncate(_) => return Err(StartOver("the source table was truncated during its copy".into())),
+            LogicalMessage::Truncate(_) => {
+                return Err(StartOver(
+                    "the source table was truncated during its copy".into(),
+                ))
+            }
             _ => {}
         }
     }
@@ -128,21 +153,29 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
         Ok(Ok(s)) => s,
         _ => return Settled::NeedsSource,
     };
-    let Some((oldest, newest)) = span else { return Settled::Ready };
+    let Some((oldest, newest)) = span else {
+        return Settled::Ready;
+    };
     if oldest == newest {
         // One snapshot: only the spool before it goes (done with the key build's commit).
         return Settled::Ready;
     }
-    let Some(src) = source else { return Settled::NeedsSource };
+    let Some(src) = source else {
+        return Settled::NeedsSource;
+    };
     let restart = |why: &str| {
         let _ = in_transaction(|| tables::restart_copy(t.id, why));
         Settled::StartedOver
     };
     let Some(key) = t.resume_key.clone() else {
-        return restart("its ranges were read under different snapshots and it has no key to put them right by");
+        return restart(
+            "its ranges were read under different snapshots and it has no key to put them right by",
+        );
     };
     match in_transaction(|| ranges::file_nodes(t.id)) {
-        Ok(Ok(n)) if n > 1 => return restart("the source table was rewritten (VACUUM FULL, CLUSTER, ALTER TABLE) during its copy"),
+        Ok(Ok(n)) if n > 1 => return restart(
+            "the source table was rewritten (VACUUM FULL, CLUSTER, ALTER TABLE) during its copy",
+        ),
         _ => {}
     }
 
@@ -152,7 +185,10 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
     let snap = match snapshot::ExportedSnapshot::create(src.conninfo, src.app, &slot, true) {
         Ok(s) => s,
         Err(e) => {
-            pgrx::log!("livesync: could not export a snapshot to put table {} right: {e}", t.id);
+            pgrx::log!(
+                "livesync: could not export a snapshot to put table {} right: {e}",
+                t.id
+            );
             return Settled::NeedsSource;
         }
     };
@@ -172,10 +208,16 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
     };
 
     // Read the changed keys' rows under the fresh snapshot, and swap them in on the target.
-    let source_q = format!("{}.{}", quote_ident(&t.source_schema), quote_ident(&t.source_name));
+    let source_q = format!(
+        "{}.{}",
+        quote_ident(&t.source_schema),
+        quote_ident(&t.source_name)
+    );
     let opened = block_on_until_shutdown(src.rt, async {
         let client = snapshot::import(src.info, src.app, &snap.name).await?;
-        let def = crate::source::table::describe(&client, &source_q).await.map_err(|e| e.to_string())?;
+        let def = crate::source::table::describe(&client, &source_q)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>((client, def))
     });
     let (client, def) = match opened {
@@ -183,7 +225,10 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
         Some(Ok((c, Some(d)))) => (c, d),
         Some(Ok((_, None))) => return restart("the source table no longer exists"),
         Some(Err(e)) => {
-            pgrx::log!("livesync: could not read the source to put table {} right: {e}", t.id);
+            pgrx::log!(
+                "livesync: could not read the source to put table {} right: {e}",
+                t.id
+            );
             return Settled::NeedsSource;
         }
     };
@@ -208,13 +253,27 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
         let (mut read, mut deleted) = (0i64, 0i64);
         for chunk in keys.chunks(KEYS_PER_QUERY) {
             deleted += delete_keys(relid, &target_q, &key, chunk)?;
-            let text: Vec<Vec<String>> = chunk.iter().map(|k| k.iter().map(|v| to_utf8(v)).collect()).collect();
+            let text: Vec<Vec<String>> = chunk
+                .iter()
+                .map(|k| k.iter().map(|v| to_utf8(v)).collect())
+                .collect();
             let sql = def.copy_keys_sql(&key, &text, binary);
             let stream = match block_on_until_shutdown(src.rt, client.copy_out(sql.as_str())) {
                 None => return Err("shutting down".into()),
-                Some(r) => r.map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?,
+                Some(r) => r.map_err(|e| {
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string())
+                })?,
             };
-            let (rows, _) = load::load(src.rt, relid, load::route_for(relid), &columns, stream, binary);
+            let (rows, _) = load::load(
+                src.rt,
+                relid,
+                load::route_for(relid),
+                &columns,
+                stream,
+                binary,
+            );
             read += rows;
         }
         // Crash-sensitive: the rows read again, the ranges' new position and the spool cut at it
@@ -240,7 +299,11 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
             Settled::NeedsSource
         }
         Err(e) => {
-            pgrx::log!("livesync: could not put {target_q} right: {} (SQLSTATE {})", e.message, e.sqlstate);
+            pgrx::log!(
+                "livesync: could not put {target_q} right: {} (SQLSTATE {})",
+                e.message,
+                e.sqlstate
+            );
             Settled::NeedsSource
         }
     }
@@ -252,7 +315,9 @@ pub fn settle(t: &SyncTable, source: Option<&Source>) -> Settled {
 fn wait_for_stream(src: &Source, lsn: &str) -> Option<bool> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let check = async {
-        let client = connect::connect(src.info, src.app).await.map_err(|e| e.to_string())?;
+        let client = connect::connect(src.info, src.app)
+            .await
+            .map_err(|e| e.to_string())?;
         loop {
             let r = client
                 .query_opt(
@@ -282,7 +347,12 @@ fn wait_for_stream(src: &Source, lsn: &str) -> Option<bool> {
 /// Delete the rows of the given keys from the target (every version: the patchwork may hold
 /// two), in one statement joining on the key columns' own types (the target has no key index
 /// yet). The values travel as bytes in the database's encoding.
-fn delete_keys(relid: pg_sys::Oid, target_q: &str, key: &[String], keys: &[Vec<Vec<u8>>]) -> Result<i64, String> {
+fn delete_keys(
+    relid: pg_sys::Oid,
+    target_q: &str,
+    key: &[String],
+    keys: &[Vec<Vec<u8>>],
+) -> Result<i64, String> {
     let mut selects = Vec::new();
     let mut conds = Vec::new();
     let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::new();
@@ -295,7 +365,9 @@ fn delete_keys(relid: pg_sys::Oid, target_q: &str, key: &[String], keys: &[Vec<V
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("key column {} is missing on the target", quote_ident(k)))?;
         // The type name comes from the target's own catalog (format_type quotes it).
-        selects.push(format!("pg_catalog.convert_from(u.c{i}, pg_catalog.getdatabaseencoding())::{ty}"));
+        selects.push(format!(
+            "pg_catalog.convert_from(u.c{i}, pg_catalog.getdatabaseencoding())::{ty}"
+        ));
         conds.push(format!("t.{}", quote_ident(k)));
         let column: Vec<Option<Vec<u8>>> = keys.iter().map(|row| Some(row[i].clone())).collect();
         args.push(column.into());
@@ -309,7 +381,8 @@ fn delete_keys(relid: pg_sys::Oid, target_q: &str, key: &[String], keys: &[Vec<V
         unnest.join(", "),
         names.join(", ")
     );
-    Spi::connect_mut(|c| c.update(&sql, None, &args).map(|t| t.len() as i64)).map_err(|e| spi_err(e).message)
+    Spi::connect_mut(|c| c.update(&sql, None, &args).map(|t| t.len() as i64))
+        .map_err(|e| spi_err(e).message)
 }
 
 /// Text in the database's encoding as UTF8 (what the source connection speaks).
@@ -318,11 +391,17 @@ fn to_utf8(bytes: &[u8]) -> String {
     if unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32 {
         return String::from_utf8_lossy(bytes).into_owned();
     }
-    let Ok(c) = std::ffi::CString::new(bytes) else { return String::from_utf8_lossy(bytes).into_owned() };
+    let Ok(c) = std::ffi::CString::new(bytes) else {
+        return String::from_utf8_lossy(bytes).into_owned();
+    };
     // SAFETY: `c` is a NUL-terminated buffer of `bytes.len()` bytes that outlives the call; the
     // result is either `c`'s own pointer or a palloc'd NUL-terminated string, read at once.
     unsafe {
-        let out = pg_sys::pg_server_to_any(c.as_ptr(), bytes.len() as i32, pg_sys::pg_enc::PG_UTF8 as i32);
+        let out = pg_sys::pg_server_to_any(
+            c.as_ptr(),
+            bytes.len() as i32,
+            pg_sys::pg_enc::PG_UTF8 as i32,
+        );
         std::ffi::CStr::from_ptr(out).to_string_lossy().into_owned()
     }
 }
@@ -386,7 +465,11 @@ mod tests {
             // key unchanged: new tuple only
             change(b'U', 7, &[(b'N', &[Some("2"), Some("\u{0}u")])]),
             // key changed 3 -> 4
-            change(b'U', 7, &[(b'K', &[Some("3"), None]), (b'N', &[Some("4"), Some("b")])]),
+            change(
+                b'U',
+                7,
+                &[(b'K', &[Some("3"), None]), (b'N', &[Some("4"), Some("b")])],
+            ),
             change(b'D', 7, &[(b'K', &[Some("5"), None])]),
         ];
         let got = changed_keys(&msgs, &key).unwrap();
@@ -397,8 +480,14 @@ mod tests {
     #[test]
     fn composite_keys_follow_the_relation_column_order() {
         let key = vec!["b".to_string(), "a".to_string()];
-        let msgs = vec![(false, relation(9, &["a", "x", "b"])), change(b'I', 9, &[(b'N', &[Some("1"), Some("x"), Some("2")])])];
-        assert_eq!(changed_keys(&msgs, &key).unwrap(), [k(&["2", "1"])].into_iter().collect());
+        let msgs = vec![
+            (false, relation(9, &["a", "x", "b"])),
+            change(b'I', 9, &[(b'N', &[Some("1"), Some("x"), Some("2")])]),
+        ];
+        assert_eq!(
+            changed_keys(&msgs, &key).unwrap(),
+            [k(&["2", "1"])].into_iter().collect()
+        );
     }
 
     #[test]
@@ -410,7 +499,10 @@ mod tests {
         trunc.extend_from_slice(&7u32.to_be_bytes());
         let msgs = vec![(false, relation(7, &["id"])), (false, trunc)];
         assert!(changed_keys(&msgs, &key).is_err());
-        let msgs = vec![(false, relation(7, &["id", "v"])), change(b'D', 7, &[(b'K', &[None, None])])];
+        let msgs = vec![
+            (false, relation(7, &["id", "v"])),
+            change(b'D', 7, &[(b'K', &[None, None])]),
+        ];
         assert!(changed_keys(&msgs, &key).is_err());
         // A change of a relation never described cannot be attributed.
         assert!(changed_keys(&[change(b'I', 8, &[(b'N', &[Some("1")])])], &key).is_err());

@@ -21,22 +21,44 @@ pub struct ExportedSnapshot {
 
 impl ExportedSnapshot {
     /// Create slot `slot` (temporary or permanent) exporting its snapshot.
-    pub fn create(conninfo: &str, application_name: &str, slot: &str, temporary: bool) -> Result<Self, String> {
+    pub fn create(
+        conninfo: &str,
+        application_name: &str,
+        slot: &str,
+        temporary: bool,
+    ) -> Result<Self, String> {
         let mut conn = ReplicationConn::connect(conninfo, application_name)?;
         let (name, lsn) = conn.create_slot(slot, temporary, true)?;
         let name = name.ok_or_else(|| "the source exported no snapshot".to_string())?;
-        Ok(ExportedSnapshot { _conn: conn, name, lsn: format_lsn(lsn) })
+        Ok(ExportedSnapshot {
+            _conn: conn,
+            name,
+            lsn: format_lsn(lsn),
+        })
     }
 }
 
 /// A new SQL connection to the source whose transaction (REPEATABLE READ, read-only) reads under
 /// exported snapshot `name`. The error is the source's message (e.g. "invalid snapshot
 /// identifier": the exporting connection is gone).
-pub async fn import(info: &SourceConninfo, application_name: &str, name: &str) -> Result<tokio_postgres::Client, String> {
-    let client = connect::connect(info, application_name).await.map_err(|e| e.to_string())?;
-    client
-        .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(name)))
+pub async fn import(
+    info: &SourceConninfo,
+    application_name: &str,
+    name: &str,
+) -> Result<tokio_postgres::Client, String> {
+    let client = connect::connect(info, application_name)
         .await
-        .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
+        .map_err(|e| e.to_string())?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(name)
+        ))
+        .await
+        .map_err(|e| {
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string())
+        })?;
     Ok(client)
 }

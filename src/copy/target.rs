@@ -10,10 +10,10 @@
 use pgrx::prelude::*;
 use pgrx::PgLogLevel;
 
+use super::guard;
 use crate::catalog;
 use crate::error::{LivesyncError, Result};
 use crate::source::table::{ColumnDef, IndexDef, TableDef, TypeRef, UserType, UserTypeKind};
-use super::guard;
 use crate::timescale::HypertableSpec;
 
 /// A target column: name and `format_type` of its type.
@@ -27,8 +27,13 @@ pub fn target_columns(target: &str) -> Result<Vec<(String, String)>> {
             None,
             &[target.into()],
         )?;
-        t.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
-            .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+        t.map(|r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        })
+        .collect::<pgrx::spi::SpiResult<Vec<_>>>()
     })
     .map_err(catalog::spi_err)
 }
@@ -41,9 +46,17 @@ pub fn check_existing_target(def: &TableDef, target: &str) -> Result<()> {
             None => {
                 return Err(LivesyncError::new(
                     PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                    format!("column \"{}\" of source table {} does not exist in target table {target}", sc.name, def.qualified()),
+                    format!(
+                        "column \"{}\" of source table {} does not exist in target table {target}",
+                        sc.name,
+                        def.qualified()
+                    ),
                 )
-                .hint(format!("ALTER TABLE {target} ADD COLUMN {} {};", spi::quote_identifier(&sc.name), sc.type_name)))
+                .hint(format!(
+                    "ALTER TABLE {target} ADD COLUMN {} {};",
+                    spi::quote_identifier(&sc.name),
+                    sc.type_name
+                )))
             }
             Some((_, ty)) if ty != &sc.type_name => {
                 return Err(LivesyncError::new(
@@ -84,12 +97,18 @@ fn resolve_type(t: &TypeRef, extension: Option<&str>) -> Result<Option<String>> 
         "SELECT pg_catalog.format_type(t.oid, $3)
            FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
           WHERE n.nspname = $1 AND t.typname = $2",
-        &[t.schema.as_str().into(), t.name.as_str().into(), t.typmod.into()],
+        &[
+            t.schema.as_str().into(),
+            t.name.as_str().into(),
+            t.typmod.into(),
+        ],
     )?;
     if found.is_some() {
         return Ok(found);
     }
-    let Some(ext) = extension else { return Ok(None) };
+    let Some(ext) = extension else {
+        return Ok(None);
+    };
     catalog::first_value_rw::<String>(
         "SELECT pg_catalog.format_type(t.oid, $3)
            FROM pg_catalog.pg_type t
@@ -117,7 +136,8 @@ fn ensure_schema(schema: &str) -> Result<()> {
     .map_err(catalog::spi_err)?
     .unwrap_or(false);
     if !exists {
-        guard::run_one(&format!("CREATE SCHEMA {}", spi::quote_identifier(schema))).map_err(catalog::spi_err)?;
+        guard::run_one(&format!("CREATE SCHEMA {}", spi::quote_identifier(schema)))
+            .map_err(catalog::spi_err)?;
         pgrx::notice!("created schema \"{schema}\" on the target");
     }
     Ok(())
@@ -128,29 +148,55 @@ fn ensure_schema(schema: &str) -> Result<()> {
 /// source refuses); a domain default that cannot is left out with a WARNING.
 fn create_user_type(ut: &UserType) -> std::result::Result<(), String> {
     let q = qualified(&ut.schema, &ut.name);
-    let missing = |t: &TypeRef| format!("type {} does not exist on the target", qualified(&t.schema, &t.name));
+    let missing = |t: &TypeRef| {
+        format!(
+            "type {} does not exist on the target",
+            qualified(&t.schema, &t.name)
+        )
+    };
     match &ut.kind {
         UserTypeKind::Enum { labels } => {
-            let labels: Vec<String> = labels.iter().map(|l| spi::quote_literal(l)).collect::<Vec<String>>();
-            guard::run_one(&format!("CREATE TYPE {q} AS ENUM ({})", labels.join(", "))).map_err(|e| e.to_string())
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|l| spi::quote_literal(l))
+                .collect::<Vec<String>>();
+            guard::run_one(&format!("CREATE TYPE {q} AS ENUM ({})", labels.join(", ")))
+                .map_err(|e| e.to_string())
         }
         UserTypeKind::Composite { attributes } => {
             let mut fields = Vec::new();
             for (name, t) in attributes {
-                let ty = resolve_type(t, None).map_err(|e| e.message)?.ok_or_else(|| missing(t))?;
+                let ty = resolve_type(t, None)
+                    .map_err(|e| e.message)?
+                    .ok_or_else(|| missing(t))?;
                 fields.push(format!("{} {ty}", spi::quote_identifier(name)));
             }
-            guard::run_one(&format!("CREATE TYPE {q} AS ({})", fields.join(", "))).map_err(|e| e.to_string())
+            guard::run_one(&format!("CREATE TYPE {q} AS ({})", fields.join(", ")))
+                .map_err(|e| e.to_string())
         }
-        UserTypeKind::Domain { base, default, not_null, checks } => {
-            let base_ty = resolve_type(base, None).map_err(|e| e.message)?.ok_or_else(|| missing(base))?;
+        UserTypeKind::Domain {
+            base,
+            default,
+            not_null,
+            checks,
+        } => {
+            let base_ty = resolve_type(base, None)
+                .map_err(|e| e.message)?
+                .ok_or_else(|| missing(base))?;
             let nn = if *not_null { " NOT NULL" } else { "" };
-            guard::run_one(&format!("CREATE DOMAIN {q} AS {base_ty}{nn}")).map_err(|e| e.to_string())?;
-            let oid = type_oid(&ut.schema, &ut.name).map_err(|e| e.message)?.ok_or("the domain was not created")?;
+            guard::run_one(&format!("CREATE DOMAIN {q} AS {base_ty}{nn}"))
+                .map_err(|e| e.to_string())?;
+            let oid = type_oid(&ut.schema, &ut.name)
+                .map_err(|e| e.message)?
+                .ok_or("the domain was not created")?;
             for (name, expr) in checks {
-                let expr = guard::single_expression(expr).map_err(|r| format!("CHECK constraint \"{name}\" refused: {r}"))?;
-                guard::run_one(&format!("ALTER DOMAIN {q} ADD CONSTRAINT {} CHECK {expr}", spi::quote_identifier(name)))
-                    .map_err(|e| format!("CHECK constraint \"{name}\": {e}"))?;
+                let expr = guard::single_expression(expr)
+                    .map_err(|r| format!("CHECK constraint \"{name}\" refused: {r}"))?;
+                guard::run_one(&format!(
+                    "ALTER DOMAIN {q} ADD CONSTRAINT {} CHECK {expr}",
+                    spi::quote_identifier(name)
+                ))
+                .map_err(|e| format!("CHECK constraint \"{name}\": {e}"))?;
                 let con = catalog::first_value_rw::<pg_sys::Oid>(
                     "SELECT oid FROM pg_catalog.pg_constraint WHERE contypid = $1 AND conname = $2",
                     &[oid.into(), name.as_str().into()],
@@ -159,14 +205,21 @@ fn create_user_type(ut: &UserType) -> std::result::Result<(), String> {
                 .ok_or("the constraint was not created")?;
                 let calls = guard::non_builtin_calls("pg_catalog.pg_constraint", con);
                 if !calls.is_empty() && !guard::trust_source_functions() {
-                    return Err(format!("CHECK constraint \"{name}\" calls {}, not built in", calls.join(", ")));
+                    return Err(format!(
+                        "CHECK constraint \"{name}\" calls {}, not built in",
+                        calls.join(", ")
+                    ));
                 }
             }
             if let Some(d) = default {
                 let r = crate::error::in_subtransaction(|| {
                     let expr = guard::single_expression(d).unwrap_or_else(|r| pgrx::error!("{r}"));
-                    guard::run_one(&format!("ALTER DOMAIN {q} SET DEFAULT {expr}")).unwrap_or_else(|e| pgrx::error!("{e}"));
-                    guard::refuse_foreign_calls("the default", &guard::non_builtin_calls("pg_catalog.pg_type", oid));
+                    guard::run_one(&format!("ALTER DOMAIN {q} SET DEFAULT {expr}"))
+                        .unwrap_or_else(|e| pgrx::error!("{e}"));
+                    guard::refuse_foreign_calls(
+                        "the default",
+                        &guard::non_builtin_calls("pg_catalog.pg_type", oid),
+                    );
                 });
                 if let Err(e) = r {
                     pgrx::warning!("livesync: the default of type {q} was left out: {e}");
@@ -218,7 +271,10 @@ pub fn resolve_column_types(def: &TableDef) -> Result<Vec<(String, String)>> {
         };
         return Err(LivesyncError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("type \"{base}\" of column \"{}\" does not exist on the target", c.name),
+            format!(
+                "type \"{base}\" of column \"{}\" does not exist on the target",
+                c.name
+            ),
         )
         .hint(hint));
     }
@@ -233,7 +289,13 @@ pub fn resolve_column_types(def: &TableDef) -> Result<Vec<(String, String)>> {
 /// a NOTICE, or a WARNING when it calls functions that are not built in.
 fn create_table(def: &TableDef, target_q: &str) -> Result<()> {
     let types = resolve_column_types(def)?;
-    let type_of = |name: &str| types.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).unwrap_or_default();
+    let type_of = |name: &str| {
+        types
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
     let mut all: Vec<&ColumnDef> = def.columns.iter().chain(&def.generated).collect();
     all.sort_by_key(|c| c.position);
     let mut cols = Vec::new();
@@ -249,14 +311,26 @@ fn create_table(def: &TableDef, target_q: &str) -> Result<()> {
         }
         cols.push(s);
     }
-    guard::run_one(&format!("CREATE TABLE {target_q} (\n    {}\n)", cols.join(",\n    "))).map_err(|e| {
-        LivesyncError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("could not create target table {target_q}: {e}"))
-            .hint("Create the target table yourself, then add the table again.")
+    guard::run_one(&format!(
+        "CREATE TABLE {target_q} (\n    {}\n)",
+        cols.join(",\n    ")
+    ))
+    .map_err(|e| {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("could not create target table {target_q}: {e}"),
+        )
+        .hint("Create the target table yourself, then add the table again.")
     })?;
     for g in &def.generated {
-        let calls = guard::non_builtin_calls("pg_catalog.pg_attrdef", attrdef_oid(target_q, &g.name)?);
+        let calls =
+            guard::non_builtin_calls("pg_catalog.pg_attrdef", attrdef_oid(target_q, &g.name)?);
         if !calls.is_empty() && !guard::trust_source_functions() {
-            return Err(generated_refused(def, g, &format!("it calls {}, not built in", calls.join(", "))));
+            return Err(generated_refused(
+                def,
+                g,
+                &format!("it calls {}, not built in", calls.join(", ")),
+            ));
         }
     }
     for c in def.columns.iter().filter(|c| c.default_expr.is_some()) {
@@ -265,14 +339,22 @@ fn create_table(def: &TableDef, target_q: &str) -> Result<()> {
         let mut foreign = false;
         let r = crate::error::in_subtransaction(|| {
             let expr = guard::single_expression(text).unwrap_or_else(|r| pgrx::error!("{r}"));
-            guard::run_one(&format!("ALTER TABLE {target_q} ALTER COLUMN {col} SET DEFAULT {expr}"))
-                .unwrap_or_else(|e| pgrx::error!("{e}"));
-            let calls = guard::non_builtin_calls("pg_catalog.pg_attrdef", attrdef_oid(target_q, &c.name).unwrap_or_else(|e| pgrx::error!("{}", e.message)));
+            guard::run_one(&format!(
+                "ALTER TABLE {target_q} ALTER COLUMN {col} SET DEFAULT {expr}"
+            ))
+            .unwrap_or_else(|e| pgrx::error!("{e}"));
+            let calls = guard::non_builtin_calls(
+                "pg_catalog.pg_attrdef",
+                attrdef_oid(target_q, &c.name).unwrap_or_else(|e| pgrx::error!("{}", e.message)),
+            );
             foreign = !calls.is_empty();
             guard::refuse_foreign_calls("it", &calls);
         });
         if let Err(e) = r {
-            let msg = format!("the default of column \"{}\" of {target_q} was left out: {e}", c.name);
+            let msg = format!(
+                "the default of column \"{}\" of {target_q} was left out: {e}",
+                c.name
+            );
             if foreign {
                 LivesyncError::new(PgSqlErrorCode::ERRCODE_WARNING, msg)
                     .detail(format!("Source default: {text}"))
@@ -302,7 +384,12 @@ fn attrdef_oid(target_q: &str, column: &str) -> Result<pg_sys::Oid> {
           WHERE d.adrelid = $1::regclass AND a.attname = $2",
         &[target_q.into(), column.into()],
     )?
-    .ok_or_else(|| LivesyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("no default of column \"{column}\"")))
+    .ok_or_else(|| {
+        LivesyncError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("no default of column \"{column}\""),
+        )
+    })
 }
 
 /// The statements that build the source's other indexes (`indexes => 'all'`) on the new, still
@@ -335,7 +422,10 @@ pub fn plan_indexes(target_q: &str, schema: &str, indexes: &[IndexDef]) -> Vec<S
             Ok(sql) => out.push(sql),
             Err(e) => LivesyncError::new(
                 PgSqlErrorCode::ERRCODE_WARNING,
-                format!("index \"{}\" of the source is not built on {target_q}: {e}", ix.name),
+                format!(
+                    "index \"{}\" of the source is not built on {target_q}: {e}",
+                    ix.name
+                ),
             )
             .hint("Create it on the target yourself if you need it.")
             .report(PgLogLevel::WARNING),
@@ -379,7 +469,11 @@ fn index_sql(target_q: &str, schema: &str, ix: &IndexDef) -> std::result::Result
     let mut sql = format!(
         "CREATE {}INDEX {}ON {target_q} USING {} ({})",
         if ix.unique { "UNIQUE " } else { "" },
-        if name_free { format!("{} ", spi::quote_identifier(&ix.name)) } else { String::new() },
+        if name_free {
+            format!("{} ", spi::quote_identifier(&ix.name))
+        } else {
+            String::new()
+        },
         spi::quote_identifier(&ix.access_method),
         cols.join(", ")
     );
@@ -401,8 +495,11 @@ fn index_sql(target_q: &str, schema: &str, ix: &IndexDef) -> std::result::Result
 /// truncated too (see `citus::truncate`).
 pub fn truncate(target_q: &str) -> Result<()> {
     let sql = format!("TRUNCATE {target_q}");
-    let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.into()])
-        .map_err(catalog::spi_err)?;
+    let relid = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[target_q.into()],
+    )
+    .map_err(catalog::spi_err)?;
     if relid.and_then(crate::citus::table).is_some() {
         crate::citus::prepare_writes().map_err(catalog::spi_err)?;
         return crate::citus::truncate(&sql).map_err(catalog::spi_err);
@@ -412,7 +509,11 @@ pub fn truncate(target_q: &str) -> Result<()> {
 
 /// `"schema"."name"` quoted for the target.
 pub fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", spi::quote_identifier(schema), spi::quote_identifier(name))
+    format!(
+        "{}.{}",
+        spi::quote_identifier(schema),
+        spi::quote_identifier(name)
+    )
 }
 
 /// Check or create target `schema.name` for source table `def` — as a hypertable when
@@ -428,8 +529,11 @@ pub fn prepare(
     distributed_by: Option<&str>,
 ) -> Result<Option<Vec<String>>> {
     let target_q = qualified(schema, name);
-    let relid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[target_q.as_str().into()])
-        .map_err(catalog::spi_err)?;
+    let relid = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[target_q.as_str().into()],
+    )
+    .map_err(catalog::spi_err)?;
     if let Some(relid) = relid {
         let citus = crate::citus::table(relid);
         if let Some(t) = &citus {

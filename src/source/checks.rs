@@ -100,7 +100,10 @@ pub fn evaluate(f: &SourceFacts, target_encoding: &str) -> Vec<Check> {
         detail: if ok {
             format!("server version is {}", f.server_version)
         } else {
-            format!("server version is {}; livesync needs PostgreSQL 13 or later", f.server_version)
+            format!(
+                "server version is {}; livesync needs PostgreSQL 13 or later",
+                f.server_version
+            )
         },
         hint: (!ok).then(|| "Upgrade the source to PostgreSQL 13 or later.".to_string()),
     });
@@ -206,8 +209,16 @@ pub fn summarize_failures(checks: &[Check]) -> Option<(String, String)> {
     if failed.is_empty() {
         return None;
     }
-    let detail = failed.iter().map(|c| format!("{}: {}.", c.name, c.detail)).collect::<Vec<_>>().join("\n");
-    let hint = failed.iter().filter_map(|c| c.hint.clone()).collect::<Vec<_>>().join("\n");
+    let detail = failed
+        .iter()
+        .map(|c| format!("{}: {}.", c.name, c.detail))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let hint = failed
+        .iter()
+        .filter_map(|c| c.hint.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
     Some((detail, hint))
 }
 
@@ -268,7 +279,10 @@ mod tests {
 
     #[test]
     fn sql_ascii_sources_only_into_sql_ascii_targets() {
-        let f = SourceFacts { encoding: "SQL_ASCII".into(), ..good() };
+        let f = SourceFacts {
+            encoding: "SQL_ASCII".into(),
+            ..good()
+        };
         let c = evaluate(&f, "UTF8");
         assert!(c.iter().any(|c| c.name == "encoding" && !c.ok), "{c:?}");
         assert!(evaluate(&f, "SQL_ASCII").iter().all(|c| c.ok));
@@ -277,9 +291,18 @@ mod tests {
 
     #[test]
     fn managed_role_or_superuser_counts_as_replication_privilege() {
-        let f = SourceFacts { has_replication_attr: false, in_managed_replication_role: true, ..good() };
+        let f = SourceFacts {
+            has_replication_attr: false,
+            in_managed_replication_role: true,
+            ..good()
+        };
         assert!(evaluate(&f, "UTF8").iter().all(|c| c.ok));
-        let f = SourceFacts { has_replication_attr: false, can_create_in_database: false, is_superuser: true, ..good() };
+        let f = SourceFacts {
+            has_replication_attr: false,
+            can_create_in_database: false,
+            is_superuser: true,
+            ..good()
+        };
         assert!(evaluate(&f, "UTF8").iter().all(|c| c.ok));
     }
 }

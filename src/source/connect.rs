@@ -25,7 +25,11 @@ pub enum ConnectError {
     /// The host name does not resolve.
     Unresolvable { host: String, reason: String },
     /// The server refused the role: bad password, no pg_hba.conf entry, role missing, ...
-    Rejected { endpoint: String, user: String, server_message: String },
+    Rejected {
+        endpoint: String,
+        user: String,
+        server_message: String,
+    },
     /// The database named in the conninfo does not exist on the source.
     NoDatabase { endpoint: String, dbname: String },
     /// TLS could not be set up or the server's certificate was not accepted.
@@ -38,14 +42,20 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Refused { endpoint } => {
-                write!(f, "could not connect to the source at \"{endpoint}\": connection refused")
+                write!(
+                    f,
+                    "could not connect to the source at \"{endpoint}\": connection refused"
+                )
             }
             ConnectError::TimedOut { endpoint, secs } => write!(
                 f,
                 "could not connect to the source at \"{endpoint}\": timed out after {secs} s"
             ),
             ConnectError::Unreachable { endpoint, reason } => {
-                write!(f, "could not connect to the source at \"{endpoint}\": {reason}")
+                write!(
+                    f,
+                    "could not connect to the source at \"{endpoint}\": {reason}"
+                )
             }
             ConnectError::Unresolvable { host, .. } => {
                 write!(f, "could not resolve the source host \"{host}\"")
@@ -54,13 +64,19 @@ impl std::fmt::Display for ConnectError {
                 write!(f, "the source rejected the credentials of role \"{user}\"")
             }
             ConnectError::NoDatabase { endpoint, dbname } => {
-                write!(f, "database \"{dbname}\" does not exist on the source at \"{endpoint}\"")
+                write!(
+                    f,
+                    "database \"{dbname}\" does not exist on the source at \"{endpoint}\""
+                )
             }
             ConnectError::Tls { endpoint, reason } => {
                 write!(f, "could not establish a TLS connection to the source at \"{endpoint}\": {reason}")
             }
             ConnectError::Other { endpoint, reason } => {
-                write!(f, "could not connect to the source at \"{endpoint}\": {reason}")
+                write!(
+                    f,
+                    "could not connect to the source at \"{endpoint}\": {reason}"
+                )
             }
         }
     }
@@ -81,7 +97,9 @@ impl ConnectError {
             ConnectError::Rejected { server_message, .. } => {
                 Some(format!("The source said: {server_message}."))
             }
-            ConnectError::Unresolvable { reason, .. } => Some(format!("The resolver said: {reason}.")),
+            ConnectError::Unresolvable { reason, .. } => {
+                Some(format!("The resolver said: {reason}."))
+            }
             _ => None,
         }
     }
@@ -104,7 +122,10 @@ impl ConnectError {
         if let Some(db) = err.as_db_error() {
             let code = db.code();
             if *code == SqlState::INVALID_CATALOG_NAME {
-                return ConnectError::NoDatabase { endpoint, dbname: info.dbname() };
+                return ConnectError::NoDatabase {
+                    endpoint,
+                    dbname: info.dbname(),
+                };
             }
             if *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
@@ -115,7 +136,10 @@ impl ConnectError {
                     server_message: db.message().to_string(),
                 };
             }
-            return ConnectError::Other { endpoint, reason: db.message().to_string() };
+            return ConnectError::Other {
+                endpoint,
+                reason: db.message().to_string(),
+            };
         }
         let text = err.to_string();
         let mut chain: Vec<String> = Vec::new();
@@ -129,7 +153,10 @@ impl ConnectError {
             // OpenSSL's own lines ("error:0A000086:SSL routines:…") say little; keep the verdicts
             // ("self-signed certificate", "hostname mismatch", "certificate verify failed").
             let mut parts: Vec<String> = Vec::new();
-            for line in std::iter::once(&text).chain(chain.iter()).flat_map(|c| c.split(": ")) {
+            for line in std::iter::once(&text)
+                .chain(chain.iter())
+                .flat_map(|c| c.split(": "))
+            {
                 let line = line.trim().trim_end_matches(':');
                 let verdict = if let Some(i) = line.find("SSL routines:") {
                     line[i..].split(':').nth(2).unwrap_or("").to_string()
@@ -144,7 +171,11 @@ impl ConnectError {
                     parts.push(verdict);
                 }
             }
-            let reason = if parts.is_empty() { text } else { parts.join(": ") };
+            let reason = if parts.is_empty() {
+                text
+            } else {
+                parts.join(": ")
+            };
             return ConnectError::Tls { endpoint, reason };
         }
         let mut source = std::error::Error::source(err);
@@ -154,7 +185,10 @@ impl ConnectError {
             }
             source = s.source();
         }
-        ConnectError::Other { endpoint, reason: text }
+        ConnectError::Other {
+            endpoint,
+            reason: text,
+        }
     }
 
     fn classify_io(info: &SourceConninfo, io: &io::Error) -> ConnectError {
@@ -162,19 +196,24 @@ impl ConnectError {
         let reason = io.to_string();
         match io.kind() {
             io::ErrorKind::ConnectionRefused => ConnectError::Refused { endpoint },
-            io::ErrorKind::TimedOut => {
-                ConnectError::TimedOut { endpoint, secs: info.connect_timeout().as_secs() }
-            }
-            io::ErrorKind::HostUnreachable => {
-                ConnectError::Unreachable { endpoint, reason: "no route to host".into() }
-            }
-            io::ErrorKind::NetworkUnreachable => {
-                ConnectError::Unreachable { endpoint, reason: "network is unreachable".into() }
-            }
+            io::ErrorKind::TimedOut => ConnectError::TimedOut {
+                endpoint,
+                secs: info.connect_timeout().as_secs(),
+            },
+            io::ErrorKind::HostUnreachable => ConnectError::Unreachable {
+                endpoint,
+                reason: "no route to host".into(),
+            },
+            io::ErrorKind::NetworkUnreachable => ConnectError::Unreachable {
+                endpoint,
+                reason: "network is unreachable".into(),
+            },
             _ if reason.contains("lookup address") || reason.contains("name resolution") => {
                 ConnectError::Unresolvable {
                     host: info.host(),
-                    reason: reason.trim_start_matches("failed to lookup address information: ").to_string(),
+                    reason: reason
+                        .trim_start_matches("failed to lookup address information: ")
+                        .to_string(),
                 }
             }
             _ => ConnectError::Other { endpoint, reason },
@@ -188,11 +227,19 @@ impl ConnectError {
 /// CAs), `verify-full` also checks that the certificate names the host.
 /// The last reason of an OpenSSL error stack ("no such file", "certificate verify failed").
 fn openssl_reason(e: &openssl::error::ErrorStack) -> String {
-    e.errors().iter().rev().find_map(|x| x.reason().map(str::to_string)).unwrap_or_else(|| e.to_string())
+    e.errors()
+        .iter()
+        .rev()
+        .find_map(|x| x.reason().map(str::to_string))
+        .unwrap_or_else(|| e.to_string())
 }
 
 pub fn tls_connector(tls: &TlsSettings) -> Result<MakeTlsConnector, String> {
-    for (what, path) in [("sslrootcert", &tls.root_cert), ("sslcert", &tls.cert), ("sslkey", &tls.key)] {
+    for (what, path) in [
+        ("sslrootcert", &tls.root_cert),
+        ("sslcert", &tls.cert),
+        ("sslkey", &tls.key),
+    ] {
         if let Some(p) = path.as_deref().filter(|p| *p != "system") {
             if !std::path::Path::new(p).exists() {
                 return Err(format!(
@@ -205,19 +252,31 @@ pub fn tls_connector(tls: &TlsSettings) -> Result<MakeTlsConnector, String> {
     let verify = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull);
     if verify {
         b.set_verify(SslVerifyMode::PEER);
-        let default_root = std::env::var("HOME").ok().map(|h| format!("{h}/.postgresql/root.crt"));
-        match tls.root_cert.as_deref().or(default_root.as_deref().filter(|p| std::path::Path::new(p).exists())) {
+        let default_root = std::env::var("HOME")
+            .ok()
+            .map(|h| format!("{h}/.postgresql/root.crt"));
+        match tls.root_cert.as_deref().or(default_root
+            .as_deref()
+            .filter(|p| std::path::Path::new(p).exists()))
+        {
             Some("system") | None => b.set_default_verify_paths().map_err(|e| e.to_string())?,
-            Some(path) => b.set_ca_file(path).map_err(|e| format!("could not read sslrootcert \"{path}\": {}", openssl_reason(&e)))?,
+            Some(path) => b.set_ca_file(path).map_err(|e| {
+                format!(
+                    "could not read sslrootcert \"{path}\": {}",
+                    openssl_reason(&e)
+                )
+            })?,
         }
     } else {
         b.set_verify(SslVerifyMode::NONE);
     }
     if let Some(cert) = &tls.cert {
-        b.set_certificate_chain_file(cert).map_err(|e| format!("could not read sslcert \"{cert}\": {}", openssl_reason(&e)))?;
+        b.set_certificate_chain_file(cert)
+            .map_err(|e| format!("could not read sslcert \"{cert}\": {}", openssl_reason(&e)))?;
     }
     if let Some(key) = &tls.key {
-        b.set_private_key_file(key, SslFiletype::PEM).map_err(|e| format!("could not read sslkey \"{key}\": {}", openssl_reason(&e)))?;
+        b.set_private_key_file(key, SslFiletype::PEM)
+            .map_err(|e| format!("could not read sslkey \"{key}\": {}", openssl_reason(&e)))?;
     }
     let mut c = MakeTlsConnector::new(b.build());
     let full = tls.mode == SslMode::VerifyFull;
@@ -254,15 +313,24 @@ fn connector_for(tls: &TlsSettings) -> Result<MakeTlsConnector, String> {
 
 /// Connect to the source. The connection task is spawned on the current tokio runtime; it makes
 /// progress whenever that runtime is driven.
-pub async fn connect(info: &SourceConninfo, application_name: &str) -> Result<Client, ConnectError> {
+pub async fn connect(
+    info: &SourceConninfo,
+    application_name: &str,
+) -> Result<Client, ConnectError> {
     let config = info.config_for(application_name);
-    let tls = connector_for(info.tls()).map_err(|reason| ConnectError::Tls { endpoint: info.endpoint(), reason })?;
+    let tls = connector_for(info.tls()).map_err(|reason| ConnectError::Tls {
+        endpoint: info.endpoint(),
+        reason,
+    })?;
     // tokio-postgres applies connect_timeout to the TCP connect only; like libpq, bound the whole
     // login, so a server that accepts the connection but never answers cannot hang the caller.
     let secs = info.connect_timeout().as_secs();
     let attempt = tokio::time::timeout(info.connect_timeout(), config.connect(tls)).await;
     let Ok(attempt) = attempt else {
-        return Err(ConnectError::TimedOut { endpoint: info.endpoint(), secs });
+        return Err(ConnectError::TimedOut {
+            endpoint: info.endpoint(),
+            secs,
+        });
     };
     match attempt {
         Ok((client, connection)) => {
@@ -290,10 +358,19 @@ mod tests {
         // Once a shared connector exists, settings naming a file must still be checked (and
         // read) for their own connection.
         for missing in [
-            TlsSettings { root_cert: Some("/nonexistent/root.crt".into()), ..TlsSettings::default() },
-            TlsSettings { mode: SslMode::Require, cert: Some("/nonexistent/client.crt".into()), ..TlsSettings::default() },
+            TlsSettings {
+                root_cert: Some("/nonexistent/root.crt".into()),
+                ..TlsSettings::default()
+            },
+            TlsSettings {
+                mode: SslMode::Require,
+                cert: Some("/nonexistent/client.crt".into()),
+                ..TlsSettings::default()
+            },
         ] {
-            let e = connector_for(&missing).err().expect("a missing certificate file is an error");
+            let e = connector_for(&missing)
+                .err()
+                .expect("a missing certificate file is an error");
             assert!(e.contains("does not exist"), "{e}");
         }
     }
@@ -302,17 +379,34 @@ mod tests {
     fn io_errors_are_classified() {
         let i = info("host=10.1.2.3 port=5999 user=u connect_timeout=2");
         let e = ConnectError::classify_io(&i, &io::Error::from(io::ErrorKind::ConnectionRefused));
-        assert_eq!(e, ConnectError::Refused { endpoint: "10.1.2.3:5999".into() });
-        assert_eq!(e.to_string(), "could not connect to the source at \"10.1.2.3:5999\": connection refused");
+        assert_eq!(
+            e,
+            ConnectError::Refused {
+                endpoint: "10.1.2.3:5999".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "could not connect to the source at \"10.1.2.3:5999\": connection refused"
+        );
         let e = ConnectError::classify_io(&i, &io::Error::from(io::ErrorKind::TimedOut));
-        assert_eq!(e.to_string(), "could not connect to the source at \"10.1.2.3:5999\": timed out after 2 s");
+        assert_eq!(
+            e.to_string(),
+            "could not connect to the source at \"10.1.2.3:5999\": timed out after 2 s"
+        );
         assert_eq!(e.sqlstate(), "08001");
         let i = info("host=nowhere.invalid user=u");
         let e = ConnectError::classify_io(
             &i,
-            &io::Error::new(io::ErrorKind::Other, "failed to lookup address information: Name or service not known"),
+            &io::Error::new(
+                io::ErrorKind::Other,
+                "failed to lookup address information: Name or service not known",
+            ),
         );
-        assert_eq!(e.to_string(), "could not resolve the source host \"nowhere.invalid\"");
+        assert_eq!(
+            e.to_string(),
+            "could not resolve the source host \"nowhere.invalid\""
+        );
     }
 
     #[test]
@@ -323,6 +417,9 @@ mod tests {
             server_message: "password authentication failed for user \"sync\"".into(),
         };
         assert_eq!(e.sqlstate(), "08004");
-        assert_eq!(e.to_string(), "the source rejected the credentials of role \"sync\"");
+        assert_eq!(
+            e.to_string(),
+            "the source rejected the credentials of role \"sync\""
+        );
     }
 }

@@ -46,7 +46,13 @@ pub struct TlsSettings {
 
 impl Default for TlsSettings {
     fn default() -> Self {
-        TlsSettings { mode: SslMode::Prefer, root_cert: None, cert: None, key: None, passfile: None }
+        TlsSettings {
+            mode: SslMode::Prefer,
+            root_cert: None,
+            cert: None,
+            key: None,
+            passfile: None,
+        }
     }
 }
 
@@ -57,7 +63,8 @@ const TLS_KEYWORDS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey", "
 /// or role sets (`ALTER DATABASE … SET DateStyle = 'SQL, DMY'`): the text values of the copy
 /// must mean the same on the target, and round-trip exactly. The same settings PostgreSQL's own
 /// walreceiver gives its logical replication connections (which carry the change stream).
-pub const PINNED_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
+pub const PINNED_OPTIONS: &str =
+    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
 
 /// Split libpq `key=value` conninfo into pairs (values may be single-quoted, with backslash
 /// escapes).
@@ -83,7 +90,9 @@ fn split_pairs(raw: &str) -> Result<Vec<(String, String)>, ConninfoError> {
             it.next();
         }
         if it.next() != Some('=') {
-            return Err(ConninfoError(format!("missing \"=\" after \"{key}\" in connection info string")));
+            return Err(ConninfoError(format!(
+                "missing \"=\" after \"{key}\" in connection info string"
+            )));
         }
         while it.peek().is_some_and(|c| c.is_whitespace()) {
             it.next();
@@ -93,7 +102,11 @@ fn split_pairs(raw: &str) -> Result<Vec<(String, String)>, ConninfoError> {
             it.next();
             loop {
                 match it.next() {
-                    None => return Err(ConninfoError("unterminated quoted string in connection info string".into())),
+                    None => {
+                        return Err(ConninfoError(
+                            "unterminated quoted string in connection info string".into(),
+                        ))
+                    }
                     Some('\\') => {
                         if let Some(c) = it.next() {
                             value.push(c);
@@ -126,7 +139,13 @@ fn split_pairs(raw: &str) -> Result<Vec<(String, String)>, ConninfoError> {
 /// The password for `host:port:dbname:user` in libpq password file `path`, as libpq finds it:
 /// the first line whose four fields match (`*` matches anything; `\:` and `\\` escape), the
 /// file ignored when missing, not a regular file, or readable by group or others.
-pub fn password_from_file(path: &std::path::Path, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
+pub fn password_from_file(
+    path: &std::path::Path,
+    host: &str,
+    port: &str,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
         return None;
@@ -142,7 +161,13 @@ pub fn password_from_file(path: &std::path::Path, host: &str, port: &str, dbname
     password_from_text(&text, host, port, dbname, user)
 }
 
-fn password_from_text(text: &str, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
+fn password_from_text(
+    text: &str,
+    host: &str,
+    port: &str,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
@@ -166,7 +191,11 @@ fn password_from_text(text: &str, host: &str, port: &str, dbname: &str, user: &s
             continue;
         }
         let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
-        if matches(&fields[0], host) && matches(&fields[1], port) && matches(&fields[2], dbname) && matches(&fields[3], user) {
+        if matches(&fields[0], host)
+            && matches(&fields[1], port)
+            && matches(&fields[2], dbname)
+            && matches(&fields[3], user)
+        {
             return Some(fields.swap_remove(4));
         }
     }
@@ -206,7 +235,9 @@ fn extract_tls(raw: &str) -> Result<(String, TlsSettings), ConninfoError> {
     };
     let trimmed = raw.trim();
     if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
-        let Some((base, query)) = trimmed.split_once('?') else { return Ok((trimmed.to_string(), tls)) };
+        let Some((base, query)) = trimmed.split_once('?') else {
+            return Ok((trimmed.to_string(), tls));
+        };
         let mut kept = Vec::new();
         for part in query.split('&') {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -216,7 +247,11 @@ fn extract_tls(raw: &str) -> Result<(String, TlsSettings), ConninfoError> {
                 kept.push(part);
             }
         }
-        let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
         return Ok((rest, tls));
     }
     let mut kept = Vec::new();
@@ -279,7 +314,11 @@ impl SourceConninfo {
                 "no host given: livesync connects to sources over TCP, so host= (or hostaddr=) is required".into(),
             ));
         }
-        if config.get_hosts().iter().any(|h| !matches!(h, Host::Tcp(_))) {
+        if config
+            .get_hosts()
+            .iter()
+            .any(|h| !matches!(h, Host::Tcp(_)))
+        {
             return Err(ConninfoError(
                 "Unix-domain socket hosts are not supported: use a TCP host name or address".into(),
             ));
@@ -295,18 +334,30 @@ impl SourceConninfo {
         if config.get_password().is_none() {
             // libpq reads the password file for every connection without a password; the
             // replication connections (libpq) do, so must livesync's SQL connections.
-            let file = tls.passfile.clone().or_else(|| std::env::var("PGPASSFILE").ok()).or_else(|| {
-                std::env::var("HOME").ok().map(|h| format!("{h}/.pgpass"))
-            });
+            let file = tls
+                .passfile
+                .clone()
+                .or_else(|| std::env::var("PGPASSFILE").ok())
+                .or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.pgpass")));
             if let Some(file) = file {
                 let host = match config.get_hosts().first() {
                     Some(Host::Tcp(h)) => h.clone(),
                     _ => "localhost".into(),
                 };
-                let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+                let port = config
+                    .get_ports()
+                    .first()
+                    .copied()
+                    .unwrap_or(5432)
+                    .to_string();
                 let user = config.get_user().unwrap_or_default().to_string();
-                let dbname = config.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
-                if let Some(pw) = password_from_file(std::path::Path::new(&file), &host, &port, &dbname, &user) {
+                let dbname = config
+                    .get_dbname()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| user.clone());
+                if let Some(pw) =
+                    password_from_file(std::path::Path::new(&file), &host, &port, &dbname, &user)
+                {
                     config.password(pw);
                 }
             }
@@ -314,7 +365,9 @@ impl SourceConninfo {
         config.ssl_mode(match tls.mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
         });
         Ok(Self { config, tls })
     }
@@ -359,11 +412,17 @@ impl SourceConninfo {
 
     /// The database on the source; libpq's default is the user name.
     pub fn dbname(&self) -> String {
-        self.config.get_dbname().map(str::to_string).unwrap_or_else(|| self.user())
+        self.config
+            .get_dbname()
+            .map(str::to_string)
+            .unwrap_or_else(|| self.user())
     }
 
     pub fn connect_timeout(&self) -> Duration {
-        self.config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
     /// `host:port`, for messages.
@@ -388,7 +447,9 @@ mod tests {
 
     #[test]
     fn parses_key_value_and_describes_without_password() {
-        let c = SourceConninfo::parse("host=src port=6543 dbname=app user=sync password='s3;cr\\'et'").unwrap();
+        let c =
+            SourceConninfo::parse("host=src port=6543 dbname=app user=sync password='s3;cr\\'et'")
+                .unwrap();
         assert_eq!(c.endpoint(), "src:6543");
         assert_eq!(c.endpoint_with_db(), "src:6543/app");
         assert_eq!(c.user(), "sync");
@@ -398,7 +459,8 @@ mod tests {
 
     #[test]
     fn parses_urls_and_defaults() {
-        let c = SourceConninfo::parse("postgresql://sync:pw@10.0.0.1/metrics?connect_timeout=3").unwrap();
+        let c = SourceConninfo::parse("postgresql://sync:pw@10.0.0.1/metrics?connect_timeout=3")
+            .unwrap();
         assert_eq!(c.endpoint_with_db(), "10.0.0.1:5432/metrics");
         assert_eq!(c.connect_timeout(), Duration::from_secs(3));
         let c = SourceConninfo::parse("host=h user=u").unwrap();
@@ -408,31 +470,56 @@ mod tests {
     #[test]
     fn application_name_is_ours_unless_given() {
         let c = SourceConninfo::parse("host=h user=u").unwrap();
-        assert_eq!(c.config_for("livesync x").get_application_name(), Some("livesync x"));
+        assert_eq!(
+            c.config_for("livesync x").get_application_name(),
+            Some("livesync x")
+        );
         let c = SourceConninfo::parse("host=h user=u application_name=mine").unwrap();
-        assert_eq!(c.config_for("livesync x").get_application_name(), Some("mine"));
+        assert_eq!(
+            c.config_for("livesync x").get_application_name(),
+            Some("mine")
+        );
     }
 
     #[test]
     fn tls_keywords_are_read_like_libpq() {
-        let c = SourceConninfo::parse("host=h user=u sslmode=verify-full sslrootcert='/etc/ca dir/root.crt' password='a b'").unwrap();
+        let c = SourceConninfo::parse(
+            "host=h user=u sslmode=verify-full sslrootcert='/etc/ca dir/root.crt' password='a b'",
+        )
+        .unwrap();
         assert_eq!(c.tls().mode, SslMode::VerifyFull);
         assert_eq!(c.tls().root_cert.as_deref(), Some("/etc/ca dir/root.crt"));
         assert_eq!(c.config_for("x").get_password(), Some(&b"a b"[..]));
-        let c = SourceConninfo::parse("postgresql://u@h/db?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=2").unwrap();
+        let c = SourceConninfo::parse(
+            "postgresql://u@h/db?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=2",
+        )
+        .unwrap();
         assert_eq!(c.tls().mode, SslMode::VerifyCa);
         assert_eq!(c.tls().root_cert.as_deref(), Some("/tmp/ca.pem"));
         assert_eq!(c.connect_timeout(), Duration::from_secs(2));
-        assert_eq!(SourceConninfo::parse("host=h user=u").unwrap().tls().mode, SslMode::Prefer);
+        assert_eq!(
+            SourceConninfo::parse("host=h user=u").unwrap().tls().mode,
+            SslMode::Prefer
+        );
         assert!(SourceConninfo::parse("host=h user=u sslmode=bogus").is_err());
     }
 
     #[test]
     fn password_files_match_like_libpq() {
-        let text = "# comment\nother:5432:*:sync:nope\nsrc:*:app:sync:s3\\:cr\\\\et\n*:*:*:*:fallback\n";
-        assert_eq!(password_from_text(text, "src", "6543", "app", "sync").as_deref(), Some("s3:cr\\et"));
-        assert_eq!(password_from_text(text, "other", "5432", "x", "sync").as_deref(), Some("nope"));
-        assert_eq!(password_from_text(text, "h", "1", "d", "u").as_deref(), Some("fallback"));
+        let text =
+            "# comment\nother:5432:*:sync:nope\nsrc:*:app:sync:s3\\:cr\\\\et\n*:*:*:*:fallback\n";
+        assert_eq!(
+            password_from_text(text, "src", "6543", "app", "sync").as_deref(),
+            Some("s3:cr\\et")
+        );
+        assert_eq!(
+            password_from_text(text, "other", "5432", "x", "sync").as_deref(),
+            Some("nope")
+        );
+        assert_eq!(
+            password_from_text(text, "h", "1", "d", "u").as_deref(),
+            Some("fallback")
+        );
         assert_eq!(password_from_text("a:b:c\n", "a", "b", "c", "d"), None);
 
         let dir = std::env::temp_dir().join(format!("livesync-pgpass-{}", std::process::id()));
@@ -441,13 +528,25 @@ mod tests {
         std::fs::write(&file, "h:5432:db:u:from-file\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let c = SourceConninfo::parse(&format!("host=h dbname=db user=u passfile='{}'", file.display())).unwrap();
+        let c = SourceConninfo::parse(&format!(
+            "host=h dbname=db user=u passfile='{}'",
+            file.display()
+        ))
+        .unwrap();
         assert_eq!(c.config_for("x").get_password(), Some(&b"from-file"[..]));
         // A password in the conninfo wins; a group-readable file is ignored, as libpq does.
-        let c = SourceConninfo::parse(&format!("host=h dbname=db user=u password=given passfile='{}'", file.display())).unwrap();
+        let c = SourceConninfo::parse(&format!(
+            "host=h dbname=db user=u password=given passfile='{}'",
+            file.display()
+        ))
+        .unwrap();
         assert_eq!(c.config_for("x").get_password(), Some(&b"given"[..]));
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let c = SourceConninfo::parse(&format!("host=h dbname=db user=u passfile='{}'", file.display())).unwrap();
+        let c = SourceConninfo::parse(&format!(
+            "host=h dbname=db user=u passfile='{}'",
+            file.display()
+        ))
+        .unwrap();
         assert_eq!(c.config_for("x").get_password(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -457,7 +556,10 @@ mod tests {
         let c = SourceConninfo::parse("host=h user=u").unwrap();
         assert_eq!(c.config_for("x").get_options(), Some(PINNED_OPTIONS));
         let c = SourceConninfo::parse("host=h user=u options='-c work_mem=64MB'").unwrap();
-        assert_eq!(c.config_for("x").get_options(), Some(format!("-c work_mem=64MB {PINNED_OPTIONS}").as_str()));
+        assert_eq!(
+            c.config_for("x").get_options(),
+            Some(format!("-c work_mem=64MB {PINNED_OPTIONS}").as_str())
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! - [`names`] derives the names of the objects livesync owns on the source (publication, slot).
 
 pub mod checks;
-pub mod conninfo;
 pub mod connect;
+pub mod conninfo;
 pub mod names;
 pub mod pgoutput;
 pub mod publication;

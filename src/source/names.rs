@@ -21,7 +21,11 @@ pub struct ConnectorToken(String);
 
 impl ConnectorToken {
     pub fn parse(token: &str) -> Result<Self, String> {
-        if token.len() == 16 && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if token.len() == 16
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Self(token.to_string()))
         } else {
             Err(format!("invalid connector token \"{token}\""))
@@ -58,7 +62,9 @@ mod tests {
         let t = ConnectorToken::parse("0123456789abcdef").unwrap();
         for n in [t.publication_name(), t.slot_name()] {
             assert!(n.len() <= MAX_IDENTIFIER_LEN);
-            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            assert!(n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         }
         assert_eq!(t.slot_name(), "livesync_0123456789abcdef");
         let a = append_publication_name(&t.publication_name());

@@ -95,7 +95,9 @@ impl FromStr for Lsn {
             if part.is_empty() || part.len() > 8 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(err());
             }
-            u32::from_str_radix(part, 16).map(u64::from).map_err(|_| err())
+            u32::from_str_radix(part, 16)
+                .map(u64::from)
+                .map_err(|_| err())
         };
         Ok(Lsn((half(hi)? << 32) | half(lo)?))
     }
@@ -113,7 +115,9 @@ fn pg_epoch() -> SystemTime {
 pub fn pg_epoch_micros(t: SystemTime) -> i64 {
     match t.duration_since(pg_epoch()) {
         Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_micros()).map(|v| -v).unwrap_or(i64::MIN),
+        Err(before) => i64::try_from(before.duration().as_micros())
+            .map(|v| -v)
+            .unwrap_or(i64::MIN),
     }
 }
 
@@ -141,7 +145,12 @@ pub enum DecodeErrorKind {
     /// A known message type this decoder does not handle (e.g. two-phase commit messages).
     Unsupported(u8),
     /// The buffer ended while reading `field` at byte `offset`.
-    Truncated { field: String, offset: usize, needed: usize, remaining: usize },
+    Truncated {
+        field: String,
+        offset: usize,
+        needed: usize,
+        remaining: usize,
+    },
     /// A field holds a value the protocol does not allow.
     Invalid { field: String, detail: String },
     /// The message was complete but `count` bytes followed it.
@@ -213,7 +222,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], message: &'static str) -> Self {
-        Reader { buf, pos: 0, message }
+        Reader {
+            buf,
+            pos: 0,
+            message,
+        }
     }
 
     fn remaining(&self) -> usize {
@@ -225,7 +238,10 @@ impl<'a> Reader<'a> {
     }
 
     fn invalid(&self, field: impl fmt::Display, detail: impl Into<String>) -> DecodeError {
-        self.err(DecodeErrorKind::Invalid { field: field.to_string(), detail: detail.into() })
+        self.err(DecodeErrorKind::Invalid {
+            field: field.to_string(),
+            detail: detail.into(),
+        })
     }
 
     fn take(&mut self, n: usize, field: impl fmt::Display) -> Result<&'a [u8], DecodeError> {
@@ -287,8 +303,8 @@ impl<'a> Reader<'a> {
                 remaining: rest.len(),
             }));
         };
-        let s =
-            std::str::from_utf8(&rest[..nul]).map_err(|e| self.invalid(&field, format!("not valid UTF-8 ({e})")))?;
+        let s = std::str::from_utf8(&rest[..nul])
+            .map_err(|e| self.invalid(&field, format!("not valid UTF-8 ({e})")))?;
         self.pos += nul + 1;
         Ok(s.to_string())
     }
@@ -296,8 +312,9 @@ impl<'a> Reader<'a> {
     /// A length-prefixed (Int32) byte string; negative lengths are invalid.
     fn len_bytes(&mut self, field: impl fmt::Display) -> Result<&'a [u8], DecodeError> {
         let len = self.i32(format_args!("{field} length"))?;
-        let len = usize::try_from(len)
-            .map_err(|_| self.invalid(format_args!("{field} length"), format!("{len} is negative")))?;
+        let len = usize::try_from(len).map_err(|_| {
+            self.invalid(format_args!("{field} length"), format!("{len} is negative"))
+        })?;
         self.take(len, field)
     }
 
@@ -318,15 +335,27 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicationMessage<'a> {
     /// 'w': WAL data starting at `wal_start`; the server's WAL end is `wal_end`.
-    XLogData { wal_start: u64, wal_end: u64, send_time: i64, data: &'a [u8] },
+    XLogData {
+        wal_start: u64,
+        wal_end: u64,
+        send_time: i64,
+        data: &'a [u8],
+    },
     /// 'k': primary keepalive; when `reply_requested`, answer with a standby status update soon.
-    Keepalive { wal_end: u64, send_time: i64, reply_requested: bool },
+    Keepalive {
+        wal_end: u64,
+        send_time: i64,
+        reply_requested: bool,
+    },
 }
 
 /// Parse the CopyData payload `buf` of a replication connection.
 pub fn parse_replication_message(buf: &[u8]) -> Result<ReplicationMessage<'_>, DecodeError> {
     let Some(&tag) = buf.first() else {
-        return Err(DecodeError::new("replication CopyData", DecodeErrorKind::Empty));
+        return Err(DecodeError::new(
+            "replication CopyData",
+            DecodeErrorKind::Empty,
+        ));
     };
     match tag {
         b'w' => {
@@ -335,7 +364,12 @@ pub fn parse_replication_message(buf: &[u8]) -> Result<ReplicationMessage<'_>, D
             let wal_start = r.u64("start LSN")?;
             let wal_end = r.u64("end LSN")?;
             let send_time = r.i64("send time")?;
-            Ok(ReplicationMessage::XLogData { wal_start, wal_end, send_time, data: &buf[r.pos..] })
+            Ok(ReplicationMessage::XLogData {
+                wal_start,
+                wal_end,
+                send_time,
+                data: &buf[r.pos..],
+            })
         }
         b'k' => {
             let mut r = Reader::new(buf, "primary keepalive");
@@ -344,16 +378,29 @@ pub fn parse_replication_message(buf: &[u8]) -> Result<ReplicationMessage<'_>, D
             let send_time = r.i64("send time")?;
             let reply = r.u8("reply requested flag")?;
             r.finish()?;
-            Ok(ReplicationMessage::Keepalive { wal_end, send_time, reply_requested: reply != 0 })
+            Ok(ReplicationMessage::Keepalive {
+                wal_end,
+                send_time,
+                reply_requested: reply != 0,
+            })
         }
-        other => Err(DecodeError::new("replication CopyData", DecodeErrorKind::UnknownType(other))),
+        other => Err(DecodeError::new(
+            "replication CopyData",
+            DecodeErrorKind::UnknownType(other),
+        )),
     }
 }
 
 /// The CopyData payload of a standby status update ('r'): WAL positions written, flushed and
 /// applied by the client (each + 1 past the last byte, as PostgreSQL expects), the client's clock
 /// (see [`pg_epoch_micros`]) and whether the server should reply with a keepalive right away.
-pub fn encode_standby_status(written: u64, flushed: u64, applied: u64, now_us_since_2000: i64, reply: bool) -> Vec<u8> {
+pub fn encode_standby_status(
+    written: u64,
+    flushed: u64,
+    applied: u64,
+    now_us_since_2000: i64,
+    reply: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(34);
     out.push(b'r');
     out.extend_from_slice(&written.to_be_bytes());
@@ -702,7 +749,9 @@ impl LogicalMessage {
             LogicalMessage::StreamStart(m) => Some(m.xid),
             LogicalMessage::StreamCommit(m) => Some(m.xid),
             LogicalMessage::StreamAbort(m) => Some(m.xid),
-            LogicalMessage::Commit(_) | LogicalMessage::Origin(_) | LogicalMessage::StreamStop => None,
+            LogicalMessage::Commit(_) | LogicalMessage::Origin(_) | LogicalMessage::StreamStop => {
+                None
+            }
         }
     }
 }
@@ -757,17 +806,34 @@ impl Decoder {
             b'c' => "pgoutput Stream Commit",
             b'A' => "pgoutput Stream Abort",
             b'b' | b'P' | b'K' | b'r' | b'p' => {
-                return Err(DecodeError::new("pgoutput", DecodeErrorKind::Unsupported(tag)))
+                return Err(DecodeError::new(
+                    "pgoutput",
+                    DecodeErrorKind::Unsupported(tag),
+                ))
             }
-            _ => return Err(DecodeError::new("pgoutput", DecodeErrorKind::UnknownType(tag))),
+            _ => {
+                return Err(DecodeError::new(
+                    "pgoutput",
+                    DecodeErrorKind::UnknownType(tag),
+                ))
+            }
         };
         let mut r = Reader::new(data, name);
         r.pos = 1;
         let in_stream = self.in_stream;
         let unexpected = |detail: &'static str| -> Result<LogicalMessage, DecodeError> {
-            Err(DecodeError::new(name, DecodeErrorKind::UnexpectedMessage { detail }))
+            Err(DecodeError::new(
+                name,
+                DecodeErrorKind::UnexpectedMessage { detail },
+            ))
         };
-        let r_xid = |r: &mut Reader<'_>| if in_stream { r.u32("xid").map(Some) } else { Ok(None) };
+        let r_xid = |r: &mut Reader<'_>| {
+            if in_stream {
+                r.u32("xid").map(Some)
+            } else {
+                Ok(None)
+            }
+        };
 
         let msg = match tag {
             b'B' => {
@@ -791,17 +857,22 @@ impl Decoder {
                     commit_time: r.i64("commit timestamp")?,
                 })
             }
-            b'O' => {
-                LogicalMessage::Origin(Origin { commit_lsn: r.lsn("origin commit LSN")?, name: r.cstr("origin name")? })
-            }
+            b'O' => LogicalMessage::Origin(Origin {
+                commit_lsn: r.lsn("origin commit LSN")?,
+                name: r.cstr("origin name")?,
+            }),
             b'R' => {
                 let xid = r_xid(&mut r)?;
                 let rel_id = r.u32("relation OID")?;
                 let namespace = r.cstr("namespace")?;
                 let rel_name = r.cstr("relation name")?;
                 let ident = r.u8("replica identity")?;
-                let replica_identity = ReplicaIdentity::from_byte(ident)
-                    .ok_or_else(|| r.invalid("replica identity", format!("unknown setting {}", type_byte(ident))))?;
+                let replica_identity = ReplicaIdentity::from_byte(ident).ok_or_else(|| {
+                    r.invalid(
+                        "replica identity",
+                        format!("unknown setting {}", type_byte(ident)),
+                    )
+                })?;
                 let ncols = r.i16("number of columns")?;
                 let ncols = usize::try_from(ncols)
                     .map_err(|_| r.invalid("number of columns", format!("{ncols} is negative")))?;
@@ -815,7 +886,14 @@ impl Decoder {
                         type_modifier: r.i32(format_args!("column {i} type modifier"))?,
                     });
                 }
-                LogicalMessage::Relation(Relation { xid, rel_id, namespace, name: rel_name, replica_identity, columns })
+                LogicalMessage::Relation(Relation {
+                    xid,
+                    rel_id,
+                    namespace,
+                    name: rel_name,
+                    replica_identity,
+                    columns,
+                })
             }
             b'Y' => LogicalMessage::Type(Type {
                 xid: r_xid(&mut r)?,
@@ -828,9 +906,16 @@ impl Decoder {
                 let rel_id = r.u32("relation OID")?;
                 let marker = r.u8("new tuple marker")?;
                 if marker != b'N' {
-                    return Err(r.invalid("new tuple marker", format!("expected 'N', got {}", type_byte(marker))));
+                    return Err(r.invalid(
+                        "new tuple marker",
+                        format!("expected 'N', got {}", type_byte(marker)),
+                    ));
                 }
-                LogicalMessage::Insert(Insert { xid, rel_id, new: read_tuple(&mut r, "new tuple")? })
+                LogicalMessage::Insert(Insert {
+                    xid,
+                    rel_id,
+                    new: read_tuple(&mut r, "new tuple")?,
+                })
             }
             b'U' => {
                 let xid = r_xid(&mut r)?;
@@ -841,43 +926,60 @@ impl Decoder {
                         let old = read_old_tuple(&mut r, marker)?;
                         let marker = r.u8("new tuple marker")?;
                         if marker != b'N' {
-                            return Err(
-                                r.invalid("new tuple marker", format!("expected 'N', got {}", type_byte(marker)))
-                            );
+                            return Err(r.invalid(
+                                "new tuple marker",
+                                format!("expected 'N', got {}", type_byte(marker)),
+                            ));
                         }
                         Some(old)
                     }
                     b'N' => None,
                     _ => {
-                        return Err(
-                            r.invalid("tuple marker", format!("expected 'K', 'O' or 'N', got {}", type_byte(marker)))
-                        )
+                        return Err(r.invalid(
+                            "tuple marker",
+                            format!("expected 'K', 'O' or 'N', got {}", type_byte(marker)),
+                        ))
                     }
                 };
-                LogicalMessage::Update(Update { xid, rel_id, old, new: read_tuple(&mut r, "new tuple")? })
+                LogicalMessage::Update(Update {
+                    xid,
+                    rel_id,
+                    old,
+                    new: read_tuple(&mut r, "new tuple")?,
+                })
             }
             b'D' => {
                 let xid = r_xid(&mut r)?;
                 let rel_id = r.u32("relation OID")?;
                 let marker = r.u8("old tuple marker")?;
                 if marker != b'K' && marker != b'O' {
-                    return Err(
-                        r.invalid("old tuple marker", format!("expected 'K' or 'O', got {}", type_byte(marker)))
-                    );
+                    return Err(r.invalid(
+                        "old tuple marker",
+                        format!("expected 'K' or 'O', got {}", type_byte(marker)),
+                    ));
                 }
-                LogicalMessage::Delete(Delete { xid, rel_id, old: read_old_tuple(&mut r, marker)? })
+                LogicalMessage::Delete(Delete {
+                    xid,
+                    rel_id,
+                    old: read_old_tuple(&mut r, marker)?,
+                })
             }
             b'T' => {
                 let xid = r_xid(&mut r)?;
                 let count = r.i32("number of relations")?;
-                let count = usize::try_from(count)
-                    .map_err(|_| r.invalid("number of relations", format!("{count} is negative")))?;
+                let count = usize::try_from(count).map_err(|_| {
+                    r.invalid("number of relations", format!("{count} is negative"))
+                })?;
                 let options = r.u8("options")?;
                 let mut rel_ids = Vec::with_capacity(count.min(r.remaining() / 4));
                 for i in 1..=count {
                     rel_ids.push(r.u32(format_args!("relation OID {i} of {count}"))?);
                 }
-                LogicalMessage::Truncate(Truncate { xid, options, rel_ids })
+                LogicalMessage::Truncate(Truncate {
+                    xid,
+                    options,
+                    rel_ids,
+                })
             }
             b'M' => LogicalMessage::Message(Message {
                 xid: r_xid(&mut r)?,
@@ -892,7 +994,10 @@ impl Decoder {
                 }
                 let xid = r.u32("xid")?;
                 let first = r.u8("first segment flag")?;
-                LogicalMessage::StreamStart(StreamStart { xid, first_segment: first != 0 })
+                LogicalMessage::StreamStart(StreamStart {
+                    xid,
+                    first_segment: first != 0,
+                })
             }
             b'E' => {
                 if !in_stream {
@@ -925,7 +1030,12 @@ impl Decoder {
                 } else {
                     (None, None)
                 };
-                LogicalMessage::StreamAbort(StreamAbort { xid, subxid, abort_lsn, abort_time })
+                LogicalMessage::StreamAbort(StreamAbort {
+                    xid,
+                    subxid,
+                    abort_lsn,
+                    abort_time,
+                })
             }
             _ => unreachable!("message types are filtered above"),
         };
@@ -949,16 +1059,26 @@ fn read_old_tuple(r: &mut Reader<'_>, marker: u8) -> Result<OldTuple, DecodeErro
 
 fn read_tuple(r: &mut Reader<'_>, what: &str) -> Result<TupleData, DecodeError> {
     let ncols = r.i16(format_args!("{what} number of columns"))?;
-    let ncols = usize::try_from(ncols)
-        .map_err(|_| r.invalid(format_args!("{what} number of columns"), format!("{ncols} is negative")))?;
+    let ncols = usize::try_from(ncols).map_err(|_| {
+        r.invalid(
+            format_args!("{what} number of columns"),
+            format!("{ncols} is negative"),
+        )
+    })?;
     let mut values = Vec::with_capacity(ncols.min(r.remaining()));
     for i in 1..=ncols {
         let kind = r.u8(format_args!("{what} column {i} kind"))?;
         values.push(match kind {
             b'n' => ColumnValue::Null,
             b'u' => ColumnValue::Unchanged,
-            b't' => ColumnValue::Text(r.len_bytes(format_args!("{what} column {i} text value"))?.to_vec()),
-            b'b' => ColumnValue::Binary(r.len_bytes(format_args!("{what} column {i} binary value"))?.to_vec()),
+            b't' => ColumnValue::Text(
+                r.len_bytes(format_args!("{what} column {i} text value"))?
+                    .to_vec(),
+            ),
+            b'b' => ColumnValue::Binary(
+                r.len_bytes(format_args!("{what} column {i} binary value"))?
+                    .to_vec(),
+            ),
             other => {
                 return Err(r.invalid(
                     format_args!("{what} column {i} kind"),
@@ -1061,9 +1181,12 @@ mod tests {
         put_cstr(&mut b, "métrics");
         put_u8(&mut b, b'd');
         put_i16(&mut b, 4);
-        for (flags, name, oid, typmod) in
-            [(1u8, "device_id", 23u32, -1i32), (1, "ts", 1184, -1), (0, "value", 1700, 655_366), (0, "note", 25, -1)]
-        {
+        for (flags, name, oid, typmod) in [
+            (1u8, "device_id", 23u32, -1i32),
+            (1, "ts", 1184, -1),
+            (0, "value", 1700, 655_366),
+            (0, "note", 25, -1),
+        ] {
             put_u8(&mut b, flags);
             put_cstr(&mut b, name);
             put_u32(&mut b, oid);
@@ -1084,7 +1207,15 @@ mod tests {
         let mut b = xid_prefix(b'I', xid);
         put_u32(&mut b, 16_384);
         put_u8(&mut b, b'N');
-        put_tuple(&mut b, &[Col::T(b"42"), Col::T(b"2024-01-01 00:00:00+00"), Col::N, Col::T(b"")]);
+        put_tuple(
+            &mut b,
+            &[
+                Col::T(b"42"),
+                Col::T(b"2024-01-01 00:00:00+00"),
+                Col::N,
+                Col::T(b""),
+            ],
+        );
         b
     }
 
@@ -1094,13 +1225,37 @@ mod tests {
         if let Some(marker) = old {
             put_u8(&mut b, marker);
             if marker == b'K' {
-                put_tuple(&mut b, &[Col::T(b"41"), Col::T(b"2024-01-01 00:00:00+00"), Col::N, Col::N]);
+                put_tuple(
+                    &mut b,
+                    &[
+                        Col::T(b"41"),
+                        Col::T(b"2024-01-01 00:00:00+00"),
+                        Col::N,
+                        Col::N,
+                    ],
+                );
             } else {
-                put_tuple(&mut b, &[Col::T(b"41"), Col::T(b"2024-01-01 00:00:00+00"), Col::T(b"1.5"), Col::N]);
+                put_tuple(
+                    &mut b,
+                    &[
+                        Col::T(b"41"),
+                        Col::T(b"2024-01-01 00:00:00+00"),
+                        Col::T(b"1.5"),
+                        Col::N,
+                    ],
+                );
             }
         }
         put_u8(&mut b, b'N');
-        put_tuple(&mut b, &[Col::T(b"42"), Col::T(b"2024-01-01 00:00:00+00"), Col::T(b"2.5"), Col::U]);
+        put_tuple(
+            &mut b,
+            &[
+                Col::T(b"42"),
+                Col::T(b"2024-01-01 00:00:00+00"),
+                Col::T(b"2.5"),
+                Col::U,
+            ],
+        );
         b
     }
 
@@ -1108,7 +1263,15 @@ mod tests {
         let mut b = xid_prefix(b'D', xid);
         put_u32(&mut b, 16_384);
         put_u8(&mut b, marker);
-        put_tuple(&mut b, &[Col::T(b"42"), Col::T(b"2024-01-01 00:00:00+00"), Col::N, Col::N]);
+        put_tuple(
+            &mut b,
+            &[
+                Col::T(b"42"),
+                Col::T(b"2024-01-01 00:00:00+00"),
+                Col::N,
+                Col::N,
+            ],
+        );
         b
     }
 
@@ -1178,15 +1341,38 @@ mod tests {
         assert_eq!(Lsn(0).to_string(), "0/0");
         assert_eq!(Lsn(u64::MAX).to_string(), "FFFFFFFF/FFFFFFFF");
         assert_eq!(Lsn(0x1_0000_000A).to_string(), "1/A");
-        for v in [0u64, 1, 0x16_B374_D848, 0xFFFF_FFFF, 0x1_0000_0000, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            0x16_B374_D848,
+            0xFFFF_FFFF,
+            0x1_0000_0000,
+            u64::MAX,
+        ] {
             assert_eq!(Lsn(v).to_string().parse::<Lsn>(), Ok(Lsn(v)));
         }
         assert_eq!("16/b374d848".parse::<Lsn>(), Ok(Lsn(0x16_B374_D848)));
         assert_eq!("00000016/0B374D84".parse::<Lsn>(), Ok(Lsn(0x16_0B37_4D84)));
-        for bad in ["", "16", "/1", "1/", "16/B374D848/1", "+1/1", "1/-1", "123456789/0", "G/0", " 1/1", "1/1 "] {
+        for bad in [
+            "",
+            "16",
+            "/1",
+            "1/",
+            "16/B374D848/1",
+            "+1/1",
+            "1/-1",
+            "123456789/0",
+            "G/0",
+            " 1/1",
+            "1/1 ",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }
-        assert!("x/1".parse::<Lsn>().unwrap_err().to_string().contains("\"x/1\""));
+        assert!("x/1"
+            .parse::<Lsn>()
+            .unwrap_err()
+            .to_string()
+            .contains("\"x/1\""));
         assert!(Lsn(1) < Lsn(0x1_0000_0000));
         assert!(!Lsn::INVALID.is_valid());
     }
@@ -1195,10 +1381,19 @@ mod tests {
     fn pg_epoch_conversion() {
         let pg_epoch = UNIX_EPOCH + Duration::from_secs(946_684_800);
         assert_eq!(pg_epoch_micros(pg_epoch), 0);
-        assert_eq!(pg_epoch_micros(pg_epoch + Duration::from_micros(1_500_001)), 1_500_001);
+        assert_eq!(
+            pg_epoch_micros(pg_epoch + Duration::from_micros(1_500_001)),
+            1_500_001
+        );
         assert_eq!(pg_epoch_micros(UNIX_EPOCH), -946_684_800_000_000);
-        assert_eq!(pg_epoch_micros_to_system_time(1_500_001), Some(pg_epoch + Duration::from_micros(1_500_001)));
-        assert_eq!(pg_epoch_micros_to_system_time(-946_684_800_000_000), Some(UNIX_EPOCH));
+        assert_eq!(
+            pg_epoch_micros_to_system_time(1_500_001),
+            Some(pg_epoch + Duration::from_micros(1_500_001))
+        );
+        assert_eq!(
+            pg_epoch_micros_to_system_time(-946_684_800_000_000),
+            Some(UNIX_EPOCH)
+        );
         let now = SystemTime::now();
         let back = pg_epoch_micros_to_system_time(pg_epoch_micros(now)).unwrap();
         assert!(now.duration_since(back).unwrap() < Duration::from_micros(1));
@@ -1214,12 +1409,26 @@ mod tests {
         put_i64(&mut b, 765_432_100_123_456);
         b.extend_from_slice(&begin_msg());
         let msg = parse_replication_message(&b).unwrap();
-        let ReplicationMessage::XLogData { wal_start, wal_end, send_time, data } = msg else { panic!("{msg:?}") };
-        assert_eq!((wal_start, wal_end, send_time), (0x16_B374_D848, 0x16_B374_D900, 765_432_100_123_456));
+        let ReplicationMessage::XLogData {
+            wal_start,
+            wal_end,
+            send_time,
+            data,
+        } = msg
+        else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(
+            (wal_start, wal_end, send_time),
+            (0x16_B374_D848, 0x16_B374_D900, 765_432_100_123_456)
+        );
         assert_eq!(data, &begin_msg()[..]);
         assert!(matches!(decode_outside(data), LogicalMessage::Begin(_)));
         // An empty payload is still a well-formed frame.
-        assert!(matches!(parse_replication_message(&b[..25]), Ok(ReplicationMessage::XLogData { data: [], .. })));
+        assert!(matches!(
+            parse_replication_message(&b[..25]),
+            Ok(ReplicationMessage::XLogData { data: [], .. })
+        ));
         for n in 0..25 {
             assert!(parse_replication_message(&b[..n]).is_err(), "prefix {n}");
         }
@@ -1242,7 +1451,10 @@ mod tests {
         b[17] = 0;
         assert!(matches!(
             parse_replication_message(&b),
-            Ok(ReplicationMessage::Keepalive { reply_requested: false, .. })
+            Ok(ReplicationMessage::Keepalive {
+                reply_requested: false,
+                ..
+            })
         ));
         for n in 0..b.len() {
             let e = parse_replication_message(&b[..n]).unwrap_err();
@@ -1251,7 +1463,10 @@ mod tests {
             }
         }
         b.push(0);
-        assert!(matches!(parse_replication_message(&b).unwrap_err().kind, DecodeErrorKind::TrailingBytes { count: 1 }));
+        assert!(matches!(
+            parse_replication_message(&b).unwrap_err().kind,
+            DecodeErrorKind::TrailingBytes { count: 1 }
+        ));
         let e = parse_replication_message(b"x123").unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::UnknownType(b'x'));
         assert!(e.to_string().contains("'x'"), "{e}");
@@ -1259,7 +1474,13 @@ mod tests {
 
     #[test]
     fn standby_status_bytes() {
-        let b = encode_standby_status(0x0102_0304_0506_0708, 0x10, 0x0F, 0x0011_2233_4455_6677, true);
+        let b = encode_standby_status(
+            0x0102_0304_0506_0708,
+            0x10,
+            0x0F,
+            0x0011_2233_4455_6677,
+            true,
+        );
         let mut expected = vec![b'r'];
         expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x10]);
@@ -1279,7 +1500,11 @@ mod tests {
     fn begin_and_commit() {
         assert_eq!(
             decode_outside(&begin_msg()),
-            LogicalMessage::Begin(Begin { final_lsn: Lsn(0x16_B374_D848), commit_time: 765_432_100_000_000, xid: 742 })
+            LogicalMessage::Begin(Begin {
+                final_lsn: Lsn(0x16_B374_D848),
+                commit_time: 765_432_100_000_000,
+                xid: 742
+            })
         );
         assert_eq!(
             decode_outside(&commit_msg()),
@@ -1297,13 +1522,18 @@ mod tests {
     fn origin() {
         assert_eq!(
             decode_outside(&origin_msg()),
-            LogicalMessage::Origin(Origin { commit_lsn: Lsn(0x1_0000_0010), name: "pg_16390".into() })
+            LogicalMessage::Origin(Origin {
+                commit_lsn: Lsn(0x1_0000_0010),
+                name: "pg_16390".into()
+            })
         );
     }
 
     #[test]
     fn relation_with_key_columns() {
-        let LogicalMessage::Relation(rel) = decode_outside(&relation_msg(None)) else { panic!() };
+        let LogicalMessage::Relation(rel) = decode_outside(&relation_msg(None)) else {
+            panic!()
+        };
         assert_eq!(rel.xid, None);
         assert_eq!(rel.rel_id, 16_384);
         assert_eq!(rel.namespace, "public");
@@ -1313,7 +1543,15 @@ mod tests {
         assert_eq!(names, ["device_id", "ts", "value", "note"]);
         let keys: Vec<_> = rel.columns.iter().map(Column::is_key).collect();
         assert_eq!(keys, [true, true, false, false]);
-        assert_eq!(rel.columns[2], Column { flags: 0, name: "value".into(), type_oid: 1700, type_modifier: 655_366 });
+        assert_eq!(
+            rel.columns[2],
+            Column {
+                flags: 0,
+                name: "value".into(),
+                type_oid: 1700,
+                type_modifier: 655_366
+            }
+        );
         assert_eq!(rel.columns[1].type_oid, 1184);
         assert_eq!(rel.columns[0].type_modifier, -1);
 
@@ -1344,7 +1582,9 @@ mod tests {
         put_cstr(&mut b, "t");
         put_u8(&mut b, b'n');
         put_i16(&mut b, 0);
-        let LogicalMessage::Relation(rel) = decode_outside(&b) else { panic!() };
+        let LogicalMessage::Relation(rel) = decode_outside(&b) else {
+            panic!()
+        };
         assert!(rel.columns.is_empty());
     }
 
@@ -1352,7 +1592,12 @@ mod tests {
     fn type_message() {
         assert_eq!(
             decode_outside(&type_msg(None)),
-            LogicalMessage::Type(Type { xid: None, type_oid: 16_400, namespace: "public".into(), name: "mood".into() })
+            LogicalMessage::Type(Type {
+                xid: None,
+                type_oid: 16_400,
+                namespace: "public".into(),
+                name: "mood".into()
+            })
         );
         assert_eq!(
             decode_inside(&type_msg(Some(901))),
@@ -1367,10 +1612,20 @@ mod tests {
 
     #[test]
     fn insert_with_null_and_empty_text() {
-        let LogicalMessage::Insert(ins) = decode_outside(&insert_msg(None)) else { panic!() };
+        let LogicalMessage::Insert(ins) = decode_outside(&insert_msg(None)) else {
+            panic!()
+        };
         assert_eq!(ins.xid, None);
         assert_eq!(ins.rel_id, 16_384);
-        assert_eq!(ins.new, TupleData(vec![text("42"), text("2024-01-01 00:00:00+00"), ColumnValue::Null, text("")]));
+        assert_eq!(
+            ins.new,
+            TupleData(vec![
+                text("42"),
+                text("2024-01-01 00:00:00+00"),
+                ColumnValue::Null,
+                text("")
+            ])
+        );
         assert_eq!(ins.new.len(), 4);
         assert_eq!(ins.new.get(0).unwrap().as_str(), Some(Ok("42")));
         assert!(ins.new.get(2).unwrap().is_null());
@@ -1384,9 +1639,16 @@ mod tests {
         put_u8(&mut b, b'N');
         put_tuple(
             &mut b,
-            &[Col::T(b"caf\xc3\xa9"), Col::T(b"bad \xff utf8"), Col::T(b"nul\x00inside"), Col::B(b"\x00\x01")],
+            &[
+                Col::T(b"caf\xc3\xa9"),
+                Col::T(b"bad \xff utf8"),
+                Col::T(b"nul\x00inside"),
+                Col::B(b"\x00\x01"),
+            ],
         );
-        let LogicalMessage::Insert(ins) = decode_outside(&b) else { panic!() };
+        let LogicalMessage::Insert(ins) = decode_outside(&b) else {
+            panic!()
+        };
         let v = &ins.new.0;
         assert_eq!(v[0].as_str(), Some(Ok("café")));
         assert_eq!(v[1], ColumnValue::Text(b"bad \xff utf8".to_vec()));
@@ -1400,12 +1662,19 @@ mod tests {
 
     #[test]
     fn update_without_old_tuple() {
-        let LogicalMessage::Update(up) = decode_outside(&update_msg(None, None)) else { panic!() };
+        let LogicalMessage::Update(up) = decode_outside(&update_msg(None, None)) else {
+            panic!()
+        };
         assert_eq!(up.rel_id, 16_384);
         assert_eq!(up.old, None);
         assert_eq!(
             up.new,
-            TupleData(vec![text("42"), text("2024-01-01 00:00:00+00"), text("2.5"), ColumnValue::Unchanged])
+            TupleData(vec![
+                text("42"),
+                text("2024-01-01 00:00:00+00"),
+                text("2.5"),
+                ColumnValue::Unchanged
+            ])
         );
         assert!(up.new.0[3].is_unchanged());
         assert_eq!(up.new.0[3].bytes(), None);
@@ -1413,7 +1682,9 @@ mod tests {
 
     #[test]
     fn update_with_key_and_full_old_tuple() {
-        let LogicalMessage::Update(up) = decode_outside(&update_msg(None, Some(b'K'))) else { panic!() };
+        let LogicalMessage::Update(up) = decode_outside(&update_msg(None, Some(b'K'))) else {
+            panic!()
+        };
         assert_eq!(
             up.old,
             Some(OldTuple::Key(TupleData(vec![
@@ -1425,8 +1696,12 @@ mod tests {
         );
         assert_eq!(up.new.0[0], text("42"));
 
-        let LogicalMessage::Update(up) = decode_outside(&update_msg(None, Some(b'O'))) else { panic!() };
-        let Some(OldTuple::Full(old)) = &up.old else { panic!("{:?}", up.old) };
+        let LogicalMessage::Update(up) = decode_outside(&update_msg(None, Some(b'O'))) else {
+            panic!()
+        };
+        let Some(OldTuple::Full(old)) = &up.old else {
+            panic!("{:?}", up.old)
+        };
         assert_eq!(old.0[2], text("1.5"));
         assert_eq!(up.old.as_ref().unwrap().tuple().len(), 4);
         assert_eq!(up.new.0[2], text("2.5"));
@@ -1445,10 +1720,14 @@ mod tests {
 
     #[test]
     fn delete_key_and_full() {
-        let LogicalMessage::Delete(del) = decode_outside(&delete_msg(None, b'K')) else { panic!() };
+        let LogicalMessage::Delete(del) = decode_outside(&delete_msg(None, b'K')) else {
+            panic!()
+        };
         assert_eq!(del.rel_id, 16_384);
         assert!(matches!(&del.old, OldTuple::Key(t) if t.0[0] == text("42") && t.0[3].is_null()));
-        let LogicalMessage::Delete(del) = decode_outside(&delete_msg(None, b'O')) else { panic!() };
+        let LogicalMessage::Delete(del) = decode_outside(&delete_msg(None, b'O')) else {
+            panic!()
+        };
         assert!(matches!(del.old, OldTuple::Full(_)));
         let e = Decoder::new().decode(&delete_msg(None, b'N')).unwrap_err();
         assert!(e.to_string().contains("old tuple marker"), "{e}");
@@ -1456,17 +1735,26 @@ mod tests {
 
     #[test]
     fn truncate_with_options() {
-        let LogicalMessage::Truncate(t) = decode_outside(&truncate_msg(None)) else { panic!() };
+        let LogicalMessage::Truncate(t) = decode_outside(&truncate_msg(None)) else {
+            panic!()
+        };
         assert_eq!(t.rel_ids, [16_384, 16_390, 16_395]);
         assert!(t.cascade() && t.restart_identity());
         let mut b = vec![b'T'];
         put_i32(&mut b, 1);
         put_u8(&mut b, 0);
         put_u32(&mut b, 5);
-        let LogicalMessage::Truncate(t) = decode_outside(&b) else { panic!() };
-        assert_eq!((t.cascade(), t.restart_identity(), t.rel_ids), (false, false, vec![5]));
+        let LogicalMessage::Truncate(t) = decode_outside(&b) else {
+            panic!()
+        };
+        assert_eq!(
+            (t.cascade(), t.restart_identity(), t.rel_ids),
+            (false, false, vec![5])
+        );
         b[5] = TRUNCATE_RESTART_IDENTITY;
-        let LogicalMessage::Truncate(t) = decode_outside(&b) else { panic!() };
+        let LogicalMessage::Truncate(t) = decode_outside(&b) else {
+            panic!()
+        };
         assert_eq!((t.cascade(), t.restart_identity()), (false, true));
     }
 
@@ -1482,7 +1770,9 @@ mod tests {
                 content: b"\x00\xffx".to_vec()
             })
         );
-        let LogicalMessage::Message(m) = decode_outside(&message_msg(None)) else { panic!() };
+        let LogicalMessage::Message(m) = decode_outside(&message_msg(None)) else {
+            panic!()
+        };
         assert!(m.is_transactional());
     }
 
@@ -1494,27 +1784,50 @@ mod tests {
         assert!(!d.in_stream());
         assert_eq!(
             d.decode(&stream_start_msg(900, true)).unwrap(),
-            LogicalMessage::StreamStart(StreamStart { xid: 900, first_segment: true })
+            LogicalMessage::StreamStart(StreamStart {
+                xid: 900,
+                first_segment: true
+            })
         );
         assert!(d.in_stream());
 
         // Inside the block every change-ish message has a leading xid; Origin does not.
-        let LogicalMessage::Origin(o) = d.decode(&origin_msg()).unwrap() else { panic!() };
+        let LogicalMessage::Origin(o) = d.decode(&origin_msg()).unwrap() else {
+            panic!()
+        };
         assert_eq!(o.name, "pg_16390");
-        let LogicalMessage::Relation(rel) = d.decode(&relation_msg(Some(900))).unwrap() else { panic!() };
-        assert_eq!((rel.xid, rel.rel_id, rel.columns.len()), (Some(900), 16_384, 4));
-        let LogicalMessage::Type(ty) = d.decode(&type_msg(Some(900))).unwrap() else { panic!() };
+        let LogicalMessage::Relation(rel) = d.decode(&relation_msg(Some(900))).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (rel.xid, rel.rel_id, rel.columns.len()),
+            (Some(900), 16_384, 4)
+        );
+        let LogicalMessage::Type(ty) = d.decode(&type_msg(Some(900))).unwrap() else {
+            panic!()
+        };
         assert_eq!((ty.xid, ty.name.as_str()), (Some(900), "mood"));
-        let LogicalMessage::Insert(ins) = d.decode(&insert_msg(Some(901))).unwrap() else { panic!() };
+        let LogicalMessage::Insert(ins) = d.decode(&insert_msg(Some(901))).unwrap() else {
+            panic!()
+        };
         assert_eq!((ins.xid, ins.rel_id, ins.new.len()), (Some(901), 16_384, 4));
-        let LogicalMessage::Update(up) = d.decode(&update_msg(Some(900), Some(b'K'))).unwrap() else { panic!() };
+        let LogicalMessage::Update(up) = d.decode(&update_msg(Some(900), Some(b'K'))).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(up.xid, Some(900));
         assert!(matches!(up.old, Some(OldTuple::Key(_))));
-        let LogicalMessage::Update(up) = d.decode(&update_msg(Some(900), None)).unwrap() else { panic!() };
+        let LogicalMessage::Update(up) = d.decode(&update_msg(Some(900), None)).unwrap() else {
+            panic!()
+        };
         assert_eq!((up.xid, up.old), (Some(900), None));
-        let LogicalMessage::Delete(del) = d.decode(&delete_msg(Some(900), b'O')).unwrap() else { panic!() };
+        let LogicalMessage::Delete(del) = d.decode(&delete_msg(Some(900), b'O')).unwrap() else {
+            panic!()
+        };
         assert_eq!(del.xid, Some(900));
-        let LogicalMessage::Truncate(t) = d.decode(&truncate_msg(Some(900))).unwrap() else { panic!() };
+        let LogicalMessage::Truncate(t) = d.decode(&truncate_msg(Some(900))).unwrap() else {
+            panic!()
+        };
         assert_eq!((t.xid, t.rel_ids.len()), (Some(900), 3));
         let msg = d.decode(&message_msg(Some(900))).unwrap();
         assert_eq!(msg.xid(), Some(900));
@@ -1525,7 +1838,13 @@ mod tests {
 
         // A second segment of the same transaction.
         let m = d.decode(&stream_start_msg(900, false)).unwrap();
-        assert_eq!(m, LogicalMessage::StreamStart(StreamStart { xid: 900, first_segment: false }));
+        assert_eq!(
+            m,
+            LogicalMessage::StreamStart(StreamStart {
+                xid: 900,
+                first_segment: false
+            })
+        );
         assert_eq!(d.decode(&insert_msg(Some(900))).unwrap().xid(), Some(900));
         d.decode(b"E").unwrap();
 
@@ -1555,7 +1874,12 @@ mod tests {
         d.decode(b"E").unwrap();
         assert_eq!(
             d.decode(&stream_abort_msg(900, 905)).unwrap(),
-            LogicalMessage::StreamAbort(StreamAbort { xid: 900, subxid: 905, abort_lsn: None, abort_time: None })
+            LogicalMessage::StreamAbort(StreamAbort {
+                xid: 900,
+                subxid: 905,
+                abort_lsn: None,
+                abort_time: None
+            })
         );
         // Protocol 4 adds abort LSN and timestamp.
         let mut b = stream_abort_msg(900, 900);
@@ -1579,13 +1903,24 @@ mod tests {
     fn stream_state_errors_leave_state_unchanged() {
         let mut d = Decoder::new();
         let e = d.decode(b"E").unwrap_err();
-        assert!(matches!(e.kind, DecodeErrorKind::UnexpectedMessage { .. }), "{e}");
+        assert!(
+            matches!(e.kind, DecodeErrorKind::UnexpectedMessage { .. }),
+            "{e}"
+        );
         assert!(!d.in_stream());
         d.decode(&stream_start_msg(1, true)).unwrap();
-        for bad in [stream_start_msg(2, true), begin_msg(), commit_msg(), stream_commit_msg(1), stream_abort_msg(1, 1)]
-        {
+        for bad in [
+            stream_start_msg(2, true),
+            begin_msg(),
+            commit_msg(),
+            stream_commit_msg(1),
+            stream_abort_msg(1, 1),
+        ] {
             let e = d.decode(&bad).unwrap_err();
-            assert!(matches!(e.kind, DecodeErrorKind::UnexpectedMessage { .. }), "{e}");
+            assert!(
+                matches!(e.kind, DecodeErrorKind::UnexpectedMessage { .. }),
+                "{e}"
+            );
             assert!(d.in_stream());
         }
         // A truncated Stream Start does not enter a stream.
@@ -1663,7 +1998,10 @@ mod tests {
         let e = Decoder::new().decode(&msg[..msg.len() - 1]).unwrap_err();
         assert_eq!(e.message, "pgoutput Insert");
         let s = e.to_string();
-        assert!(s.contains("Insert") && s.contains("new tuple column 4") && s.contains("truncated"), "{s}");
+        assert!(
+            s.contains("Insert") && s.contains("new tuple column 4") && s.contains("truncated"),
+            "{s}"
+        );
 
         let e = Decoder::new().decode(&begin_msg()[..5]).unwrap_err();
         assert!(
@@ -1675,11 +2013,17 @@ mod tests {
         let e = Decoder::new().decode(&rel[..8]).unwrap_err();
         assert!(e.to_string().contains("NUL"), "{e}");
 
-        assert_eq!(Decoder::new().decode(b"").unwrap_err().kind, DecodeErrorKind::Empty);
+        assert_eq!(
+            Decoder::new().decode(b"").unwrap_err().kind,
+            DecodeErrorKind::Empty
+        );
         let e = Decoder::new().decode(b"Z").unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::UnknownType(b'Z'));
         assert!(e.to_string().contains("'Z'"), "{e}");
-        assert_eq!(Decoder::new().decode(b"K").unwrap_err().kind, DecodeErrorKind::Unsupported(b'K'));
+        assert_eq!(
+            Decoder::new().decode(b"K").unwrap_err().kind,
+            DecodeErrorKind::Unsupported(b'K')
+        );
     }
 
     #[test]
@@ -1696,7 +2040,10 @@ mod tests {
         // Huge length must not allocate or panic.
         let n = b.len();
         b[n - 4..].copy_from_slice(&i32::MAX.to_be_bytes());
-        assert!(matches!(Decoder::new().decode(&b).unwrap_err().kind, DecodeErrorKind::Truncated { .. }));
+        assert!(matches!(
+            Decoder::new().decode(&b).unwrap_err().kind,
+            DecodeErrorKind::Truncated { .. }
+        ));
         // Unknown column kind.
         b[n - 5] = b'x';
         let e = Decoder::new().decode(&b).unwrap_err();
@@ -1710,7 +2057,11 @@ mod tests {
         // Insert without 'N'.
         let mut b = insert_msg(None);
         b[5] = b'K';
-        assert!(Decoder::new().decode(&b).unwrap_err().to_string().contains("expected 'N'"));
+        assert!(Decoder::new()
+            .decode(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 'N'"));
         // Huge truncate count.
         let mut b = vec![b'T'];
         put_i32(&mut b, i32::MAX);

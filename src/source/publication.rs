@@ -10,12 +10,23 @@ use super::quote_ident;
 /// Create the publication if it does not exist yet; true if it had to be created. The
 /// connector's append-only publication (named by `names::append_publication_name`) publishes
 /// inserts and truncates only.
-pub async fn ensure(client: &Client, publication: &str, append_only: bool) -> Result<bool, tokio_postgres::Error> {
+pub async fn ensure(
+    client: &Client,
+    publication: &str,
+    append_only: bool,
+) -> Result<bool, tokio_postgres::Error> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await?;
     if exists.is_none() {
-        let publish = if append_only { ", publish = 'insert, truncate'" } else { "" };
+        let publish = if append_only {
+            ", publish = 'insert, truncate'"
+        } else {
+            ""
+        };
         client
             .batch_execute(&format!(
                 "CREATE PUBLICATION {} WITH (publish_via_partition_root = true{publish})",
@@ -31,7 +42,10 @@ pub async fn ensure(client: &Client, publication: &str, append_only: bool) -> Re
 /// owns it (adding a table to a publication requires that) and whether it is a superuser
 /// (`ADD TABLES IN SCHEMA` requires that). Read-only: `add_table` checks these at once, and the
 /// connector's worker makes the change after the catalog commits.
-pub async fn privileges(client: &Client, qualified: &str) -> Result<(bool, bool), tokio_postgres::Error> {
+pub async fn privileges(
+    client: &Client,
+    qualified: &str,
+) -> Result<(bool, bool), tokio_postgres::Error> {
     let r = client
         .query_one(
             "SELECT coalesce((SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c
@@ -44,7 +58,12 @@ pub async fn privileges(client: &Client, qualified: &str) -> Result<(bool, bool)
 }
 
 /// Whether `schema.name` is in the publication.
-pub async fn contains(client: &Client, publication: &str, schema: &str, name: &str) -> Result<bool, tokio_postgres::Error> {
+pub async fn contains(
+    client: &Client,
+    publication: &str,
+    schema: &str,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
     Ok(client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_publication p
@@ -63,7 +82,12 @@ pub async fn contains(client: &Client, publication: &str, schema: &str, name: &s
 /// inheritance children, which `publish_via_partition_root` does not cover, and adding each new
 /// chunk by name after it appeared would miss the rows written in the transaction creating it.
 /// Changes of chunks no synced table owns are ignored by the apply.
-pub async fn add_schema(client: &Client, publication: &str, append_only: bool, schema: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn add_schema(
+    client: &Client,
+    publication: &str,
+    append_only: bool,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
     ensure(client, publication, append_only).await?;
     let present = client
         .query_opt(
@@ -86,7 +110,13 @@ pub async fn add_schema(client: &Client, publication: &str, append_only: bool, s
     Ok(())
 }
 
-pub async fn add_table(client: &Client, publication: &str, append_only: bool, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn add_table(
+    client: &Client,
+    publication: &str,
+    append_only: bool,
+    schema: &str,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
     ensure(client, publication, append_only).await?;
     if !contains(client, publication, schema, name).await? {
         client
@@ -103,8 +133,18 @@ pub async fn add_table(client: &Client, publication: &str, append_only: bool, sc
 
 /// Every table in the publication, chunk schemas' tables included (`pg_publication_tables`);
 /// None when the publication does not exist.
-pub async fn tables(client: &Client, publication: &str) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
-    if client.query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&publication]).await?.is_none() {
+pub async fn tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
+    if client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_none()
+    {
         return Ok(None);
     }
     let rows = client
@@ -116,7 +156,12 @@ pub async fn tables(client: &Client, publication: &str) -> Result<Option<Vec<(St
     Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
 }
 
-pub async fn drop_table(client: &Client, publication: &str, schema: &str, name: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn drop_table(
+    client: &Client,
+    publication: &str,
+    schema: &str,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
     if contains(client, publication, schema, name).await? {
         client
             .batch_execute(&format!(

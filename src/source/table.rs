@@ -110,7 +110,9 @@ pub struct TypeRef {
 /// What a user-defined type is, field by field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserTypeKind {
-    Enum { labels: Vec<String> },
+    Enum {
+        labels: Vec<String>,
+    },
     Domain {
         base: TypeRef,
         /// Default expression text (guarded on the target).
@@ -119,7 +121,9 @@ pub enum UserTypeKind {
         /// CHECK constraints: name and expression text (guarded on the target).
         checks: Vec<(String, String)>,
     },
-    Composite { attributes: Vec<(String, TypeRef)> },
+    Composite {
+        attributes: Vec<(String, TypeRef)>,
+    },
 }
 
 /// A user-defined type to create on the target when it is missing there.
@@ -234,7 +238,11 @@ impl IndexDef {
             }
             let opt = opts.get(i).copied().unwrap_or(0);
             columns.push(IndexColumn {
-                column: if name.is_empty() { Err(exprs.get(i).cloned().unwrap_or_default()) } else { Ok(name.clone()) },
+                column: if name.is_empty() {
+                    Err(exprs.get(i).cloned().unwrap_or_default())
+                } else {
+                    Ok(name.clone())
+                },
                 collation: pair(&coll_ns, &coll, i),
                 opclass: pair(&opc_ns, &opc, i),
                 descending: opt & 1 != 0,
@@ -412,16 +420,35 @@ impl TableDef {
         let cols = self.column_list();
         let select_cols = &cols[1..cols.len() - 1];
         let cond = if key.len() == 1 {
-            let elems: Vec<String> =
-                keys.iter().map(|k| format!("\"{}\"", k[0].replace('\\', "\\\\").replace('"', "\\\""))).collect();
-            format!("{} = ANY ({})", quote_ident(&key[0]), quote_literal(&format!("{{{}}}", elems.join(","))))
+            let elems: Vec<String> = keys
+                .iter()
+                .map(|k| format!("\"{}\"", k[0].replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            format!(
+                "{} = ANY ({})",
+                quote_ident(&key[0]),
+                quote_literal(&format!("{{{}}}", elems.join(",")))
+            )
         } else {
             let cols: Vec<String> = key.iter().map(|c| quote_ident(c)).collect();
-            let rows: Vec<String> =
-                keys.iter().map(|k| format!("({})", k.iter().map(|v| quote_literal(v)).collect::<Vec<_>>().join(", "))).collect();
+            let rows: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "({})",
+                        k.iter()
+                            .map(|v| quote_literal(v))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect();
             format!("({}) IN ({})", cols.join(", "), rows.join(", "))
         };
-        format!("COPY (SELECT {select_cols} FROM {} WHERE {cond}) TO STDOUT{format}", self.qualified())
+        format!(
+            "COPY (SELECT {select_cols} FROM {} WHERE {cond}) TO STDOUT{format}",
+            self.qualified()
+        )
     }
 
     pub fn copy_out_sql(&self, pages: Option<(i64, Option<i64>)>, binary: bool) -> String {
@@ -431,10 +458,18 @@ impl TableDef {
         match pages {
             // `COPY t () TO` is a syntax error: a table without columns is read through a query
             // (`SELECT FROM t`, one empty row per row).
-            None if !self.has_children() && !self.columns.is_empty() => format!("COPY {} {cols} TO STDOUT{format}", self.qualified()),
-            None => format!("COPY (SELECT {select_cols} FROM {}) TO STDOUT{format}", self.qualified()),
+            None if !self.has_children() && !self.columns.is_empty() => {
+                format!("COPY {} {cols} TO STDOUT{format}", self.qualified())
+            }
+            None => format!(
+                "COPY (SELECT {select_cols} FROM {}) TO STDOUT{format}",
+                self.qualified()
+            ),
             Some((start, end)) => {
-                let mut q = format!("COPY (SELECT {select_cols} FROM {} WHERE ctid >= '({start},0)'::tid", self.qualified());
+                let mut q = format!(
+                    "COPY (SELECT {select_cols} FROM {} WHERE ctid >= '({start},0)'::tid",
+                    self.qualified()
+                );
                 if let Some(end) = end {
                     q.push_str(&format!(" AND ctid < '({end},0)'::tid"));
                 }
@@ -472,18 +507,36 @@ fn user_type_from_row(r: &tokio_postgres::Row) -> UserType {
                 attributes: names
                     .into_iter()
                     .zip(schemas.into_iter().zip(types).zip(mods))
-                    .map(|(n, ((schema, name), typmod))| (n, TypeRef { schema, name, typmod }))
+                    .map(|(n, ((schema, name), typmod))| {
+                        (
+                            n,
+                            TypeRef {
+                                schema,
+                                name,
+                                typmod,
+                            },
+                        )
+                    })
                     .collect(),
             }
         }
     };
-    UserType { schema: r.get(1), name: r.get(2), kind }
+    UserType {
+        schema: r.get(1),
+        name: r.get(2),
+        kind,
+    }
 }
 
 /// Read table `spelled` (the user's spelling, as for `regclass`) from the source; None if it does
 /// not exist.
-pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<Option<TableDef>, tokio_postgres::Error> {
-    let Some(r) = client.query_opt(TABLE_QUERY, &[&spelled]).await? else { return Ok(None) };
+pub async fn describe(
+    client: &tokio_postgres::Client,
+    spelled: &str,
+) -> Result<Option<TableDef>, tokio_postgres::Error> {
+    let Some(r) = client.query_opt(TABLE_QUERY, &[&spelled]).await? else {
+        return Ok(None);
+    };
     let oid: i64 = r.get(0);
     let mut t = TableDef {
         kind: r.get(1),
@@ -500,7 +553,10 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
         source_hypertable: None,
     };
     let has_timescale: bool = client
-        .query_one("SELECT pg_catalog.to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL", &[])
+        .query_one(
+            "SELECT pg_catalog.to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     if has_timescale {
@@ -514,7 +570,12 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
             });
         }
     }
-    for (position, c) in client.query(COLUMNS_QUERY, &[&oid]).await?.iter().enumerate() {
+    for (position, c) in client
+        .query(COLUMNS_QUERY, &[&oid])
+        .await?
+        .iter()
+        .enumerate()
+    {
         let col = ColumnDef {
             name: c.get(0),
             position,
@@ -525,7 +586,11 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
             type_kind: c.get(5),
             type_extension: c.get(6),
             default_expr: c.get(7),
-            type_ref: TypeRef { schema: c.get(9), name: c.get(10), typmod: c.get(11) },
+            type_ref: TypeRef {
+                schema: c.get(9),
+                name: c.get(10),
+                typmod: c.get(11),
+            },
             user_types: Vec::new(),
         };
         if c.get::<_, bool>(8) {
@@ -534,8 +599,16 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
             t.columns.push(col);
         }
     }
-    for c in t.columns.iter_mut().chain(t.generated.iter_mut()).filter(|c| c.type_oid >= 16384 && c.type_extension.is_none()) {
-        for r in client.query(USER_TYPES_QUERY, &[&(c.type_oid as i64)]).await? {
+    for c in t
+        .columns
+        .iter_mut()
+        .chain(t.generated.iter_mut())
+        .filter(|c| c.type_oid >= 16384 && c.type_extension.is_none())
+    {
+        for r in client
+            .query(USER_TYPES_QUERY, &[&(c.type_oid as i64)])
+            .await?
+        {
             c.user_types.push(user_type_from_row(&r));
         }
     }
@@ -556,9 +629,15 @@ pub async fn describe(client: &tokio_postgres::Client, spelled: &str) -> Result<
 pub fn create_key_sql(target_qualified: &str, key: &[String], primary: bool) -> String {
     let cols: Vec<String> = key.iter().map(|c| quote_ident(c)).collect();
     if primary {
-        format!("ALTER TABLE {target_qualified} ADD PRIMARY KEY ({})", cols.join(", "))
+        format!(
+            "ALTER TABLE {target_qualified} ADD PRIMARY KEY ({})",
+            cols.join(", ")
+        )
     } else {
-        format!("CREATE UNIQUE INDEX ON {target_qualified} ({})", cols.join(", "))
+        format!(
+            "CREATE UNIQUE INDEX ON {target_qualified} ({})",
+            cols.join(", ")
+        )
     }
 }
 
@@ -571,7 +650,11 @@ mod tests {
             name: name.into(),
             position: 0,
             type_name: ty.into(),
-            type_ref: TypeRef { schema: "pg_catalog".into(), name: "timestamptz".into(), typmod: -1 },
+            type_ref: TypeRef {
+                schema: "pg_catalog".into(),
+                name: "timestamptz".into(),
+                typmod: -1,
+            },
             type_oid: 1184,
             elem_oid: 0,
             not_null: nn,
@@ -607,13 +690,23 @@ mod tests {
         let t = metrics();
         assert_eq!(t.qualified(), "\"public\".\"Weird \"\"Name\"\"\"");
         assert_eq!(t.column_list(), "(\"time\", \"value\")");
-        assert_eq!(create_key_sql("x", &t.key, true), "ALTER TABLE x ADD PRIMARY KEY (\"time\")");
-        assert_eq!(create_key_sql("x", &t.key, false), "CREATE UNIQUE INDEX ON x (\"time\")");
+        assert_eq!(
+            create_key_sql("x", &t.key, true),
+            "ALTER TABLE x ADD PRIMARY KEY (\"time\")"
+        );
+        assert_eq!(
+            create_key_sql("x", &t.key, false),
+            "CREATE UNIQUE INDEX ON x (\"time\")"
+        );
     }
 
     #[test]
     fn source_hypertable_chunks_and_copy() {
-        let h = SourceHypertable { chunk_schema: "_timescaledb_internal".into(), chunk_prefix: "_hyper_1".into(), compressed: false };
+        let h = SourceHypertable {
+            chunk_schema: "_timescaledb_internal".into(),
+            chunk_prefix: "_hyper_1".into(),
+            compressed: false,
+        };
         assert!(h.is_chunk("_timescaledb_internal", "_hyper_1_17_chunk"));
         assert!(!h.is_chunk("_timescaledb_internal", "_hyper_12_17_chunk"));
         assert!(!h.is_chunk("_timescaledb_internal", "compress_hyper_2_3_chunk"));
@@ -621,7 +714,9 @@ mod tests {
         assert!(!h.is_chunk("public", "_hyper_1_17_chunk"));
         let mut t = metrics();
         t.source_hypertable = Some(h);
-        assert!(t.copy_out_sql(None, true).starts_with("COPY (SELECT \"time\", \"value\" FROM"));
+        assert!(t
+            .copy_out_sql(None, true)
+            .starts_with("COPY (SELECT \"time\", \"value\" FROM"));
     }
 
     #[test]
@@ -632,7 +727,11 @@ mod tests {
         t.replica_identity = "i".into();
         assert_eq!(t.resume_key(), None, "identity index columns unknown");
         t.identity_key = vec!["value".into()];
-        assert_eq!(t.resume_key(), Some(vec!["value".to_string()]), "by the identity index");
+        assert_eq!(
+            t.resume_key(),
+            Some(vec!["value".to_string()]),
+            "by the identity index"
+        );
         t.identity_key.clear();
         t.key_is_primary = false;
         assert_eq!(t.resume_key(), Some(vec!["time".to_string()]));
@@ -643,12 +742,26 @@ mod tests {
         assert_eq!(t.resume_key(), None, "partitioned: one range");
 
         let t = metrics();
-        let one = t.copy_keys_sql(&["time".into()], &[vec!["2026-01-01 00:00:00+00".into()], vec![r#"a"b\c'd"#.into()]], true);
+        let one = t.copy_keys_sql(
+            &["time".into()],
+            &[
+                vec!["2026-01-01 00:00:00+00".into()],
+                vec![r#"a"b\c'd"#.into()],
+            ],
+            true,
+        );
         assert_eq!(
             one,
             r#"COPY (SELECT "time", "value" FROM "public"."Weird ""Name""" WHERE "time" = ANY ('{"2026-01-01 00:00:00+00","a\"b\\c''d"}')) TO STDOUT (FORMAT binary)"#
         );
-        let two = t.copy_keys_sql(&["time".into(), "value".into()], &[vec!["t1".into(), "1".into()], vec!["t'2".into(), "2".into()]], false);
+        let two = t.copy_keys_sql(
+            &["time".into(), "value".into()],
+            &[
+                vec!["t1".into(), "1".into()],
+                vec!["t'2".into(), "2".into()],
+            ],
+            false,
+        );
         assert_eq!(
             two,
             r#"COPY (SELECT "time", "value" FROM "public"."Weird ""Name""" WHERE ("time", "value") IN (('t1', '1'), ('t''2', '2'))) TO STDOUT"#
@@ -666,13 +779,18 @@ mod tests {
             t.copy_out_sql(Some((0, Some(128))), true),
             "COPY (SELECT \"time\", \"value\" FROM \"public\".\"Weird \"\"Name\"\"\" WHERE ctid >= '(0,0)'::tid AND ctid < '(128,0)'::tid) TO STDOUT (FORMAT binary)"
         );
-        assert!(t.copy_out_sql(Some((128, None)), false).ends_with("WHERE ctid >= '(128,0)'::tid) TO STDOUT"));
+        assert!(t
+            .copy_out_sql(Some((128, None)), false)
+            .ends_with("WHERE ctid >= '(128,0)'::tid) TO STDOUT"));
         t.kind = "p".into();
         assert!(t.copy_out_sql(None, false).starts_with("COPY (SELECT"));
         t.kind = "r".into();
         let mut empty = t.clone();
         empty.columns.clear();
-        assert_eq!(empty.copy_out_sql(None, false), "COPY (SELECT  FROM \"public\".\"Weird \"\"Name\"\"\") TO STDOUT");
+        assert_eq!(
+            empty.copy_out_sql(None, false),
+            "COPY (SELECT  FROM \"public\".\"Weird \"\"Name\"\"\") TO STDOUT"
+        );
         assert!(t.binary_copy_ok());
         t.columns[0].elem_oid = 3615; // tsquery[]: text COPY into PostgreSQL 18
         assert_eq!(t.binary_copy_ok(), cfg!(not(feature = "pg18")));

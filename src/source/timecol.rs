@@ -52,9 +52,16 @@ pub fn time_kind(type_oid: u32) -> Option<TimeKind> {
 
 fn looks_like_time(name: &str) -> bool {
     let n = name.to_lowercase();
-    ["time", "ts", "epoch", "date", "day", "created", "updated", "at"]
-        .iter()
-        .any(|w| n == *w || n.ends_with(&format!("_{w}")) || n.starts_with(&format!("{w}_")) || n.contains("time"))
+    [
+        "time", "ts", "epoch", "date", "day", "created", "updated", "at",
+    ]
+    .iter()
+    .any(|w| {
+        n == *w
+            || n.ends_with(&format!("_{w}"))
+            || n.starts_with(&format!("{w}_"))
+            || n.contains("time")
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +75,11 @@ pub struct Suggestion {
 
 /// Pick the time column of `def`. `correlations`: (column, pg_stats.correlation) pairs;
 /// `source_dimension`: the source hypertable's own time column, if it is one.
-pub fn suggest(def: &TableDef, correlations: &[(String, Option<f64>)], source_dimension: Option<&str>) -> Suggestion {
+pub fn suggest(
+    def: &TableDef,
+    correlations: &[(String, Option<f64>)],
+    source_dimension: Option<&str>,
+) -> Suggestion {
     if let Some(d) = source_dimension {
         if let Some(c) = def.columns.iter().find(|c| c.name == d) {
             return Suggestion {
@@ -78,11 +89,18 @@ pub fn suggest(def: &TableDef, correlations: &[(String, Option<f64>)], source_di
             };
         }
     }
-    let corr = |name: &str| correlations.iter().find(|(n, _)| n == name).and_then(|(_, c)| *c);
+    let corr = |name: &str| {
+        correlations
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, c)| *c)
+    };
     let mut best: Option<(i32, &super::table::ColumnDef, Vec<String>)> = None;
     let mut nullable = Vec::new();
     for c in &def.columns {
-        let Some(kind) = time_kind(c.type_oid) else { continue };
+        let Some(kind) = time_kind(c.type_oid) else {
+            continue;
+        };
         if kind == TimeKind::Integer && !looks_like_time(&c.name) {
             continue;
         }
@@ -97,14 +115,23 @@ pub fn suggest(def: &TableDef, correlations: &[(String, Option<f64>)], source_di
         }
         if def.key.contains(&c.name) {
             score += 20;
-            why.push(if def.key_is_primary { "in the primary key" } else { "in the replica identity key" }.to_string());
+            why.push(
+                if def.key_is_primary {
+                    "in the primary key"
+                } else {
+                    "in the replica identity key"
+                }
+                .to_string(),
+            );
         }
         match corr(&c.name) {
             Some(r) if r.abs() >= 0.9 => {
                 score += 10;
                 why.push(format!("correlation {r:.2} with the physical row order"));
             }
-            Some(r) => why.push(format!("weak correlation {r:.2} with the physical row order")),
+            Some(r) => why.push(format!(
+                "weak correlation {r:.2} with the physical row order"
+            )),
             None => {}
         }
         if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
@@ -154,12 +181,22 @@ pub fn span_query(kind: TimeKind, table_qualified: &str, column_quoted: &str) ->
 /// Timestamp kinds give an interval literal rounded to whole hours (under a day) or days, between
 /// one hour and 90 days, and `7 days` (TimescaleDB's own default) when size or span is unknown.
 /// Integer kinds give a positive integer, `None` when unknown (TimescaleDB then requires one).
-pub fn chunk_interval(kind: TimeKind, span: Option<f64>, table_bytes: i64, chunk_bytes: i64) -> Option<String> {
-    let known = span.filter(|s| s.is_finite() && *s > 0.0).filter(|_| table_bytes > 0 && chunk_bytes > 0);
+pub fn chunk_interval(
+    kind: TimeKind,
+    span: Option<f64>,
+    table_bytes: i64,
+    chunk_bytes: i64,
+) -> Option<String> {
+    let known = span
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .filter(|_| table_bytes > 0 && chunk_bytes > 0);
     match kind {
         TimeKind::Timestamp => {
-            let Some(span) = known else { return Some("7 days".into()) };
-            let secs = (span * chunk_bytes as f64 / table_bytes as f64).clamp(3600.0, 90.0 * 86400.0);
+            let Some(span) = known else {
+                return Some("7 days".into());
+            };
+            let secs =
+                (span * chunk_bytes as f64 / table_bytes as f64).clamp(3600.0, 90.0 * 86400.0);
             let (n, unit) = if secs < 86400.0 {
                 ((secs / 3600.0).round().max(1.0) as i64, "hour")
             } else {
@@ -169,14 +206,21 @@ pub fn chunk_interval(kind: TimeKind, span: Option<f64>, table_bytes: i64, chunk
         }
         TimeKind::Integer => {
             let span = known?;
-            Some(((span * chunk_bytes as f64 / table_bytes as f64).round() as i64).max(1).to_string())
+            Some(
+                ((span * chunk_bytes as f64 / table_bytes as f64).round() as i64)
+                    .max(1)
+                    .to_string(),
+            )
         }
     }
 }
 
 /// Read what [`suggest`] needs about `def` from the source: column correlations and, when the
 /// source has TimescaleDB and the table is a hypertable there, its time dimension.
-pub async fn suggest_from_source(client: &tokio_postgres::Client, def: &TableDef) -> Result<Suggestion, tokio_postgres::Error> {
+pub async fn suggest_from_source(
+    client: &tokio_postgres::Client,
+    def: &TableDef,
+) -> Result<Suggestion, tokio_postgres::Error> {
     let correlations: Vec<(String, Option<f64>)> = client
         .query(STATS_QUERY, &[&def.schema, &def.name])
         .await?
@@ -184,11 +228,17 @@ pub async fn suggest_from_source(client: &tokio_postgres::Client, def: &TableDef
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let has_timescale: bool = client
-        .query_one("SELECT pg_catalog.to_regclass('timescaledb_information.dimensions') IS NOT NULL", &[])
+        .query_one(
+            "SELECT pg_catalog.to_regclass('timescaledb_information.dimensions') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     let dimension = if has_timescale {
-        client.query_opt(SOURCE_DIMENSION_QUERY, &[&def.schema, &def.name]).await?.map(|r| r.get::<_, String>(0))
+        client
+            .query_opt(SOURCE_DIMENSION_QUERY, &[&def.schema, &def.name])
+            .await?
+            .map(|r| r.get::<_, String>(0))
     } else {
         None
     };
@@ -197,10 +247,22 @@ pub async fn suggest_from_source(client: &tokio_postgres::Client, def: &TableDef
 
 /// The span of `column`'s values on the source (see [`span_query`]); None when the table is
 /// empty or the query takes longer than a few seconds (a huge table without an index on it).
-pub async fn span_on_source(client: &tokio_postgres::Client, def: &TableDef, column: &str, kind: TimeKind) -> Option<f64> {
-    client.batch_execute("SET statement_timeout = '5s'").await.ok()?;
+pub async fn span_on_source(
+    client: &tokio_postgres::Client,
+    def: &TableDef,
+    column: &str,
+    kind: TimeKind,
+) -> Option<f64> {
+    client
+        .batch_execute("SET statement_timeout = '5s'")
+        .await
+        .ok()?;
     let q = span_query(kind, &def.qualified(), &super::quote_ident(column));
-    let span = client.query_one(q.as_str(), &[]).await.ok().and_then(|r| r.get::<_, Option<f64>>(0));
+    let span = client
+        .query_one(q.as_str(), &[])
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<f64>>(0));
     let _ = client.batch_execute("RESET statement_timeout").await;
     span
 }
@@ -221,7 +283,11 @@ mod tests {
             }
             .into(),
             position: 0,
-            type_ref: crate::source::table::TypeRef { schema: "pg_catalog".into(), name: "int4".into(), typmod: -1 },
+            type_ref: crate::source::table::TypeRef {
+                schema: "pg_catalog".into(),
+                name: "int4".into(),
+                typmod: -1,
+            },
             not_null: nn,
             type_oid: oid,
             elem_oid: 0,
@@ -252,27 +318,48 @@ mod tests {
     #[test]
     fn prefers_not_null_timestamp_in_key_with_correlation() {
         let t = table(
-            vec![col("id", INT8, true), col("created", TIMESTAMP, true), col("time", TIMESTAMPTZ, true)],
+            vec![
+                col("id", INT8, true),
+                col("created", TIMESTAMP, true),
+                col("time", TIMESTAMPTZ, true),
+            ],
             &["id", "time"],
         );
-        let s = suggest(&t, &[("time".into(), Some(0.99)), ("created".into(), Some(0.2))], None);
+        let s = suggest(
+            &t,
+            &[("time".into(), Some(0.99)), ("created".into(), Some(0.2))],
+            None,
+        );
         assert_eq!(s.column.as_deref(), Some("time"));
         assert_eq!(s.kind, Some(TimeKind::Timestamp));
-        assert!(s.reason.contains("in the primary key") && s.reason.contains("correlation 0.99"), "{}", s.reason);
+        assert!(
+            s.reason.contains("in the primary key") && s.reason.contains("correlation 0.99"),
+            "{}",
+            s.reason
+        );
     }
 
     #[test]
     fn integer_ids_are_not_time_but_named_integers_are() {
         let t = table(vec![col("id", INT8, true), col("v", INT4, true)], &["id"]);
         assert_eq!(suggest(&t, &[], None).column, None);
-        let t = table(vec![col("id", INT8, true), col("epoch_ms", INT8, true)], &["id"]);
+        let t = table(
+            vec![col("id", INT8, true), col("epoch_ms", INT8, true)],
+            &["id"],
+        );
         let s = suggest(&t, &[], None);
-        assert_eq!((s.column.as_deref(), s.kind), (Some("epoch_ms"), Some(TimeKind::Integer)));
+        assert_eq!(
+            (s.column.as_deref(), s.kind),
+            (Some("epoch_ms"), Some(TimeKind::Integer))
+        );
     }
 
     #[test]
     fn nullable_time_columns_are_named_in_the_reason() {
-        let t = table(vec![col("id", INT8, true), col("seen", TIMESTAMPTZ, false)], &["id"]);
+        let t = table(
+            vec![col("id", INT8, true), col("seen", TIMESTAMPTZ, false)],
+            &["id"],
+        );
         let s = suggest(&t, &[], None);
         assert_eq!(s.column, None);
         assert!(s.reason.contains("\"seen\" can be NULL"), "{}", s.reason);
@@ -280,7 +367,13 @@ mod tests {
 
     #[test]
     fn a_source_hypertable_keeps_its_dimension() {
-        let t = table(vec![col("time", TIMESTAMPTZ, true), col("recorded", TIMESTAMPTZ, true)], &["time"]);
+        let t = table(
+            vec![
+                col("time", TIMESTAMPTZ, true),
+                col("recorded", TIMESTAMPTZ, true),
+            ],
+            &["time"],
+        );
         let s = suggest(&t, &[("time".into(), Some(1.0))], Some("recorded"));
         assert_eq!(s.column.as_deref(), Some("recorded"));
         assert!(s.reason.contains("source hypertable"));
@@ -290,15 +383,33 @@ mod tests {
     fn chunk_intervals() {
         const GB: i64 = 1 << 30;
         // 10 GB over 100 days, 1 GB chunks: 10 days.
-        assert_eq!(chunk_interval(TimeKind::Timestamp, Some(100.0 * 86400.0), 10 * GB, GB).as_deref(), Some("10 days"));
+        assert_eq!(
+            chunk_interval(TimeKind::Timestamp, Some(100.0 * 86400.0), 10 * GB, GB).as_deref(),
+            Some("10 days")
+        );
         // 100 GB over a day: clamped to one hour.
-        assert_eq!(chunk_interval(TimeKind::Timestamp, Some(86400.0), 100 * GB, GB).as_deref(), Some("1 hour"));
+        assert_eq!(
+            chunk_interval(TimeKind::Timestamp, Some(86400.0), 100 * GB, GB).as_deref(),
+            Some("1 hour")
+        );
         // 12 GB over a day: two hours.
-        assert_eq!(chunk_interval(TimeKind::Timestamp, Some(86400.0), 12 * GB, GB).as_deref(), Some("2 hours"));
+        assert_eq!(
+            chunk_interval(TimeKind::Timestamp, Some(86400.0), 12 * GB, GB).as_deref(),
+            Some("2 hours")
+        );
         // Tiny tables: at most 90 days; unknown: TimescaleDB's default.
-        assert_eq!(chunk_interval(TimeKind::Timestamp, Some(3e9), 1 << 20, GB).as_deref(), Some("90 days"));
-        assert_eq!(chunk_interval(TimeKind::Timestamp, None, GB, GB).as_deref(), Some("7 days"));
-        assert_eq!(chunk_interval(TimeKind::Integer, Some(1000.0), 4 * GB, GB).as_deref(), Some("250"));
+        assert_eq!(
+            chunk_interval(TimeKind::Timestamp, Some(3e9), 1 << 20, GB).as_deref(),
+            Some("90 days")
+        );
+        assert_eq!(
+            chunk_interval(TimeKind::Timestamp, None, GB, GB).as_deref(),
+            Some("7 days")
+        );
+        assert_eq!(
+            chunk_interval(TimeKind::Integer, Some(1000.0), 4 * GB, GB).as_deref(),
+            Some("250")
+        );
         assert_eq!(chunk_interval(TimeKind::Integer, None, GB, GB), None);
     }
 }

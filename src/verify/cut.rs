@@ -90,7 +90,10 @@ pub fn pending(connector_id: i32) -> Option<Pending> {
         .iter()
         .enumerate()
         .find(|(_, s)| s.state == State::Requested && s.connector_id == connector_id)
-        .map(|(i, s)| Pending { slot: i, lsn: s.lsn })
+        .map(|(i, s)| Pending {
+            slot: i,
+            lsn: s.lsn,
+        })
 }
 
 fn set_state(slot: usize, from: State, to: State) -> Option<i32> {
@@ -171,7 +174,14 @@ impl Request {
         let i = g.slots.iter().position(|s| s.state == State::Free)?;
         // SAFETY: MyProcPid is a backend-local global, read on the process's only thread.
         let me = unsafe { pg_sys::MyProcPid };
-        g.slots[i] = Slot { state: State::Requested, connector_id, lsn, verifier_pid: me, stream_pid: 0, at_cut: 0 };
+        g.slots[i] = Slot {
+            state: State::Requested,
+            connector_id,
+            lsn,
+            verifier_pid: me,
+            stream_pid: 0,
+            at_cut: 0,
+        };
         PENDING.get().fetch_add(1, Ordering::AcqRel);
         Some(Request { slot: i })
     }
@@ -207,4 +217,3 @@ impl Drop for Request {
         PENDING.get().fetch_sub(1, Ordering::AcqRel);
     }
 }
-

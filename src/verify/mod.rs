@@ -65,22 +65,45 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
     let table_id = unsafe { i32::from_datum(arg, false) }.expect("verify worker needs a table id");
     let tail = crate::worker::worker_extra_tail();
     let (id, by_text) = match tail.split_once(':') {
-        Some((id, flag)) => (id.parse::<i64>().expect("verify worker needs a verification id"), flag == "text"),
-        None => (tail.parse::<i64>().expect("verify worker needs a verification id"), false),
+        Some((id, flag)) => (
+            id.parse::<i64>()
+                .expect("verify worker needs a verification id"),
+            flag == "text",
+        ),
+        None => (
+            tail.parse::<i64>()
+                .expect("verify worker needs a verification id"),
+            false,
+        ),
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(crate::worker::worker_database()), None);
     crate::worker::set_worker_session_defaults();
     crate::worker::set_application_name(&format!("livesync verify {id}"));
 
     let setup = crate::worker::in_transaction(|| -> Result<_, String> {
-        let t = tables::by_id(table_id).map_err(|e| e.message)?.ok_or("the table is no longer synced")?;
-        let connector_id = catalog::first_value::<i32>("SELECT connector_id FROM livesync.sync_table WHERE id = $1", &[table_id.into()])
+        let t = tables::by_id(table_id)
             .map_err(|e| e.message)?
             .ok_or("the table is no longer synced")?;
-        let c = catalog::connector_by_id(connector_id).map_err(|e| e.message)?.ok_or("the connector is gone")?;
-        let conninfo = catalog::conninfo(c.id).map_err(|e| e.message)?.ok_or("the connector is gone")?;
-        verification::start(id, c.id, t.id, &qualified(&t.source_schema, &t.source_name), &qualified(&t.target_schema, &t.target_name))
-            .map_err(|e| e.message)?;
+        let connector_id = catalog::first_value::<i32>(
+            "SELECT connector_id FROM livesync.sync_table WHERE id = $1",
+            &[table_id.into()],
+        )
+        .map_err(|e| e.message)?
+        .ok_or("the table is no longer synced")?;
+        let c = catalog::connector_by_id(connector_id)
+            .map_err(|e| e.message)?
+            .ok_or("the connector is gone")?;
+        let conninfo = catalog::conninfo(c.id)
+            .map_err(|e| e.message)?
+            .ok_or("the connector is gone")?;
+        verification::start(
+            id,
+            c.id,
+            t.id,
+            &qualified(&t.source_schema, &t.source_name),
+            &qualified(&t.target_schema, &t.target_name),
+        )
+        .map_err(|e| e.message)?;
         Ok((t, c, conninfo))
     });
     let (t, c, conninfo) = match setup {
@@ -91,7 +114,11 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
     let started = Instant::now();
     let mut summary = match run(id, &t, &c, &conninfo, by_text) {
         Ok(s) => s,
-        Err(e) => Summary { state: "failed", error: Some(e), ..Default::default() },
+        Err(e) => Summary {
+            state: "failed",
+            error: Some(e),
+            ..Default::default()
+        },
     };
     if summary.state == "running" {
         summary.state = "failed";
@@ -106,7 +133,11 @@ pub extern "C-unwind" fn livesync_verify_main(arg: pg_sys::Datum) {
         started.elapsed().as_secs_f64(),
         summary.state,
         summary.differences,
-        summary.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        summary
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
     );
 }
 
@@ -123,7 +154,13 @@ struct SourceCut {
     lsn: u64,
 }
 
-fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str, by_text: bool) -> Result<Summary, String> {
+fn run(
+    id: i64,
+    t: &tables::SyncTable,
+    c: &catalog::Connector,
+    conninfo: &str,
+    by_text: bool,
+) -> Result<Summary, String> {
     let info = SourceConninfo::parse(conninfo).map_err(|e| e.0)?;
     let rt = new_runtime();
     let app = format!("livesync verify {id}");
@@ -134,14 +171,19 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str, b
     // cut is asked for the moment L is known — before anything else, as the stream must not have
     // begun a transaction past L by the time it looks — and the source session imports the
     // snapshot only afterwards (the exported snapshot stays valid while its slot's connection lives).
-    let Some(pid) = crate::worker::in_transaction(|| catalog::live_worker_pid(c.id)).ok().and_then(|r| r.ok()).flatten() else {
+    let Some(pid) = crate::worker::in_transaction(|| catalog::live_worker_pid(c.id))
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten()
+    else {
         return Err(format!("connector \"{}\" is not streaming (paused, or its worker is down); resume it and try again", c.name));
     };
     let mut attempts = 0;
     let (exported, pause) = loop {
         attempts += 1;
         let slot = format!("livesync_verify_{}_{}", id, attempts);
-        let exported = ExportedSnapshot::create(conninfo, &app, &slot, true).map_err(|e| format!("could not export a snapshot on the source: {e}"))?;
+        let exported = ExportedSnapshot::create(conninfo, &app, &slot, true)
+            .map_err(|e| format!("could not export a snapshot on the source: {e}"))?;
         match take_target_snapshot(c, pid, parse_lsn(&exported.lsn))? {
             Some(pause) => break (exported, pause),
             None if attempts < CUT_ATTEMPTS => continue,
@@ -160,7 +202,11 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str, b
         }
     };
     let lsn = parse_lsn(&exported.lsn);
-    let src = SourceCut { _exported: exported, client, lsn };
+    let src = SourceCut {
+        _exported: exported,
+        client,
+        lsn,
+    };
 
     // From here on this process is inside the REPEATABLE READ transaction of the cut.
     let r = crate::error::catch(|| compare(&rt, &src, t, &source_rel, &target_rel, by_text));
@@ -182,8 +228,13 @@ fn run(id: i64, t: &tables::SyncTable, c: &catalog::Connector, conninfo: &str, b
 /// Ask the stream for the cut at `lsn` and, once it holds there, begin this process's REPEATABLE
 /// READ transaction (its snapshot is the target side). Some(pause) on success, None when the
 /// stream had already passed `lsn` (try again), Err when it does not come.
-fn take_target_snapshot(c: &catalog::Connector, pid: i32, lsn: u64) -> Result<Option<Duration>, String> {
-    let req = cut::Request::new(c.id, lsn).ok_or("too many verifications run at once; try again later")?;
+fn take_target_snapshot(
+    c: &catalog::Connector,
+    pid: i32,
+    lsn: u64,
+) -> Result<Option<Duration>, String> {
+    let req = cut::Request::new(c.id, lsn)
+        .ok_or("too many verifications run at once; try again later")?;
     crate::worker::wake(pid);
     let start = Instant::now();
     loop {
@@ -239,9 +290,15 @@ fn take_target_snapshot(c: &catalog::Connector, pid: i32, lsn: u64) -> Result<Op
 
 /// Run `source` (a query on the source) and `target` (SPI here) at the same time: the source's
 /// query is sent first, the target's runs meanwhile, then the source's result is collected.
-fn both<S, T>(rt: &tokio::runtime::Runtime, source: impl std::future::Future<Output = S>, target: impl FnOnce() -> T) -> Result<(S, T), String> {
+fn both<S, T>(
+    rt: &tokio::runtime::Runtime,
+    source: impl std::future::Future<Output = S>,
+    target: impl FnOnce() -> T,
+) -> Result<(S, T), String> {
     let mut fut = std::pin::pin!(source);
-    let early = rt.block_on(async { tokio::time::timeout(Duration::from_millis(5), &mut fut).await }).ok();
+    let early = rt
+        .block_on(async { tokio::time::timeout(Duration::from_millis(5), &mut fut).await })
+        .ok();
     let t = target();
     let s = match early {
         Some(v) => v,
@@ -259,16 +316,33 @@ fn source_err(e: tokio_postgres::Error) -> String {
     }
 }
 
-fn spi_rows(sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Vec<(Option<i32>, Option<String>, Option<String>, Option<String>)> {
+fn spi_rows(
+    sql: &str,
+    args: Vec<pgrx::datum::DatumWithOid>,
+) -> Vec<(Option<i32>, Option<String>, Option<String>, Option<String>)> {
     Spi::connect(|c| {
         let t = c.select(sql, None, &args)?;
-        t.map(|r| Ok((r.get::<i32>(1).ok().flatten(), r.get::<String>(2).ok().flatten(), r.get::<String>(3).ok().flatten(), r.get::<String>(4).ok().flatten())))
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        t.map(|r| {
+            Ok((
+                r.get::<i32>(1).ok().flatten(),
+                r.get::<String>(2).ok().flatten(),
+                r.get::<String>(3).ok().flatten(),
+                r.get::<String>(4).ok().flatten(),
+            ))
+        })
+        .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| pgrx::error!("{e}"))
 }
 
-fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable, source_rel: &str, target_rel: &str, by_text: bool) -> Result<Summary, String> {
+fn compare(
+    rt: &tokio::runtime::Runtime,
+    src: &SourceCut,
+    t: &tables::SyncTable,
+    source_rel: &str,
+    target_rel: &str,
+    by_text: bool,
+) -> Result<Summary, String> {
     let client = &src.client;
     // Inside the cut: the table must be fully copied before it, and its changes applied.
     let state = catalog::first_value::<String>(
@@ -278,7 +352,11 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
     .map_err(|e| e.message)?
     .ok_or("the table is no longer synced")?;
     let mut parts = state.splitn(3, ':');
-    let (st, snap, retrying) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (st, snap, retrying) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
     if st != "copied" || retrying == "true" {
         return Err(format!("the table is not in sync at the cut (state {st}{}); verify it once table_progress shows it ready", if retrying == "true" { ", retrying" } else { "" }));
     }
@@ -287,7 +365,9 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
     }
 
     // Pinned output settings on both sides.
-    block_on_until_shutdown(rt, client.batch_execute(sql::PINNED_SETTINGS)).ok_or("shutting down")?.map_err(source_err)?;
+    block_on_until_shutdown(rt, client.batch_execute(sql::PINNED_SETTINGS))
+        .ok_or("shutting down")?
+        .map_err(source_err)?;
     Spi::run(sql::PINNED_SETTINGS).map_err(|e| e.to_string())?;
 
     let def = block_on_until_shutdown(rt, crate::source::table::describe(client, source_rel))
@@ -302,24 +382,38 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         )
         .map_err(|e| e.message)?;
         if there.is_none() {
-            return Err(format!("column \"{col}\" of the source table is missing on the target"));
+            return Err(format!(
+                "column \"{col}\" of the source table is missing on the target"
+            ));
         }
     }
     // Typed hashes where both sides can (PostgreSQL 14+, every column type hashable), unless
     // the caller asked for the rows' text.
     let mut typed = !by_text;
     if typed {
-        let version: i32 = block_on_until_shutdown(rt, client.query_one("SELECT current_setting('server_version_num')::int4", &[]))
-            .ok_or("shutting down")?
-            .map_err(source_err)?
-            .get(0);
+        let version: i32 = block_on_until_shutdown(
+            rt,
+            client.query_one("SELECT current_setting('server_version_num')::int4", &[]),
+        )
+        .ok_or("shutting down")?
+        .map_err(source_err)?
+        .get(0);
         let src_types: Vec<String> = def.columns.iter().map(|c| c.type_name.clone()).collect();
         typed = version >= 140000
-            && block_on_until_shutdown(rt, client.batch_execute(&format!("SAVEPOINT probe; {}; RELEASE probe", sql::typed_probe_sql(&src_types))))
-                .ok_or("shutting down")?
-                .is_ok();
+            && block_on_until_shutdown(
+                rt,
+                client.batch_execute(&format!(
+                    "SAVEPOINT probe; {}; RELEASE probe",
+                    sql::typed_probe_sql(&src_types)
+                )),
+            )
+            .ok_or("shutting down")?
+            .is_ok();
         if !typed && version >= 140000 {
-            let _ = block_on_until_shutdown(rt, client.batch_execute("ROLLBACK TO probe; RELEASE probe"));
+            let _ = block_on_until_shutdown(
+                rt,
+                client.batch_execute("ROLLBACK TO probe; RELEASE probe"),
+            );
         }
         if typed {
             // On the target, ask the type cache (an ERROR here would end the cut's transaction).
@@ -333,20 +427,30 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
                 // SAFETY: lookup_type_cache returns a pointer to a cache entry that lives as long as
                 // the backend; an unknown type raises an ERROR (caught by compare's caller).
                 let hashable = unsafe {
-                    let e = pg_sys::lookup_type_cache(oid, pg_sys::TYPECACHE_HASH_EXTENDED_PROC as i32);
+                    let e =
+                        pg_sys::lookup_type_cache(oid, pg_sys::TYPECACHE_HASH_EXTENDED_PROC as i32);
                     !e.is_null() && (*e).hash_extended_proc != pg_sys::InvalidOid
                 };
                 typed &= hashable;
             }
         }
     }
-    let shape = Shape { columns, key: def.key.clone(), typed };
+    let shape = Shape {
+        columns,
+        key: def.key.clone(),
+        typed,
+    };
 
     // Buckets: ranges of the first key column when its type allows a binary search.
     let first = shape.key.first().cloned();
     let range_ok = match &first {
         Some(k) => {
-            let oid = def.columns.iter().find(|c| &c.name == k).map(|c| c.type_oid as i64).unwrap_or(0);
+            let oid = def
+                .columns
+                .iter()
+                .find(|c| &c.name == k)
+                .map(|c| c.type_oid as i64)
+                .unwrap_or(0);
             block_on_until_shutdown(rt, client.query_opt(sql::RANGE_TYPE_SQL, &[&oid]))
                 .ok_or("shutting down")?
                 .map_err(source_err)?
@@ -355,7 +459,9 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         }
         None => false,
     };
-    let est = block_on_until_shutdown(rt, client.query_one(sql::ESTIMATE_SQL, &[&source_rel])).ok_or("shutting down")?.map_err(source_err)?;
+    let est = block_on_until_shutdown(rt, client.query_one(sql::ESTIMATE_SQL, &[&source_rel]))
+        .ok_or("shutting down")?
+        .map_err(source_err)?;
     let (mut rows_est, bytes): (f64, i64) = (est.get(0), est.get(1));
     if rows_est < 1.0 && bytes > 0 {
         // Never analyzed: guess from the size (100 bytes a row); only the bucket count depends on it.
@@ -363,9 +469,17 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
     }
     let count = sql::bucket_count(rows_est);
 
-    let mut summary = Summary { state: "running", ..Default::default() };
+    let mut summary = Summary {
+        state: "running",
+        ..Default::default()
+    };
     let (src_b, tgt_b, thresholds) = if let (true, Some(k)) = (range_ok, first.clone()) {
-        let src_type = def.columns.iter().find(|c| c.name == k).map(|c| c.type_name.clone()).unwrap_or_default();
+        let src_type = def
+            .columns
+            .iter()
+            .find(|c| c.name == k)
+            .map(|c| c.type_name.clone())
+            .unwrap_or_default();
         let src_type = strip_typmod(&src_type);
         let tgt_type = catalog::first_value::<String>(
             "SELECT pg_catalog.format_type(atttypid, NULL) FROM pg_catalog.pg_attribute WHERE attrelid = $1::regclass AND attname = $2",
@@ -373,20 +487,37 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         )
         .map_err(|e| e.message)?
         .unwrap_or_default();
-        let percent = if rows_est <= 0.0 { 100.0 } else { (100.0 * 20.0 * count as f64 / rows_est).clamp(0.0001, 100.0) };
+        let percent = if rows_est <= 0.0 {
+            100.0
+        } else {
+            (100.0 * 20.0 * count as f64 / rows_est).clamp(0.0001, 100.0)
+        };
         let sampled: Vec<String> = if count > 1 {
-            block_on_until_shutdown(rt, client.query(&sql::sample_sql(source_rel, &k, percent), &[]))
-                .ok_or("shutting down")?
-                .map_err(source_err)?
-                .iter()
-                .filter_map(|r| r.get::<_, Option<String>>(0))
-                .collect()
+            block_on_until_shutdown(
+                rt,
+                client.query(&sql::sample_sql(source_rel, &k, percent), &[]),
+            )
+            .ok_or("shutting down")?
+            .map_err(source_err)?
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .collect()
         } else {
             Vec::new()
         };
         let th = sql::thresholds(&sampled, count);
         summary.method = format!("ranges of {}", crate::source::quote_ident(&k));
-        (Buckets::Range { column: k.clone(), type_name: src_type }, Buckets::Range { column: k, type_name: tgt_type }, th)
+        (
+            Buckets::Range {
+                column: k.clone(),
+                type_name: src_type,
+            },
+            Buckets::Range {
+                column: k,
+                type_name: tgt_type,
+            },
+            th,
+        )
     } else {
         let n = count.next_power_of_two();
         summary.method = if shape.key.is_empty() {
@@ -394,9 +525,17 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         } else {
             "key hash buckets".into()
         };
-        (Buckets::Hash { count: n }, Buckets::Hash { count: n }, Vec::new())
+        (
+            Buckets::Hash { count: n },
+            Buckets::Hash { count: n },
+            Vec::new(),
+        )
     };
-    summary.method.push_str(if shape.typed { ", typed hashes" } else { ", row text hashes" });
+    summary.method.push_str(if shape.typed {
+        ", typed hashes"
+    } else {
+        ", row text hashes"
+    });
     if shape.key.is_empty() {
         summary.note = Some("the table has no primary key or replica identity index: rows are compared and named by their whole text".into());
     }
@@ -416,18 +555,34 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
             }
         },
         || {
-            let args: Vec<pgrx::datum::DatumWithOid> = if is_range { vec![thresholds.clone().into()] } else { vec![] };
-            spi_rows(&format!("SELECT b, s, n::text, NULL::text FROM ({tgt_sql}) x"), args)
+            let args: Vec<pgrx::datum::DatumWithOid> = if is_range {
+                vec![thresholds.clone().into()]
+            } else {
+                vec![]
+            };
+            spi_rows(
+                &format!("SELECT b, s, n::text, NULL::text FROM ({tgt_sql}) x"),
+                args,
+            )
         },
     )?;
     let s_rows = s_rows.map_err(source_err)?;
     let mut sb: BTreeMap<i32, Bucket> = BTreeMap::new();
     for r in &s_rows {
-        sb.insert(r.get::<_, i32>(0), (r.get::<_, i64>(1), r.get::<_, String>(2)));
+        sb.insert(
+            r.get::<_, i32>(0),
+            (r.get::<_, i64>(1), r.get::<_, String>(2)),
+        );
     }
     let mut tb: BTreeMap<i32, Bucket> = BTreeMap::new();
     for (b, s, n, _) in t_rows {
-        tb.insert(b.unwrap_or(0), (n.and_then(|n| n.parse().ok()).unwrap_or(0), s.unwrap_or_default()));
+        tb.insert(
+            b.unwrap_or(0),
+            (
+                n.and_then(|n| n.parse().ok()).unwrap_or(0),
+                s.unwrap_or_default(),
+            ),
+        );
     }
     summary.rows_source = sb.values().map(|v| v.0).sum();
     summary.rows_target = tb.values().map(|v| v.0).sum();
@@ -435,15 +590,35 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         Buckets::Range { .. } => thresholds.len() as i32 + 1,
         Buckets::Hash { count } => *count as i32,
     };
-    let differing: Vec<i32> = sb.keys().chain(tb.keys()).copied().collect::<std::collections::BTreeSet<_>>().into_iter().filter(|b| sb.get(b) != tb.get(b)).collect();
+    let differing: Vec<i32> = sb
+        .keys()
+        .chain(tb.keys())
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|b| sb.get(b) != tb.get(b))
+        .collect();
     summary.ranges_differing = differing.len() as i32;
 
     // Pass 2: the differing buckets, row by row.
     let mut found: Vec<Difference> = Vec::new();
     let mut total: i64 = 0;
-    if let (Buckets::Range { column: k, type_name: src_type }, Buckets::Range { type_name: tgt_type, .. }) = (&src_b, &tgt_b) {
+    if let (
+        Buckets::Range {
+            column: k,
+            type_name: src_type,
+        },
+        Buckets::Range {
+            type_name: tgt_type,
+            ..
+        },
+    ) = (&src_b, &tgt_b)
+    {
         for &b in &differing {
-            let (sn, tn) = (sb.get(&b).map(|v| v.0).unwrap_or(0), tb.get(&b).map(|v| v.0).unwrap_or(0));
+            let (sn, tn) = (
+                sb.get(&b).map(|v| v.0).unwrap_or(0),
+                tb.get(&b).map(|v| v.0).unwrap_or(0),
+            );
             if found.len() >= MAX_NAMED && (sn == 0 || tn == 0) {
                 total += sn + tn;
                 continue;
@@ -452,9 +627,13 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
             let params: Vec<String> = lo.into_iter().chain(hi).map(|s| s.to_string()).collect();
             let ssql = shape.range_rows_sql(source_rel, k, src_type, lo.is_some(), hi.is_some());
             let tsql = shape.range_rows_sql(target_rel, k, tgt_type, lo.is_some(), hi.is_some());
-            let sparams: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            let sparams: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
             let (srows, trows) = both(rt, client.query(&ssql, &sparams), || {
-                let args: Vec<pgrx::datum::DatumWithOid> = params.iter().map(|p| p.as_str().into()).collect();
+                let args: Vec<pgrx::datum::DatumWithOid> =
+                    params.iter().map(|p| p.as_str().into()).collect();
                 spi_rows(&format!("SELECT NULL::int4, k, h, r FROM ({tsql}) x"), args)
             })?;
             total += diff_rows(&shape, srows.map_err(source_err)?, trows, &mut found);
@@ -464,14 +643,26 @@ fn compare(rt: &tokio::runtime::Runtime, src: &SourceCut, t: &tables::SyncTable,
         let list: Vec<String> = differing.iter().map(|b| b.to_string()).collect();
         let ssql = shape.hash_rows_sql(source_rel, n);
         let tsql = shape.hash_rows_sql(target_rel, n);
-        let (srows, trows) = both(rt, client.query(&ssql, &[&list]), || spi_rows(&format!("SELECT NULL::int4, k, h, r FROM ({tsql}) x"), vec![list.clone().into()]))?;
+        let (srows, trows) = both(rt, client.query(&ssql, &[&list]), || {
+            spi_rows(
+                &format!("SELECT NULL::int4, k, h, r FROM ({tsql}) x"),
+                vec![list.clone().into()],
+            )
+        })?;
         total += diff_rows(&shape, srows.map_err(source_err)?, trows, &mut found);
     }
     summary.differences = total;
-    summary.state = if total == 0 && differing.is_empty() { "equal" } else { "different" };
+    summary.state = if total == 0 && differing.is_empty() {
+        "equal"
+    } else {
+        "different"
+    };
     if total == 0 && !differing.is_empty() {
         // Counts or sums differed but no row did: say so rather than claim equality.
-        summary.note = Some(format!("{} bucket(s) differed in count or hash sum but no differing row was found", differing.len()));
+        summary.note = Some(format!(
+            "{} bucket(s) differed in count or hash sum but no differing row was found",
+            differing.len()
+        ));
     }
     summary.named = found;
     Ok(summary)
@@ -509,7 +700,9 @@ fn diff_rows(
     }
     let mut t: HashMap<String, (String, String, i64)> = HashMap::new();
     for (_, k, h, r) in target {
-        let e = t.entry(k.unwrap_or_default()).or_insert_with(|| (h.unwrap_or_default(), r.unwrap_or_default(), 0));
+        let e = t
+            .entry(k.unwrap_or_default())
+            .or_insert_with(|| (h.unwrap_or_default(), r.unwrap_or_default(), 0));
         e.2 += 1;
     }
     let mut keys: Vec<&String> = s.keys().chain(t.keys()).collect();
@@ -520,26 +713,66 @@ fn diff_rows(
         match (s.get(k), t.get(k)) {
             (Some(a), None) => {
                 for _ in 0..a.2 {
-                    push(Difference { kind: "missing on target", key: key.clone(), source_row: Some(a.1.clone()), target_row: None }, found);
+                    push(
+                        Difference {
+                            kind: "missing on target",
+                            key: key.clone(),
+                            source_row: Some(a.1.clone()),
+                            target_row: None,
+                        },
+                        found,
+                    );
                 }
             }
             (None, Some(b)) => {
                 for _ in 0..b.2 {
-                    push(Difference { kind: "extra on target", key: key.clone(), source_row: None, target_row: Some(b.1.clone()) }, found);
+                    push(
+                        Difference {
+                            kind: "extra on target",
+                            key: key.clone(),
+                            source_row: None,
+                            target_row: Some(b.1.clone()),
+                        },
+                        found,
+                    );
                 }
             }
             (Some(a), Some(b)) if keyed => {
                 if a.0 != b.0 {
-                    push(Difference { kind: "different", key, source_row: Some(a.1.clone()), target_row: Some(b.1.clone()) }, found);
+                    push(
+                        Difference {
+                            kind: "different",
+                            key,
+                            source_row: Some(a.1.clone()),
+                            target_row: Some(b.1.clone()),
+                        },
+                        found,
+                    );
                 }
             }
             (Some(a), Some(b)) => {
                 // No key: the same row text on both sides, maybe a different number of times.
                 for _ in b.2..a.2 {
-                    push(Difference { kind: "missing on target", key: None, source_row: Some(a.1.clone()), target_row: None }, found);
+                    push(
+                        Difference {
+                            kind: "missing on target",
+                            key: None,
+                            source_row: Some(a.1.clone()),
+                            target_row: None,
+                        },
+                        found,
+                    );
                 }
                 for _ in a.2..b.2 {
-                    push(Difference { kind: "extra on target", key: None, source_row: None, target_row: Some(b.1.clone()) }, found);
+                    push(
+                        Difference {
+                            kind: "extra on target",
+                            key: None,
+                            source_row: None,
+                            target_row: Some(b.1.clone()),
+                        },
+                        found,
+                    );
                 }
             }
             (None, None) => {}
@@ -553,7 +786,10 @@ mod tests {
     #[test]
     fn lsn_and_typmod() {
         assert_eq!(super::parse_lsn("1/2A"), (1u64 << 32) | 0x2a);
-        assert_eq!(super::strip_typmod("timestamp(3) with time zone"), "timestamp with time zone");
+        assert_eq!(
+            super::strip_typmod("timestamp(3) with time zone"),
+            "timestamp with time zone"
+        );
         assert_eq!(super::strip_typmod("numeric(10,2)"), "numeric");
         assert_eq!(super::strip_typmod("bigint"), "bigint");
     }

@@ -13,7 +13,8 @@ use crate::source::{quote_ident, quote_literal};
 
 /// Output settings both sides use while hashing (`SET LOCAL`): dates, times, intervals, floats,
 /// bytea and money print the same way whatever the sessions' defaults are.
-pub const PINNED_SETTINGS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
+pub const PINNED_SETTINGS: &str =
+    "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'; \
      SET LOCAL lc_monetary = 'C'";
 
@@ -41,14 +42,25 @@ pub enum Buckets {
 
 impl Shape {
     fn row_text(&self) -> String {
-        let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{}", quote_ident(c))).collect();
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("t.{}", quote_ident(c)))
+            .collect();
         format!("ROW({})::text", cols.join(", "))
     }
 
     fn row_hash(&self) -> String {
         if self.typed {
-            let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{}", quote_ident(c))).collect();
-            return format!("pg_catalog.hash_record_extended(ROW({}), 0)", cols.join(", "));
+            let cols: Vec<String> = self
+                .columns
+                .iter()
+                .map(|c| format!("t.{}", quote_ident(c)))
+                .collect();
+            return format!(
+                "pg_catalog.hash_record_extended(ROW({}), 0)",
+                cols.join(", ")
+            );
         }
         format!("pg_catalog.hashtextextended({}, 0)", self.row_text())
     }
@@ -58,17 +70,29 @@ impl Shape {
         if self.key.is_empty() {
             return self.row_text();
         }
-        let pairs: Vec<String> = self.key.iter().map(|c| format!("{}, t.{}", quote_literal(c), quote_ident(c))).collect();
+        let pairs: Vec<String> = self
+            .key
+            .iter()
+            .map(|c| format!("{}, t.{}", quote_literal(c), quote_ident(c)))
+            .collect();
         format!("pg_catalog.jsonb_build_object({})::text", pairs.join(", "))
     }
 
     fn bucket_expr(&self, b: &Buckets) -> String {
         match b {
             Buckets::Range { column, type_name } => {
-                format!("pg_catalog.width_bucket(t.{}, $1::text[]::{}[])", quote_ident(column), type_name)
+                format!(
+                    "pg_catalog.width_bucket(t.{}, $1::text[]::{}[])",
+                    quote_ident(column),
+                    type_name
+                )
             }
             Buckets::Hash { count } => {
-                format!("(pg_catalog.hashtextextended({}, 0) & {})::int4", self.key_text(), count.saturating_sub(1))
+                format!(
+                    "(pg_catalog.hashtextextended({}, 0) & {})::int4",
+                    self.key_text(),
+                    count.saturating_sub(1)
+                )
             }
         }
     }
@@ -85,7 +109,14 @@ impl Shape {
 
     /// The rows of one key range: `k` (key text), `h` (row hash as text), `r` (row text).
     /// `$1` is the lower bound when `lower`, then the upper bound when `upper` (both text).
-    pub fn range_rows_sql(&self, relation: &str, column: &str, type_name: &str, lower: bool, upper: bool) -> String {
+    pub fn range_rows_sql(
+        &self,
+        relation: &str,
+        column: &str,
+        type_name: &str,
+        lower: bool,
+        upper: bool,
+    ) -> String {
         let col = format!("t.{}", quote_ident(column));
         let mut cond = Vec::new();
         let mut n = 0;
@@ -97,8 +128,17 @@ impl Shape {
             n += 1;
             cond.push(format!("{col} < ${n}::text::{type_name}"));
         }
-        let filter = if cond.is_empty() { String::new() } else { format!(" WHERE {}", cond.join(" AND ")) };
-        format!("SELECT {} AS k, {}::text AS h, {} AS r FROM {relation} t{filter}", self.key_text(), self.row_hash(), self.row_text())
+        let filter = if cond.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", cond.join(" AND "))
+        };
+        format!(
+            "SELECT {} AS k, {}::text AS h, {} AS r FROM {relation} t{filter}",
+            self.key_text(),
+            self.row_hash(),
+            self.row_text()
+        )
     }
 
     /// The rows of the hash buckets `$1` (int4[] as text[]), same columns as [`Self::range_rows_sql`].
@@ -117,7 +157,10 @@ impl Shape {
 /// every column type's extended hash function up, even for NULLs): run, it errors if not.
 pub fn typed_probe_sql(type_names: &[String]) -> String {
     let nulls: Vec<String> = type_names.iter().map(|t| format!("NULL::{t}")).collect();
-    format!("SELECT pg_catalog.hash_record_extended(ROW({}), 0)", nulls.join(", "))
+    format!(
+        "SELECT pg_catalog.hash_record_extended(ROW({}), 0)",
+        nulls.join(", ")
+    )
 }
 
 /// The source's estimate of a table's rows (its partitions' or chunks' too): `$1` is the
@@ -151,18 +194,26 @@ pub fn thresholds(sorted: &[String], count: u32) -> Vec<String> {
     if sorted.len() <= want {
         return sorted.to_vec();
     }
-    (1..=want).map(|i| sorted[i * sorted.len() / (want + 1)].clone()).collect::<Vec<_>>().into_iter().fold(Vec::new(), |mut v, x| {
-        if v.last() != Some(&x) {
-            v.push(x);
-        }
-        v
-    })
+    (1..=want)
+        .map(|i| sorted[i * sorted.len() / (want + 1)].clone())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(Vec::new(), |mut v, x| {
+            if v.last() != Some(&x) {
+                v.push(x);
+            }
+            v
+        })
 }
 
 /// Which bounds bucket `b` of `thresholds` has: (lower, upper).
 pub fn bucket_bounds(thresholds: &[String], b: i32) -> (Option<&str>, Option<&str>) {
     let b = b.max(0) as usize;
-    let lower = if b == 0 { None } else { thresholds.get(b - 1).map(|s| s.as_str()) };
+    let lower = if b == 0 {
+        None
+    } else {
+        thresholds.get(b - 1).map(|s| s.as_str())
+    };
     let upper = thresholds.get(b).map(|s| s.as_str());
     (lower, upper)
 }
@@ -172,34 +223,73 @@ mod tests {
     use super::*;
 
     fn shape() -> Shape {
-        Shape { columns: vec!["id".into(), "Note".into()], key: vec!["id".into()], typed: false }
+        Shape {
+            columns: vec!["id".into(), "Note".into()],
+            key: vec!["id".into()],
+            typed: false,
+        }
     }
 
     #[test]
     fn statements_quote_names_and_hash_row_text() {
         let s = shape();
-        let r = Buckets::Range { column: "id".into(), type_name: "bigint".into() };
+        let r = Buckets::Range {
+            column: "id".into(),
+            type_name: "bigint".into(),
+        };
         assert_eq!(
             s.buckets_sql("\"public\".\"m\"", &r),
             "SELECT pg_catalog.width_bucket(t.\"id\", $1::text[]::bigint[]) AS b, count(*) AS n, \
              coalesce(sum(pg_catalog.hashtextextended(ROW(t.\"id\", t.\"Note\")::text, 0)), 0)::text AS s FROM \"public\".\"m\" t GROUP BY 1"
         );
-        assert!(s.range_rows_sql("m", "id", "bigint", true, false).ends_with("FROM m t WHERE t.\"id\" >= $1::text::bigint"));
-        assert!(s.range_rows_sql("m", "id", "bigint", true, true).ends_with("t.\"id\" >= $1::text::bigint AND t.\"id\" < $2::text::bigint"));
-        assert!(s.range_rows_sql("m", "id", "bigint", false, true).ends_with("WHERE t.\"id\" < $1::text::bigint"));
-        assert!(s.range_rows_sql("m", "id", "bigint", false, false).ends_with("FROM m t"));
-        assert!(s.range_rows_sql("m", "id", "bigint", false, false).starts_with("SELECT pg_catalog.jsonb_build_object('id', t.\"id\")::text AS k"));
+        assert!(s
+            .range_rows_sql("m", "id", "bigint", true, false)
+            .ends_with("FROM m t WHERE t.\"id\" >= $1::text::bigint"));
+        assert!(s
+            .range_rows_sql("m", "id", "bigint", true, true)
+            .ends_with("t.\"id\" >= $1::text::bigint AND t.\"id\" < $2::text::bigint"));
+        assert!(s
+            .range_rows_sql("m", "id", "bigint", false, true)
+            .ends_with("WHERE t.\"id\" < $1::text::bigint"));
+        assert!(s
+            .range_rows_sql("m", "id", "bigint", false, false)
+            .ends_with("FROM m t"));
+        assert!(s
+            .range_rows_sql("m", "id", "bigint", false, false)
+            .starts_with("SELECT pg_catalog.jsonb_build_object('id', t.\"id\")::text AS k"));
         let h = s.buckets_sql("m", &Buckets::Hash { count: 1024 });
         assert!(h.starts_with("SELECT (pg_catalog.hashtextextended(pg_catalog.jsonb_build_object('id', t.\"id\")::text, 0) & 1023)::int4 AS b"), "{h}");
-        let keyless = Shape { columns: vec!["a".into()], key: vec![], typed: false };
-        assert!(keyless.hash_rows_sql("m", 8).starts_with("SELECT k, h, r FROM (SELECT ROW(t.\"a\")::text AS k"));
+        let keyless = Shape {
+            columns: vec!["a".into()],
+            key: vec![],
+            typed: false,
+        };
+        assert!(keyless
+            .hash_rows_sql("m", 8)
+            .starts_with("SELECT k, h, r FROM (SELECT ROW(t.\"a\")::text AS k"));
         // A name with a quote stays a name.
-        let odd = Shape { columns: vec!["x\"y".into()], key: vec!["it's".into()], typed: false };
-        assert!(odd.range_rows_sql("m", "it's", "int4", false, false).contains("jsonb_build_object('it''s', t.\"it's\")"));
-        assert!(odd.range_rows_sql("m", "it's", "int4", false, false).contains("ROW(t.\"x\"\"y\")"));
-        let typed = Shape { typed: true, ..shape() };
-        assert!(typed.buckets_sql("m", &Buckets::Hash { count: 2 }).contains("sum(pg_catalog.hash_record_extended(ROW(t.\"id\", t.\"Note\"), 0))"));
-        assert_eq!(typed_probe_sql(&["int4".into(), "numeric(12,3)".into()]), "SELECT pg_catalog.hash_record_extended(ROW(NULL::int4, NULL::numeric(12,3)), 0)");
+        let odd = Shape {
+            columns: vec!["x\"y".into()],
+            key: vec!["it's".into()],
+            typed: false,
+        };
+        assert!(odd
+            .range_rows_sql("m", "it's", "int4", false, false)
+            .contains("jsonb_build_object('it''s', t.\"it's\")"));
+        assert!(odd
+            .range_rows_sql("m", "it's", "int4", false, false)
+            .contains("ROW(t.\"x\"\"y\")"));
+        let typed = Shape {
+            typed: true,
+            ..shape()
+        };
+        assert!(typed
+            .buckets_sql("m", &Buckets::Hash { count: 2 })
+            .contains("sum(pg_catalog.hash_record_extended(ROW(t.\"id\", t.\"Note\"), 0))"));
+        assert_eq!(
+            typed_probe_sql(&["int4".into(), "numeric(12,3)".into()]),
+            "SELECT pg_catalog.hash_record_extended(ROW(NULL::int4, NULL::numeric(12,3)), 0)"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use pgrx::prelude::*;
 use super::{Backoff, LOCK_CLASS_CONNECTOR};
 use crate::catalog;
 use crate::runtime::{block_on_until_shutdown, new_runtime};
-use crate::source::conninfo::SourceConninfo;
 use crate::source::connect;
+use crate::source::conninfo::SourceConninfo;
 
 const TICK: Duration = Duration::from_secs(1);
 const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,7 +26,12 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the worker should do after checking its catalog row.
 enum Verdict {
-    Run { name: String, conninfo: String, publication: String, connector: Box<catalog::Connector> },
+    Run {
+        name: String,
+        conninfo: String,
+        publication: String,
+        connector: Box<catalog::Connector>,
+    },
     Exit,
 }
 
@@ -35,12 +40,19 @@ fn read_verdict(id: i32) -> Verdict {
         if !catalog::installed() {
             return Ok(Verdict::Exit);
         }
-        let Some(c) = catalog::connector_by_id(id)? else { return Ok(Verdict::Exit) };
+        let Some(c) = catalog::connector_by_id(id)? else {
+            return Ok(Verdict::Exit);
+        };
         if !c.enabled {
             return Ok(Verdict::Exit);
         }
         let conninfo = catalog::conninfo(id)?.unwrap_or_default();
-        Ok(Verdict::Run { name: c.name.clone(), conninfo, publication: c.publication_name.clone(), connector: Box::new(c) })
+        Ok(Verdict::Run {
+            name: c.name.clone(),
+            conninfo,
+            publication: c.publication_name.clone(),
+            connector: Box::new(c),
+        })
     }) {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -61,7 +73,16 @@ fn report_error(id: i32, name: &str, message: &str) {
 
 fn application_name(name: &str) -> String {
     // application_name keeps printable ASCII only and at most 63 bytes.
-    let clean: String = name.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
     let mut s = format!("livesync connector {clean}");
     s.truncate(63);
     s
@@ -96,7 +117,15 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
     // Copies running beside the stream: their exported snapshots stay open across reconnects.
     let mut batches = crate::copy::Batches::default();
     loop {
-        let Verdict::Run { name, conninfo, publication, connector } = read_verdict(id) else { break };
+        let Verdict::Run {
+            name,
+            conninfo,
+            publication,
+            connector,
+        } = read_verdict(id)
+        else {
+            break;
+        };
         let app = application_name(&name);
         super::set_application_name(&app);
 
@@ -130,7 +159,10 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
             None => break,
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                let msg = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string());
                 report_error(
                     id,
                     &name,
@@ -144,7 +176,10 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
         }
 
         let _ = super::in_transaction(|| catalog::report_running(id));
-        pgrx::log!("livesync connector \"{name}\" connected to the source at \"{}\"", info.endpoint_with_db());
+        pgrx::log!(
+            "livesync connector \"{name}\" connected to the source at \"{}\"",
+            info.endpoint_with_db()
+        );
         backoff.reset();
 
         // Connected: copy what is due, stream once the connector's slot exists (it is created by
@@ -153,7 +188,15 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
         let mut current_name = name.clone();
         let mut slot_ready = false;
         let lost = loop {
-            let Verdict::Run { name, conninfo, connector, .. } = read_verdict(id) else { return };
+            let Verdict::Run {
+                name,
+                conninfo,
+                connector,
+                ..
+            } = read_verdict(id)
+            else {
+                return;
+            };
             if name != current_name {
                 super::set_application_name(&application_name(&name));
                 current_name = name;
@@ -175,7 +218,16 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
                 }
             }
             if slot_ready {
-                match super::stream::run(&connector, &conninfo, &application_name(&current_name), &rt, &client, &mut retry, &info, &mut batches) {
+                match super::stream::run(
+                    &connector,
+                    &conninfo,
+                    &application_name(&current_name),
+                    &rt,
+                    &client,
+                    &mut retry,
+                    &info,
+                    &mut batches,
+                ) {
                     super::stream::Outcome::Stop => return,
                     super::stream::Outcome::CopyDue | super::stream::Outcome::Restart => continue,
                     super::stream::Outcome::Failed(e) => {
@@ -203,7 +255,9 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
             if last_ping.elapsed() >= PING_INTERVAL {
                 last_ping = Instant::now();
                 crate::copy::reconcile(&connector, &client, &rt);
-                let ping = async { tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await };
+                let ping = async {
+                    tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await
+                };
                 match block_on_until_shutdown(&rt, ping) {
                     None => return,
                     Some(Ok(Ok(_))) => {}
@@ -215,7 +269,10 @@ pub extern "C-unwind" fn livesync_connector_main(arg: pg_sys::Datum) {
         report_error(
             id,
             &current_name,
-            &format!("replication from the source at \"{}\" stopped: {lost}", info.endpoint()),
+            &format!(
+                "replication from the source at \"{}\" stopped: {lost}",
+                info.endpoint()
+            ),
         );
         drop(client);
         if !super::wait(backoff.next_delay()) {

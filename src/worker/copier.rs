@@ -20,8 +20,8 @@ use crate::catalog::{self, ranges, tables};
 use crate::copy::{load, target};
 use crate::runtime::{block_on_until_shutdown, new_runtime};
 use crate::source::conninfo::SourceConninfo;
-use crate::source::table::TableDef;
 use crate::source::quote_ident;
+use crate::source::table::TableDef;
 
 /// Start a copy worker for connector `connector_id` (called by its connector worker, which
 /// relaunches failed ones itself).
@@ -45,12 +45,17 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
     super::attach_signals();
     // SAFETY: `arg` is the bgw_main_arg `launch` built from an i32 with into_datum: a by-value Datum,
     // never NULL.
-    let connector_id = unsafe { i32::from_datum(arg, false) }.expect("copy worker needs a connector id");
+    let connector_id =
+        unsafe { i32::from_datum(arg, false) }.expect("copy worker needs a connector id");
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(super::worker_database()), None);
     super::set_worker_session_defaults();
 
-    let Ok(Ok(Some(conninfo))) = super::in_transaction(|| catalog::conninfo(connector_id)) else { return };
-    let Ok(info) = SourceConninfo::parse(&conninfo) else { return };
+    let Ok(Ok(Some(conninfo))) = super::in_transaction(|| catalog::conninfo(connector_id)) else {
+        return;
+    };
+    let Ok(info) = SourceConninfo::parse(&conninfo) else {
+        return;
+    };
     let name = match super::in_transaction(|| catalog::connector_by_id(connector_id)) {
         Ok(Ok(Some(c))) => c.name,
         _ => return,
@@ -68,7 +73,13 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
         _ => return,
     };
     let app = format!("livesync copy {name}");
-    let source = crate::copy::resume::Source { conninfo: &conninfo, info: &info, rt: &rt, app: &app, slot: &slot };
+    let source = crate::copy::resume::Source {
+        conninfo: &conninfo,
+        info: &info,
+        rt: &rt,
+        app: &app,
+        slot: &slot,
+    };
     let mut backoff = super::Backoff::new(std::time::Duration::from_secs(10));
     // Another copy worker took over the ranges left while this one built a key: exit after it.
     let mut handed_over = false;
@@ -80,7 +91,9 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 // Nothing left to load: finish tables whose last range is in but whose finisher
                 // died first (or could not put them right yet) — without holding a snapshot.
                 drop(session.take());
-                if let Ok(Ok(unfinished)) = super::in_transaction(|| ranges::finished_tables(connector_id, true)) {
+                if let Ok(Ok(unfinished)) =
+                    super::in_transaction(|| ranges::finished_tables(connector_id, true))
+                {
                     for (id, rows, bytes) in unfinished {
                         crate::copy::finish_table(id, rows, bytes, Some(&source));
                     }
@@ -88,12 +101,17 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 break;
             }
         };
-        let Ok(Ok(Some(t))) = super::in_transaction(|| tables::by_id(claimed.table_id)) else { continue };
+        let Ok(Ok(Some(t))) = super::in_transaction(|| tables::by_id(claimed.table_id)) else {
+            continue;
+        };
 
         if session.as_ref().is_none_or(|(s, _)| s != &claimed.snapshot) {
             defs.clear();
             let app = format!("livesync copy {name}");
-            let opened = block_on_until_shutdown(&rt, crate::copy::snapshot::import(&info, &app, &claimed.snapshot));
+            let opened = block_on_until_shutdown(
+                &rt,
+                crate::copy::snapshot::import(&info, &app, &claimed.snapshot),
+            );
             match opened {
                 None => break,
                 Some(Ok(client)) => session = Some((claimed.snapshot.clone(), client)),
@@ -102,7 +120,9 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                     // exported it is gone, or the source restarted. The range waits for a newer
                     // snapshot (the loaded ranges are kept; see copy::resume).
                     pgrx::log!("livesync: could not import copy snapshot {}: {e}; range left for a newer one", claimed.snapshot);
-                    let _ = super::in_transaction(|| ranges::release(claimed.table_id, claimed.range_no));
+                    let _ = super::in_transaction(|| {
+                        ranges::release(claimed.table_id, claimed.range_no)
+                    });
                     dead.push(claimed.snapshot.clone());
                     session = None;
                     continue;
@@ -112,7 +132,11 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
         let client = &session.as_ref().unwrap().1;
 
         if !defs.contains_key(&t.id) {
-            let source_q = format!("{}.{}", quote_ident(&t.source_schema), quote_ident(&t.source_name));
+            let source_q = format!(
+                "{}.{}",
+                quote_ident(&t.source_schema),
+                quote_ident(&t.source_name)
+            );
             match block_on_until_shutdown(&rt, crate::source::table::describe(client, &source_q)) {
                 None => break,
                 Some(Ok(Some(d))) => {
@@ -132,7 +156,10 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
         // The file node under this snapshot: a rewrite between two snapshots moves every row.
         let file_node = match block_on_until_shutdown(
             &rt,
-            client.query_one("SELECT pg_catalog.pg_relation_filenode($1::text::regclass)::int8", &[&def.qualified()]),
+            client.query_one(
+                "SELECT pg_catalog.pg_relation_filenode($1::text::regclass)::int8",
+                &[&def.qualified()],
+            ),
         ) {
             None => break,
             Some(Ok(r)) => r.get::<_, Option<i64>>(0),
@@ -158,11 +185,16 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
             let relid = load::begin(&target_q)?;
             let stream = match block_on_until_shutdown(&rt, client.copy_out(copy_sql.as_str())) {
                 None => return Err("copy worker shutting down".into()),
-                Some(r) => r.map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?,
+                Some(r) => r.map_err(|e| {
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string())
+                })?,
             };
             let route = load::route_for(relid);
             let (rows, bytes) = load::load(&rt, relid, route, &columns, stream, claimed.binary);
-            ranges::mark_done(claimed.table_id, claimed.range_no, rows, bytes, file_node).map_err(|e| e.message)?;
+            ranges::mark_done(claimed.table_id, claimed.range_no, rows, bytes, file_node)
+                .map_err(|e| e.message)?;
             Ok(())
         });
         // The source went away mid-range (restart, lost connection): not the table's fault.
@@ -183,10 +215,15 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 // wait for that) and marks it loaded — while a new copy worker takes over the
                 // ranges still to load, so that loading goes on during the key build (as many
                 // processes busy as before: this one, building, and its successor, loading).
-                if let Ok(Ok(Some((rows, bytes)))) = super::in_transaction(|| ranges::table_finished(t.id)) {
+                if let Ok(Ok(Some((rows, bytes)))) =
+                    super::in_transaction(|| ranges::table_finished(t.id))
+                {
                     // The source transaction (and the snapshot it holds) is not needed for that.
                     session = None;
-                    let more = super::in_transaction(|| ranges::claimable(connector_id, None)).ok().and_then(|r| r.ok()).unwrap_or(0);
+                    let more = super::in_transaction(|| ranges::claimable(connector_id, None))
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .unwrap_or(0);
                     if more > 0 && start(connector_id).is_some() {
                         handed_over = true;
                     }
@@ -198,7 +235,9 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 // The coordinator builds the key and marks the table copied once its last range
                 // is in (or the stream replays a loaded table's spool): tell it now rather than
                 // at its next look.
-                if let Ok(Ok(Some(pid))) = super::in_transaction(|| catalog::live_worker_pid(connector_id)) {
+                if let Ok(Ok(Some(pid))) =
+                    super::in_transaction(|| catalog::live_worker_pid(connector_id))
+                {
                     super::wake(pid);
                 }
             }
@@ -208,7 +247,12 @@ pub extern "C-unwind" fn livesync_copy_main(arg: pg_sys::Datum) {
                 session = None;
             }
             Err(e) => {
-                pgrx::log!("livesync: copy of table {} failed: {} (SQLSTATE {})", t.id, e.message, e.sqlstate);
+                pgrx::log!(
+                    "livesync: copy of table {} failed: {} (SQLSTATE {})",
+                    t.id,
+                    e.message,
+                    e.sqlstate
+                );
                 let _ = super::in_transaction(|| {
                     tables::mark_copy_error(
                         t.id,

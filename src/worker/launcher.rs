@@ -15,7 +15,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker,
+};
 use pgrx::prelude::*;
 
 use super::{BACKEND_TYPE_LAUNCHER, BACKEND_TYPE_MANAGER};
@@ -41,7 +44,15 @@ pub fn register() {
 fn start_manager(dboid: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
     // A manager that fails is restarted by the postmaster; one that exits cleanly (no livesync
     // in its database, or already running) is not.
-    super::launch(BACKEND_TYPE_MANAGER, BACKEND_TYPE_MANAGER, "livesync_manager_main", 0, dboid, Some(Duration::from_secs(10)), false)
+    super::launch(
+        BACKEND_TYPE_MANAGER,
+        BACKEND_TYPE_MANAGER,
+        "livesync_manager_main",
+        0,
+        dboid,
+        Some(Duration::from_secs(10)),
+        false,
+    )
 }
 
 /// Connectable, non-template databases.
@@ -93,7 +104,11 @@ pub extern "C-unwind" fn livesync_launcher_main(_arg: pg_sys::Datum) {
                 let present: HashSet<u32> = dbs.iter().map(|d| d.to_u32()).collect();
                 // Managers of dropped databases: unregister them, or the postmaster would retry
                 // their connection every 10 s forever.
-                let gone: Vec<u32> = managers.keys().filter(|d| !present.contains(d)).copied().collect();
+                let gone: Vec<u32> = managers
+                    .keys()
+                    .filter(|d| !present.contains(d))
+                    .copied()
+                    .collect();
                 for d in gone {
                     for h in managers.remove(&d).unwrap_or_default() {
                         let _ = h.terminate();

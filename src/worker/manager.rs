@@ -42,7 +42,12 @@ struct Child {
 impl Child {
     fn new() -> Self {
         let now = Instant::now();
-        Child { handle: None, started_at: now, backoff: Backoff::new(MAX_RESTART_BACKOFF), not_before: now }
+        Child {
+            handle: None,
+            started_at: now,
+            backoff: Backoff::new(MAX_RESTART_BACKOFF),
+            not_before: now,
+        }
     }
 
     /// Our handle says the worker is starting or running.
@@ -113,7 +118,8 @@ pub extern "C-unwind" fn livesync_manager_main(_arg: pg_sys::Datum) {
             }
             let version = catalog::installed_version();
             if version.as_deref() != Some(catalog::LIBRARY_VERSION) {
-                return catalog::connector_processes().map(|pids| Some(Catalog::OtherVersion(version, pids)));
+                return catalog::connector_processes()
+                    .map(|pids| Some(Catalog::OtherVersion(version, pids)));
             }
             catalog::connector_worker_states().map(|s| Some(Catalog::Current(s)))
         }) {

@@ -25,7 +25,9 @@
 
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+};
 use pgrx::prelude::*;
 
 pub mod connector;
@@ -61,7 +63,15 @@ pub fn launch(
     restart: Option<Duration>,
     notify: bool,
 ) -> Option<DynamicBackgroundWorker> {
-    launch_extra(name, backend_type, function, arg, &dboid.to_u32().to_string(), restart, notify)
+    launch_extra(
+        name,
+        backend_type,
+        function,
+        arg,
+        &dboid.to_u32().to_string(),
+        restart,
+        notify,
+    )
 }
 
 /// [`launch`] in this database, with `tail` passed to the worker beside the database
@@ -77,7 +87,15 @@ pub fn launch_with(
 ) -> Option<DynamicBackgroundWorker> {
     // SAFETY: MyDatabaseId is a backend-local global set when this backend connected; a plain read.
     let db = unsafe { pg_sys::MyDatabaseId };
-    launch_extra(name, backend_type, function, arg, &format!("{}:{tail}", db.to_u32()), restart, notify)
+    launch_extra(
+        name,
+        backend_type,
+        function,
+        arg,
+        &format!("{}:{tail}", db.to_u32()),
+        restart,
+        notify,
+    )
 }
 
 fn launch_extra(
@@ -122,12 +140,18 @@ fn launch_extra(
 pub fn worker_database() -> pg_sys::Oid {
     let extra = BackgroundWorker::get_extra();
     let db = extra.split(':').next().unwrap_or_default();
-    pg_sys::Oid::from(db.parse::<u32>().expect("livesync worker needs a database OID"))
+    pg_sys::Oid::from(
+        db.parse::<u32>()
+            .expect("livesync worker needs a database OID"),
+    )
 }
 
 /// What [`launch_with`] passed beside the database.
 pub fn worker_extra_tail() -> String {
-    BackgroundWorker::get_extra().split_once(':').map(|(_, t)| t.to_string()).unwrap_or_default()
+    BackgroundWorker::get_extra()
+        .split_once(':')
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_default()
 }
 
 /// Run `f` in its own transaction. A PostgreSQL ERROR (or Rust panic) inside aborts the
@@ -199,10 +223,13 @@ pub fn attach_signals() {
 /// holds it.
 pub fn try_session_lock(class: i32, key: i32) -> Result<bool, crate::error::Caught> {
     in_transaction(|| {
-        Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock($1, $2)", &[class.into(), key.into()])
-            .ok()
-            .flatten()
-            .unwrap_or(false)
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[class.into(), key.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
     })
 }
 
@@ -234,16 +261,22 @@ pub fn terminate(pid: i32) {
 
 /// Take a transaction-level advisory lock if free (in the caller's transaction).
 pub fn try_xact_lock(class: i32, key: i32) -> bool {
-    Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_xact_lock($1, $2)", &[class.into(), key.into()])
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_xact_lock($1, $2)",
+        &[class.into(), key.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// Show `name` as this process's application_name in pg_stat_activity.
 pub fn set_application_name(name: &str) {
     let _ = in_transaction(|| {
-        Spi::run_with_args("SELECT pg_catalog.set_config('application_name', $1, false)", &[name.into()])
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config('application_name', $1, false)",
+            &[name.into()],
+        )
     });
 }
 
@@ -276,7 +309,10 @@ impl Backoff {
     pub const INITIAL: Duration = Duration::from_secs(1);
 
     pub fn new(max: Duration) -> Self {
-        Self { next: Self::INITIAL, max }
+        Self {
+            next: Self::INITIAL,
+            max,
+        }
     }
 
     /// The delay to wait now; doubles the following one.

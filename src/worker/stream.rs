@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
-use crate::apply::{origin, ApplyError, Applier};
-use crate::error::Caught;
 use super::Backoff;
-use crate::catalog::{self, tables, Connector};
 use crate::apply::spool::Spool;
-use crate::source::pgoutput::{self, Begin, Commit, Decoder, LogicalMessage, ReplicationMessage, StreamCommit};
-use crate::walrcv::{ReplicationConn, Received};
+use crate::apply::{origin, Applier, ApplyError};
+use crate::catalog::{self, tables, Connector};
+use crate::error::Caught;
+use crate::source::pgoutput::{
+    self, Begin, Commit, Decoder, LogicalMessage, ReplicationMessage, StreamCommit,
+};
+use crate::walrcv::{Received, ReplicationConn};
 
 /// Commit the target transaction at the next source commit once it holds this many changes.
 pub const BATCH_CHANGES: usize = 5_000;
@@ -92,9 +94,27 @@ impl Waiter {
             let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
             #[cfg(feature = "pg18")]
             let set = pg_sys::CreateWaitEventSet(std::ptr::null_mut(), 3);
-            pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, pg_sys::PGINVALID_SOCKET, pg_sys::MyLatch, std::ptr::null_mut());
-            pg_sys::AddWaitEventToSet(set, pg_sys::WL_POSTMASTER_DEATH, pg_sys::PGINVALID_SOCKET, std::ptr::null_mut(), std::ptr::null_mut());
-            pg_sys::AddWaitEventToSet(set, pg_sys::WL_SOCKET_READABLE, fd, std::ptr::null_mut(), std::ptr::null_mut());
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_LATCH_SET,
+                pg_sys::PGINVALID_SOCKET,
+                pg_sys::MyLatch,
+                std::ptr::null_mut(),
+            );
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_POSTMASTER_DEATH,
+                pg_sys::PGINVALID_SOCKET,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_SOCKET_READABLE,
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
             Waiter { set, fd }
         }
     }
@@ -105,7 +125,13 @@ impl Waiter {
         // requested; MyLatch is this process's own latch.
         unsafe {
             let mut event: pg_sys::WaitEvent = std::mem::zeroed();
-            let n = pg_sys::WaitEventSetWait(self.set, timeout_ms as _, &mut event, 1, pg_sys::PG_WAIT_EXTENSION);
+            let n = pg_sys::WaitEventSetWait(
+                self.set,
+                timeout_ms as _,
+                &mut event,
+                1,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
             let events = if n > 0 { event.events } else { 0 };
             if events & pg_sys::WL_LATCH_SET != 0 {
                 pg_sys::ResetLatch(pg_sys::MyLatch);
@@ -166,7 +192,8 @@ pub fn check_slot(c: &Connector, client: &tokio_postgres::Client, rt: &tokio::ru
         let status: Option<String> = r.get(0);
         let retained: Option<i64> = r.get(1);
         let safe: Option<i64> = r.get(2);
-        let _ = super::in_transaction(|| catalog::report_slot(c.id, status.as_deref(), retained, safe));
+        let _ =
+            super::in_transaction(|| catalog::report_slot(c.id, status.as_deref(), retained, safe));
     }
 }
 
@@ -212,7 +239,13 @@ impl Progress<'_> {
         self.flushed = self.flushed.max(flushed);
         let now = pgoutput::pg_epoch_micros(std::time::SystemTime::now());
         // A failed send shows up as a failed receive right after.
-        let _ = conn.send(&pgoutput::encode_standby_status(self.received, self.flushed, self.flushed, now, reply));
+        let _ = conn.send(&pgoutput::encode_standby_status(
+            self.received,
+            self.flushed,
+            self.flushed,
+            now,
+            reply,
+        ));
     }
 }
 
@@ -246,10 +279,20 @@ pub fn run(
     let streaming = conn.server_version() >= 140000 && crate::guc::STREAM_IN_PROGRESS.get();
     let mut spool = match Spool::new(c.id) {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed(format!("could not prepare the spool for streamed transactions: {e}")),
+        Err(e) => {
+            return Outcome::Failed(format!(
+                "could not prepare the spool for streamed transactions: {e}"
+            ))
+        }
     };
     let publications = [c.publication_name.clone(), c.append_publication_name()];
-    if let Err(e) = conn.start_logical(&c.slot_name, start, if streaming { 2 } else { 1 }, streaming, &publications) {
+    if let Err(e) = conn.start_logical(
+        &c.slot_name,
+        start,
+        if streaming { 2 } else { 1 },
+        streaming,
+        &publications,
+    ) {
         return Outcome::Failed(e);
     }
     let _ = super::in_transaction(|| catalog::report_running(c.id));
@@ -297,7 +340,12 @@ pub fn run(
                 since_wait += 1;
                 let msg = match pgoutput::parse_replication_message(buf) {
                     Ok(m) => m,
-                    Err(e) => return abort(&mut applier, Outcome::Failed(format!("invalid replication message: {e}"))),
+                    Err(e) => {
+                        return abort(
+                            &mut applier,
+                            Outcome::Failed(format!("invalid replication message: {e}")),
+                        )
+                    }
                 };
                 match msg {
                     ReplicationMessage::XLogData { wal_end, data, .. } => {
@@ -305,7 +353,12 @@ pub fn run(
                         p.source_wal_end = p.source_wal_end.max(wal_end);
                         let decoded = match decoder.decode(data) {
                             Ok(d) => d,
-                            Err(e) => return abort(&mut applier, Outcome::Failed(format!("invalid pgoutput message: {e}"))),
+                            Err(e) => {
+                                return abort(
+                                    &mut applier,
+                                    Outcome::Failed(format!("invalid pgoutput message: {e}")),
+                                )
+                            }
                         };
                         // Streamed transactions go to the spool; their commit replays them.
                         let spooled = match &decoded {
@@ -317,15 +370,22 @@ pub fn run(
                                 stream_xid = None;
                                 Ok(true)
                             }
-                            LogicalMessage::StreamAbort(a) => spool.abort(a.xid, a.subxid).map(|_| true),
+                            LogicalMessage::StreamAbort(a) => {
+                                spool.abort(a.xid, a.subxid).map(|_| true)
+                            }
                             LogicalMessage::StreamCommit(_) => Ok(false),
                             // RELATION and TYPE messages are spooled and also taken in at once: a
                             // subtransaction abort may cut away the block that carried them, while
                             // later changes of the transaction still refer to them.
                             m => match stream_xid {
                                 Some(xid) => {
-                                    let described = matches!(m, LogicalMessage::Relation(_) | LogicalMessage::Type(_));
-                                    spool.append(xid, if described { None } else { m.xid() }, data).map(|_| !described)
+                                    let described = matches!(
+                                        m,
+                                        LogicalMessage::Relation(_) | LogicalMessage::Type(_)
+                                    );
+                                    spool
+                                        .append(xid, if described { None } else { m.xid() }, data)
+                                        .map(|_| !described)
                                 }
                                 None => Ok(false),
                             },
@@ -334,7 +394,12 @@ pub fn run(
                             Ok(true) => continue,
                             Ok(false) => {}
                             Err(e) => {
-                                return abort(&mut applier, Outcome::Failed(format!("could not spool a streamed transaction: {e}")))
+                                return abort(
+                                    &mut applier,
+                                    Outcome::Failed(format!(
+                                        "could not spool a streamed transaction: {e}"
+                                    )),
+                                )
                             }
                         }
                         let begins = match &decoded {
@@ -349,7 +414,8 @@ pub fn run(
                             p.last_begin_final = p.last_begin_final.max(final_lsn);
                         }
                         if let LogicalMessage::StreamCommit(sc) = decoded {
-                            if let Err(o) = replay(&mut applier, &mut spool, &sc, &mut conn, &mut p) {
+                            if let Err(o) = replay(&mut applier, &mut spool, &sc, &mut conn, &mut p)
+                            {
                                 return o;
                             }
                             last_feedback = Instant::now();
@@ -366,13 +432,20 @@ pub fn run(
                                 big_rcvbuf = true;
                             }
                         }
-                        if applier.txn_open && !applier.in_source_txn() && applier.changes_in_txn >= BATCH_CHANGES {
+                        if applier.txn_open
+                            && !applier.in_source_txn()
+                            && applier.changes_in_txn >= BATCH_CHANGES
+                        {
                             if let Err(o) = commit(&mut applier, &mut p) {
                                 return o;
                             }
                         }
                     }
-                    ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                    ReplicationMessage::Keepalive {
+                        wal_end,
+                        reply_requested,
+                        ..
+                    } => {
                         p.source_wal_end = p.source_wal_end.max(wal_end);
                         if !applier.txn_open {
                             p.received = p.received.max(wal_end);
@@ -394,7 +467,9 @@ pub fn run(
                     if let Err(o) = cut_before(&mut applier, &mut p, None) {
                         return o;
                     }
-                    if crate::verify::cut::pending(c.id).is_some() && last_feedback.elapsed() >= CUT_POLL {
+                    if crate::verify::cut::pending(c.id).is_some()
+                        && last_feedback.elapsed() >= CUT_POLL
+                    {
                         p.feedback(&mut conn, !applier.txn_open, true);
                         last_feedback = Instant::now();
                     }
@@ -424,8 +499,9 @@ pub fn run(
                 }
                 // Confirm new commits soon (the source's slot and lag views follow), and in any case
                 // once a second (it also answers the walsender's keepalives in long transactions).
-                let advanced =
-                    !applier.txn_open && p.committed_remote > p.flushed && last_feedback.elapsed() >= FEEDBACK_MIN_INTERVAL;
+                let advanced = !applier.txn_open
+                    && p.committed_remote > p.flushed
+                    && last_feedback.elapsed() >= FEEDBACK_MIN_INTERVAL;
                 if advanced || last_feedback.elapsed() >= FEEDBACK_INTERVAL {
                     p.feedback(&mut conn, !applier.txn_open, false);
                     last_feedback = Instant::now();
@@ -465,11 +541,16 @@ pub fn run(
                     applier.reload_tables = true;
                     // Tables whose copy is loaded: replay what was spooled for them, in a target
                     // transaction of its own, which marks them copied.
-                    let loaded = super::in_transaction(|| tables::loaded_spooled(c.id)).ok().and_then(|r| r.ok()).unwrap_or_default();
+                    let loaded = super::in_transaction(|| tables::loaded_spooled(c.id))
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .unwrap_or_default();
                     let copied_now = !loaded.is_empty();
                     for id in loaded {
                         match guarded(&mut applier, |a| a.replay_spool(id)) {
-                            Ok(Ok(n)) => pgrx::log!("livesync: replayed {n} spooled changes of table {id}"),
+                            Ok(Ok(n)) => {
+                                pgrx::log!("livesync: replayed {n} spooled changes of table {id}")
+                            }
                             Ok(Err(e)) => return table_error(&mut applier, e),
                             Err(e) => return pg_error(&mut applier, e),
                         }
@@ -480,7 +561,11 @@ pub fn run(
                     // Sequences: set when a table finishes its copy, then refreshed now and then
                     // (src/sequences.rs); outside the apply transaction (none is open here).
                     let every = crate::guc::SEQUENCE_SYNC_INTERVAL.get();
-                    if copied_now || (every > 0 && last_sequences.is_none_or(|t| t.elapsed() >= Duration::from_secs(every as u64))) {
+                    if copied_now
+                        || (every > 0
+                            && last_sequences
+                                .is_none_or(|t| t.elapsed() >= Duration::from_secs(every as u64)))
+                    {
                         last_sequences = Some(Instant::now());
                         crate::sequences::sync_connector(c.id, client, rt);
                     }
@@ -492,7 +577,9 @@ pub fn run(
                 let rc = events as i32;
                 quiet = events == 0 && applier.txn_open;
                 crate::runtime::reload_config_if_requested();
-                if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 || crate::runtime::shutdown_requested() {
+                if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0
+                    || crate::runtime::shutdown_requested()
+                {
                     return abort(&mut applier, Outcome::Stop);
                 }
                 if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
@@ -502,7 +589,12 @@ pub fn run(
                     last_source_check = Instant::now() - SOURCE_CHECK_INTERVAL;
                 }
             }
-            Received::End => return abort(&mut applier, Outcome::Failed("the source ended the replication stream".into())),
+            Received::End => {
+                return abort(
+                    &mut applier,
+                    Outcome::Failed("the source ended the replication stream".into()),
+                )
+            }
         }
     }
 }
@@ -516,8 +608,14 @@ const CUT_POLL: Duration = Duration::from_millis(10);
 /// transaction is open — commit what the target transaction holds (source transactions before
 /// `L` only) and hold while the verifier takes its snapshot. A stream that already began a
 /// transaction at or past `L` cannot make that cut: it says so, and the verifier tries anew.
-fn cut_before(applier: &mut Applier, p: &mut Progress, final_lsn: Option<u64>) -> Result<(), Outcome> {
-    let Some(cut) = crate::verify::cut::pending(p.connector_id) else { return Ok(()) };
+fn cut_before(
+    applier: &mut Applier,
+    p: &mut Progress,
+    final_lsn: Option<u64>,
+) -> Result<(), Outcome> {
+    let Some(cut) = crate::verify::cut::pending(p.connector_id) else {
+        return Ok(());
+    };
     if p.last_begin_final >= cut.lsn || p.committed_remote > cut.lsn {
         crate::verify::cut::missed(cut);
         return Ok(());
@@ -540,12 +638,27 @@ fn cut_before(applier: &mut Applier, p: &mut Progress, final_lsn: Option<u64>) -
 /// Apply a committed streamed transaction from the spool, as one source transaction. Feedback
 /// keeps going out meanwhile (the socket is not read while a long replay runs, and the walsender
 /// must still hear from us within its timeout).
-fn replay(applier: &mut Applier, spool: &mut Spool, sc: &StreamCommit, conn: &mut ReplicationConn, p: &mut Progress) -> Result<(), Outcome> {
+fn replay(
+    applier: &mut Applier,
+    spool: &mut Spool,
+    sc: &StreamCommit,
+    conn: &mut ReplicationConn,
+    p: &mut Progress,
+) -> Result<(), Outcome> {
     let messages = match spool.take(sc.xid) {
         Ok(m) => m,
-        Err(e) => return Err(abort(applier, Outcome::Failed(format!("could not read a spooled transaction: {e}")))),
+        Err(e) => {
+            return Err(abort(
+                applier,
+                Outcome::Failed(format!("could not read a spooled transaction: {e}")),
+            ))
+        }
     };
-    let begin = LogicalMessage::Begin(Begin { final_lsn: sc.commit_lsn, commit_time: sc.commit_time, xid: sc.xid });
+    let begin = LogicalMessage::Begin(Begin {
+        final_lsn: sc.commit_lsn,
+        commit_time: sc.commit_time,
+        xid: sc.xid,
+    });
     let mut decoder = Decoder::streamed();
     let mut last_feedback = Instant::now();
     let mut next: Option<Result<(LogicalMessage, Vec<u8>), String>> = Some(Ok((begin, Vec::new())));
@@ -565,12 +678,22 @@ fn replay(applier: &mut Applier, spool: &mut Spool, sc: &StreamCommit, conn: &mu
             last_feedback = Instant::now();
         }
         next = match messages.next() {
-            Some(Ok(raw)) => Some(decoder.decode(&raw).map(|m| (m, raw.to_vec())).map_err(|e| format!("invalid spooled pgoutput message: {e}"))),
+            Some(Ok(raw)) => Some(
+                decoder
+                    .decode(&raw)
+                    .map(|m| (m, raw.to_vec()))
+                    .map_err(|e| format!("invalid spooled pgoutput message: {e}")),
+            ),
             Some(Err(e)) => Some(Err(format!("could not read a spooled transaction: {e}"))),
             None => None,
         };
     }
-    let commit = LogicalMessage::Commit(Commit { flags: sc.flags, commit_lsn: sc.commit_lsn, end_lsn: sc.end_lsn, commit_time: sc.commit_time });
+    let commit = LogicalMessage::Commit(Commit {
+        flags: sc.flags,
+        commit_lsn: sc.commit_lsn,
+        end_lsn: sc.end_lsn,
+        commit_time: sc.commit_time,
+    });
     match guarded(applier, |a| a.handle(commit, &[], true)) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(table_error(applier, e)),
@@ -621,9 +744,21 @@ fn pg_error(applier: &mut Applier, e: Caught) -> Outcome {
     };
     let hint = match &e.hint {
         Some(h) => format!("{h} Then run SELECT livesync.resync_table('schema.table');"),
-        None => "Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');".into(),
+        None => {
+            "Fix the cause on the target, then run SELECT livesync.resync_table('schema.table');"
+                .into()
+        }
     };
-    table_error(applier, ApplyError { table_id, sqlstate: e.sqlstate, message: e.message, detail: e.detail, hint: Some(hint) })
+    table_error(
+        applier,
+        ApplyError {
+            table_id,
+            sqlstate: e.sqlstate,
+            message: e.message,
+            detail: e.detail,
+            hint: Some(hint),
+        },
+    )
 }
 
 /// Roll back whatever is open (nothing of an unfinished source transaction may commit).
@@ -644,7 +779,12 @@ fn abort(applier: &mut Applier, o: Outcome) -> Outcome {
 fn table_error(applier: &mut Applier, e: ApplyError) -> Outcome {
     let context = applier.error_context();
     let o = abort(applier, Outcome::Restart);
-    pgrx::log!("livesync: table {} stopped: {} (SQLSTATE {})", e.table_id, e.message, e.sqlstate);
+    pgrx::log!(
+        "livesync: table {} stopped: {} (SQLSTATE {})",
+        e.table_id,
+        e.message,
+        e.sqlstate
+    );
     let _ = super::in_transaction(|| {
         tables::mark_stream_error(
             e.table_id,

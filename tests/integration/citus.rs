@@ -38,7 +38,12 @@ fn coordinator_config() -> ClusterConfig {
 fn workers() -> &'static [Cluster; 2] {
     static WORKERS: OnceLock<[Cluster; 2]> = OnceLock::new();
     WORKERS.get_or_init(|| {
-        [1, 2].map(|n| Cluster::start_new(&format!("citus-w{n}"), node_config("citus", ClusterConfig::source())))
+        [1, 2].map(|n| {
+            Cluster::start_new(
+                &format!("citus-w{n}"),
+                node_config("citus", ClusterConfig::source()),
+            )
+        })
     })
 }
 
@@ -83,7 +88,10 @@ fn citus_db<'a>(coordinator: &'a Cluster, test: &str) -> TestDb<'a> {
 fn worker_databases(name: &str) {
     for w in workers() {
         let mut c = w.connect("postgres");
-        query(&mut c, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)));
+        query(
+            &mut c,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)),
+        );
         query(&mut c, &format!("CREATE DATABASE {}", ident(name)));
         query(&mut w.connect(name), "CREATE EXTENSION citus");
     }
@@ -92,9 +100,18 @@ fn worker_databases(name: &str) {
 /// citus in the coordinator's database `c` is connected to, with the worker nodes added.
 fn add_nodes(c: &mut postgres::Client, coordinator: &Cluster) {
     query(c, "CREATE EXTENSION citus");
-    query(c, &format!("SELECT citus_set_coordinator_host('127.0.0.1', {})", coordinator.port()));
+    query(
+        c,
+        &format!(
+            "SELECT citus_set_coordinator_host('127.0.0.1', {})",
+            coordinator.port()
+        ),
+    );
     for w in workers() {
-        query(c, &format!("SELECT citus_add_node('127.0.0.1', {})", w.port()));
+        query(
+            c,
+            &format!("SELECT citus_add_node('127.0.0.1', {})", w.port()),
+        );
     }
 }
 
@@ -113,14 +130,20 @@ fn assert_on_shards(db: &TestDb, rel: &str) -> i64 {
         &format!("SELECT sum(result::int8)::int8 AS n FROM run_command_on_shards('{rel}', $$SELECT count(*) FROM %s$$)"),
     );
     // A reference table's one shard is on every node: run_command_on_shards reads one placement.
-    assert_eq!(on_shards, through, "{rel}: rows on the shards and through the distributed table differ");
+    assert_eq!(
+        on_shards, through,
+        "{rel}: rows on the shards and through the distributed table differ"
+    );
     through
 }
 
 /// Every table equal to the source, read through Citus, and on the shards.
 #[track_caller]
 fn assert_synced(db: &TestDb, tables: &[(&str, &str)]) {
-    let cmps: Vec<Compare> = tables.iter().map(|(t, key)| Compare::same(t, key)).collect();
+    let cmps: Vec<Compare> = tables
+        .iter()
+        .map(|(t, key)| Compare::same(t, key))
+        .collect();
     db.wait_all_same(&cmps, WAIT);
     for (t, _) in tables {
         assert_on_shards(db, t);
@@ -155,21 +178,46 @@ fn copy_and_stream_reach_the_shards() {
     let out = db.target_sql("SELECT livesync.add_table('orders', distributed_by => 'id')");
     let notices: Vec<String> = out.notices.iter().map(|n| n.message.clone()).collect();
     out.ok("add_table(orders, distributed_by => 'id')");
-    assert!(notices.iter().any(|n| n.contains("created public.orders as a Citus table distributed by \"id\"")), "{notices:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("created public.orders as a Citus table distributed by \"id\"")),
+        "{notices:?}"
+    );
     db.add_table_ok("items");
     db.add_table_ok("countries");
     let p = db.wait_ready("public.orders");
-    assert!(p.int("ranges_total") > 1, "orders should be copied as several ranges: {p:?}");
+    assert!(
+        p.int("ranges_total") > 1,
+        "orders should be copied as several ranges: {p:?}"
+    );
     db.wait_ready("public.items");
     db.wait_ready("public.countries");
-    eprintln!("citus: 3 tables (140,200 rows) copied in {:?}", started.elapsed());
-    let tables = [("orders", "id"), ("items", "order_id, n"), ("countries", "code")];
+    eprintln!(
+        "citus: 3 tables (140,200 rows) copied in {:?}",
+        started.elapsed()
+    );
+    let tables = [
+        ("orders", "id"),
+        ("items", "order_id, n"),
+        ("countries", "code"),
+    ];
     assert_synced(&db, &tables);
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM citus_shards WHERE table_name = 'orders'::regclass"), 32);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM citus_shards WHERE table_name = 'orders'::regclass"
+        ),
+        32
+    );
     let key = db.tgt(
         "SELECT pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'orders'::regclass AND contype = 'p'",
     );
-    assert_eq!(key[0].text("def"), "PRIMARY KEY (id)", "the key is built after the copy, on the shards too");
+    assert_eq!(
+        key[0].text("def"),
+        "PRIMARY KEY (id)",
+        "the key is built after the copy, on the shards too"
+    );
 
     // On the shards: a trigger that refuses every row change, and a foreign key that the source
     // does not have (items first, then their order, in one source transaction). The stream's
@@ -186,7 +234,9 @@ fn copy_and_stream_reach_the_shards() {
          END $$",
     );
     db.tgt("ALTER TABLE items ADD FOREIGN KEY (order_id) REFERENCES orders (id)");
-    let e = db.target_sql("INSERT INTO orders VALUES (-1, 0, 'direct', now())").err("a direct INSERT fires the trigger");
+    let e = db
+        .target_sql("INSERT INTO orders VALUES (-1, 0, 'direct', now())")
+        .err("a direct INSERT fires the trigger");
     assert!(e.message.contains("trigger fired on orders_"), "{e}");
 
     db.src(
@@ -212,7 +262,10 @@ fn copy_and_stream_reach_the_shards() {
     );
     assert_synced(&db, &tables);
     assert_eq!(
-        count(&db, "SELECT count(*) AS n FROM orders WHERE note = 'after its items'"),
+        count(
+            &db,
+            "SELECT count(*) AS n FROM orders WHERE note = 'after its items'"
+        ),
         1,
         "the order inserted after its items is there"
     );
@@ -260,26 +313,49 @@ fn add_table_errors_and_conversions() {
     let other = "t_citus_ext";
     worker_databases(other);
     let coordinator = shared_coordinator();
-    query(&mut coordinator.connect("postgres"), &format!("DROP DATABASE IF EXISTS {other} WITH (FORCE)"));
+    query(
+        &mut coordinator.connect("postgres"),
+        &format!("DROP DATABASE IF EXISTS {other} WITH (FORCE)"),
+    );
     coordinator.create_database(other);
     let mut c = coordinator.connect(other);
     add_nodes(&mut c, coordinator);
-    let e = db_error(&c.batch_execute("CREATE EXTENSION livesync").expect_err("CREATE EXTENSION propagated to the workers"));
+    let e = db_error(
+        &c.batch_execute("CREATE EXTENSION livesync")
+            .expect_err("CREATE EXTENSION propagated to the workers"),
+    );
     assert_sqlstate(&e, "55000");
-    assert_message_eq(&e, "livesync runs on the Citus coordinator only, not on worker nodes");
-    assert!(e.hint().contains("SET citus.enable_ddl_propagation = off; CREATE EXTENSION livesync;"), "{e}");
+    assert_message_eq(
+        &e,
+        "livesync runs on the Citus coordinator only, not on worker nodes",
+    );
+    assert!(
+        e.hint()
+            .contains("SET citus.enable_ddl_propagation = off; CREATE EXTENSION livesync;"),
+        "{e}"
+    );
     drop(c);
-    query(&mut coordinator.connect("postgres"), &format!("DROP DATABASE {other} WITH (FORCE)"));
+    query(
+        &mut coordinator.connect("postgres"),
+        &format!("DROP DATABASE {other} WITH (FORCE)"),
+    );
 
-    let e = db.target_sql("SELECT livesync.add_table('m', distributed_by => 'nope')").err("unknown column");
+    let e = db
+        .target_sql("SELECT livesync.add_table('m', distributed_by => 'nope')")
+        .err("unknown column");
     assert_sqlstate(&e, "42703");
-    assert_message_eq(&e, "column \"nope\" of source table \"public\".\"m\" does not exist");
+    assert_message_eq(
+        &e,
+        "column \"nope\" of source table \"public\".\"m\" does not exist",
+    );
     let e = db
         .target_sql("SELECT livesync.add_table('m', distributed_by => 'id', hypertable => true)")
         .err("hypertable and distributed");
     assert_sqlstate(&e, "22023");
     // A source without a key cannot have one of its equal rows changed on a Citus table.
-    let e = db.target_sql("SELECT livesync.add_table('keyless', distributed_by => 'a')").err("keyless source");
+    let e = db
+        .target_sql("SELECT livesync.add_table('keyless', distributed_by => 'a')")
+        .err("keyless source");
     assert_sqlstate(&e, "55000");
     assert_message_eq(
         &e,
@@ -293,7 +369,9 @@ fn add_table_errors_and_conversions() {
          CREATE TABLE by_tenant (id int, tenant int NOT NULL, v text);
          SELECT create_distributed_table('by_tenant', 'tenant');",
     );
-    let e = db.target_sql("SELECT livesync.add_table('m', target => 'other')").err("distribution column not in the source");
+    let e = db
+        .target_sql("SELECT livesync.add_table('m', target => 'other')")
+        .err("distribution column not in the source");
     assert_sqlstate(&e, "42703");
     assert_message_eq(
         &e,
@@ -307,26 +385,48 @@ fn add_table_errors_and_conversions() {
         &e,
         "target table public.by_tenant is already a Citus distributed table distributed by \"tenant\", not distributed by \"id\"",
     );
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM livesync.table_progress"), 0, "nothing stayed behind");
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM pg_class WHERE relname IN ('m', 'keyless')"), 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM livesync.table_progress"),
+        0,
+        "nothing stayed behind"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM pg_class WHERE relname IN ('m', 'keyless')"
+        ),
+        0
+    );
 
     // Distributed by a column outside the source key: the target's key gains it (NOTICE).
     let out = db.target_sql("SELECT livesync.add_table('m', distributed_by => 'tenant')");
     let notices: Vec<String> = out.notices.iter().map(|n| n.message.clone()).collect();
-    assert!(out.warnings().is_empty(), "tenant is NOT NULL: {:?}", out.warnings());
+    assert!(
+        out.warnings().is_empty(),
+        "tenant is NOT NULL: {:?}",
+        out.warnings()
+    );
     out.ok("add_table(m, distributed_by => 'tenant')");
     assert!(
-        notices.iter().any(|n| n.contains("the key of public.m will be (id, tenant): Citus requires the distribution column")),
+        notices.iter().any(|n| n.contains(
+            "the key of public.m will be (id, tenant): Citus requires the distribution column"
+        )),
         "{notices:?}"
     );
     // An existing empty plain table is distributed; an append-only keyless table is accepted.
     db.tgt("CREATE TABLE plain (id int, v text)");
-    db.target_sql("SELECT livesync.add_table('plain', distributed_by => 'id')").ok("convert plain");
+    db.target_sql("SELECT livesync.add_table('plain', distributed_by => 'id')")
+        .ok("convert plain");
     // A distribution column the source lets be NULL: said at once (Citus refuses such a row).
-    let out = db.target_sql("SELECT livesync.add_table('keyless', distributed_by => 'a', append_only => true)");
+    let out = db.target_sql(
+        "SELECT livesync.add_table('keyless', distributed_by => 'a', append_only => true)",
+    );
     let warnings: Vec<String> = out.warnings().iter().map(|w| w.message.clone()).collect();
     out.ok("append-only keyless");
-    assert_eq!(warnings, ["distribution column \"a\" of public.keyless can be NULL on the source"]);
+    assert_eq!(
+        warnings,
+        ["distribution column \"a\" of public.keyless can be NULL on the source"]
+    );
     for t in ["public.m", "public.plain", "public.keyless"] {
         db.wait_ready(t);
     }
@@ -361,7 +461,9 @@ fn crash_exact_after_kills_during_copy_and_apply() {
     const ROWS: i64 = 1_500_000;
     let coordinator = Cluster::start_new(
         "citus-crash",
-        coordinator_config().with_conf("livesync.copy_range_mb = 2").with_conf("livesync.max_copy_workers = 2"),
+        coordinator_config()
+            .with_conf("livesync.copy_range_mb = 2")
+            .with_conf("livesync.max_copy_workers = 2"),
     );
     let db = citus_db(&coordinator, "citus_crash");
     db.src(&format!(
@@ -371,19 +473,25 @@ fn crash_exact_after_kills_during_copy_and_apply() {
          ANALYZE big;"
     ));
     let connector_pid = db.add_su_connector("c").text("worker_pid").to_string();
-    db.target_sql("SELECT livesync.add_table('big', distributed_by => 'id')").ok("add_table(big)");
+    db.target_sql("SELECT livesync.add_table('big', distributed_by => 'id')")
+        .ok("add_table(big)");
     let (copying, copy_pid) = wait_until(
         "big to be copying, some ranges done and others not, a copy worker running",
         WAIT,
         || {
             let r = db.try_progress("public.big")?;
             let num = |c: &str| r.get(c).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-            if r.get("state") != Some("copying") || num("ranges_done") < 1 || num("ranges_done") + 2 >= num("ranges_total") {
+            if r.get("state") != Some("copying")
+                || num("ranges_done") < 1
+                || num("ranges_done") + 2 >= num("ranges_total")
+            {
                 return Err(format!("{r:?}"));
             }
             // (A background worker's state in pg_stat_activity stays empty: any copy worker.)
             let p = db
-                .target_sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'livesync copy' LIMIT 1")
+                .target_sql(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'livesync copy' LIMIT 1",
+                )
                 .result
                 .map_err(|e| e.to_string())?;
             match p.first() {
@@ -400,7 +508,10 @@ fn crash_exact_after_kills_during_copy_and_apply() {
          UPDATE big SET id = id + 10000000 WHERE id % 30001 = 0;
          DELETE FROM big WHERE id BETWEEN 1000 AND 1999;",
     );
-    let connector_pid = db.wait_running_except("c", Some(&connector_pid), WAIT).text("worker_pid").to_string();
+    let connector_pid = db
+        .wait_running_except("c", Some(&connector_pid), WAIT)
+        .text("worker_pid")
+        .to_string();
     let row = db.wait_table_state("public.big", "ready", Duration::from_secs(180));
     assert_eq!(row.int("rows_copied"), ROWS, "{row:?}");
     db.wait_same(&Compare::same("big", "id"), WAIT);
@@ -410,14 +521,22 @@ fn crash_exact_after_kills_during_copy_and_apply() {
     // once the coordinator's transaction has written to a worker node's shards.
     db.src("INSERT INTO big SELECT g, 1, 'bulk' FROM generate_series(6000001, 6060000) g");
     let w1 = &workers()[0];
-    wait_until("the stream's transaction to write to the shards of worker node 1", WAIT, || {
-        let mut c = w1.connect("postgres");
-        let n = query_count(
+    wait_until(
+        "the stream's transaction to write to the shards of worker node 1",
+        WAIT,
+        || {
+            let mut c = w1.connect("postgres");
+            let n = query_count(
             &mut c,
             &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = {} AND backend_xid IS NOT NULL", lit(&db.name)),
         );
-        if n > 0 { Ok(()) } else { Err("no writing transaction on worker node 1".into()) }
-    });
+            if n > 0 {
+                Ok(())
+            } else {
+                Err("no writing transaction on worker node 1".into())
+            }
+        },
+    );
     kill9(&connector_pid);
     db.src(
         "UPDATE big SET v = v + 1 WHERE id BETWEEN 6000001 AND 6000100;
@@ -429,7 +548,11 @@ fn crash_exact_after_kills_during_copy_and_apply() {
     let n = db.wait_same(&Compare::same("big", "id"), WAIT);
     assert_eq!(n, ROWS + 1000 - 1000 + 60000 - 101);
     assert_eq!(assert_on_shards(&db, "big"), n);
-    assert_contains(&coordinator.log_contents(), "terminated by signal 9", "the coordinator's log (SIGKILLs)");
+    assert_contains(
+        &coordinator.log_contents(),
+        "terminated by signal 9",
+        "the coordinator's log (SIGKILLs)",
+    );
     let p = db.progress("public.big");
     assert_eq!(p.text("state"), "ready", "{p:?}");
 }

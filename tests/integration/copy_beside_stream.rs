@@ -33,13 +33,24 @@ fn the_stream_never_stops_for_a_copy() {
     db.add_table_ok("busy");
     db.wait_ready("public.busy");
 
-    let load = Load::start(db.source, &db.name, &[("busy", LoadKind::Mixed)], 2, Duration::from_millis(5));
+    let load = Load::start(
+        db.source,
+        &db.name,
+        &[("busy", LoadKind::Mixed)],
+        2,
+        Duration::from_millis(5),
+    );
     load.wait_ops(100, WAIT);
-    db.target_sql("SELECT livesync.add_table('big'); SELECT livesync.add_table('tr');").ok("add big and tr");
+    db.target_sql("SELECT livesync.add_table('big'); SELECT livesync.add_table('tr');")
+        .ok("add big and tr");
     db.wait_table_state("public.big", "copying", WAIT);
     wait_until("big's snapshot", WAIT, || {
         let r = db.progress("public.big");
-        if r.is_null("snapshot_lsn") { Err(format!("{r:?}")) } else { Ok(()) }
+        if r.is_null("snapshot_lsn") {
+            Err(format!("{r:?}"))
+        } else {
+            Ok(())
+        }
     });
 
     // While big is copying: changes to it and to tr, which its snapshot does not contain…
@@ -55,29 +66,56 @@ fn the_stream_never_stops_for_a_copy() {
     // … and the synced table keeps flowing: a row inserted now arrives while big is still copying.
     let marker = 9_000_001;
     let started = Instant::now();
-    db.src(&format!("INSERT INTO busy (id, grp, v, note) VALUES ({marker}, 0, 0, 'marker')"));
+    db.src(&format!(
+        "INSERT INTO busy (id, grp, v, note) VALUES ({marker}, 0, 0, 'marker')"
+    ));
     wait_until("the marker row of the synced table", WAIT, || {
-        let n = db.tgt(&format!("SELECT count(*) AS n FROM busy WHERE id = {marker}"))[0].int("n");
-        if n == 1 { Ok(()) } else { Err("not yet".into()) }
+        let n = db.tgt(&format!(
+            "SELECT count(*) AS n FROM busy WHERE id = {marker}"
+        ))[0]
+            .int("n");
+        if n == 1 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
     let lag = started.elapsed();
     let big_state = db.progress("public.big").text("state").to_string();
     assert_eq!(big_state, "copying", "big finished copying before the synced table's row arrived (after {lag:?}): the test proves nothing");
     eprintln!("copy_beside_stream: a synced table's row arrived in {lag:?} while a 1.5M-row table was copying");
-    assert!(spooled_total(&db) > 0, "big's changes during its copy are spooled");
+    assert!(
+        spooled_total(&db) > 0,
+        "big's changes during its copy are spooled"
+    );
 
     db.wait_ready("public.big");
     db.wait_ready("public.tr");
     let stats = load.stop();
     assert_eq!(stats.errors, 0, "{stats:?}");
     db.wait_caught_up("c");
-    db.assert_all_same(&[Compare::same("busy", "id"), Compare::same("big", "id"), Compare::same("tr", "id")]);
-    assert_eq!(spooled_total(&db), 0, "the spools are emptied by their replay");
-    assert!(target.log_contents().contains("spooled changes of table"), "{}", log_excerpt(&target, 30));
+    db.assert_all_same(&[
+        Compare::same("busy", "id"),
+        Compare::same("big", "id"),
+        Compare::same("tr", "id"),
+    ]);
+    assert_eq!(
+        spooled_total(&db),
+        0,
+        "the spools are emptied by their replay"
+    );
+    assert!(
+        target.log_contents().contains("spooled changes of table"),
+        "{}",
+        log_excerpt(&target, 30)
+    );
 
     // Later changes apply directly.
     db.src("UPDATE big SET v = 'later' WHERE id < 100; INSERT INTO tr VALUES (8, 'later')");
-    db.wait_all_same(&[Compare::same("big", "id"), Compare::same("tr", "id")], WAIT);
+    db.wait_all_same(
+        &[Compare::same("big", "id"), Compare::same("tr", "id")],
+        WAIT,
+    );
 }
 
 /// The connector's worker killed while a table is copied beside the stream: the table's copy
@@ -100,11 +138,19 @@ fn a_copy_beside_the_stream_survives_the_workers_death() {
     db.wait_table_state("public.big", "copying", WAIT);
     wait_until("big's snapshot", WAIT, || {
         let r = db.progress("public.big");
-        if r.is_null("snapshot_lsn") { Err(format!("{r:?}")) } else { Ok(()) }
+        if r.is_null("snapshot_lsn") {
+            Err(format!("{r:?}"))
+        } else {
+            Ok(())
+        }
     });
     db.src("UPDATE big SET v = 'during' WHERE id % 1000 = 3; INSERT INTO s VALUES (101, 'during'); DELETE FROM big WHERE id % 1000 = 4;");
     wait_until("big's changes to be spooled", WAIT, || {
-        if spooled_total(&db) > 0 { Ok(()) } else { Err("nothing spooled yet".into()) }
+        if spooled_total(&db) > 0 {
+            Ok(())
+        } else {
+            Err("nothing spooled yet".into())
+        }
     });
     let pid = db.connector("c").unwrap().text("worker_pid").to_string();
     kill9(&pid);

@@ -82,7 +82,11 @@ impl Churn {
             }
             errors
         });
-        Churn { stop, ops, handle: Some(handle) }
+        Churn {
+            stop,
+            ops,
+            handle: Some(handle),
+        }
     }
 
     fn ops(&self) -> u64 {
@@ -112,7 +116,9 @@ fn a_copy_resumes_after_a_target_restart_keeping_its_loaded_ranges() {
     let source = dedicated_source("resume-src");
     let target = Cluster::start_new(
         "resume-tgt",
-        ClusterConfig::target().with_conf("livesync.copy_range_mb = 4").with_conf("livesync.max_copy_workers = 2"),
+        ClusterConfig::target()
+            .with_conf("livesync.copy_range_mb = 4")
+            .with_conf("livesync.max_copy_workers = 2"),
     );
     let db = TestDb::on(&source, &target, "resume");
     create_big(&db, ROWS);
@@ -121,27 +127,51 @@ fn a_copy_resumes_after_a_target_restart_keeping_its_loaded_ranges() {
     db.add_table_ok("big");
     wait_until("some of big's ranges loaded, most not", WAIT, || {
         let r = db.try_progress("public.big")?;
-        let done = r.get("ranges_done").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        let total = r.get("ranges_total").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        if r.get("state") == Some("copying") && done >= 2 && done + 4 < total { Ok(()) } else { Err(format!("{r:?}")) }
+        let done = r
+            .get("ranges_done")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        let total = r
+            .get("ranges_total")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        if r.get("state") == Some("copying") && done >= 2 && done + 4 < total {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     target.restart();
     // What survived the restart (ranges committed before it are durable).
     let kept: HashMap<String, String> = ranges(&db)
         .into_iter()
         .filter(|r| r.bool("done"))
-        .map(|r| (r.text("range_no").to_string(), r.text("finished_at").to_string()))
+        .map(|r| {
+            (
+                r.text("range_no").to_string(),
+                r.text("finished_at").to_string(),
+            )
+        })
         .collect();
     let total = ranges(&db).len();
-    assert!(kept.len() >= 2, "ranges loaded before the restart: {kept:?}");
-    eprintln!("copy_resume: {} of {total} ranges were loaded before the restart", kept.len());
+    assert!(
+        kept.len() >= 2,
+        "ranges loaded before the restart: {kept:?}"
+    );
+    eprintln!(
+        "copy_resume: {} of {total} ranges were loaded before the restart",
+        kept.len()
+    );
 
     let before = churn.ops();
     let row = db.wait_table_state("public.big", "ready", WAIT);
     let churned = churn.ops() - before;
     let errors = churn.stop();
     assert_eq!(errors, 0, "the source's own statements failed");
-    assert!(churned > 50, "the source changed big during the resumed copy ({churned} statements)");
+    assert!(
+        churned > 50,
+        "the source changed big during the resumed copy ({churned} statements)"
+    );
     db.wait_caught_up("c");
     db.assert_same(&Compare::same("big", "id"));
 
@@ -149,12 +179,21 @@ fn a_copy_resumes_after_a_target_restart_keeping_its_loaded_ranges() {
     let after = ranges(&db);
     for r in &after {
         if let Some(at) = kept.get(r.text("range_no")) {
-            assert_eq!(r.text("finished_at"), at, "range {} was loaded again: {r:?}", r.text("range_no"));
+            assert_eq!(
+                r.text("finished_at"),
+                at,
+                "range {} was loaded again: {r:?}",
+                r.text("range_no")
+            );
         }
     }
     let log = target.log_contents();
     assert_contains(&log, "goes on under a new snapshot", "the target log");
-    assert_contains(&log, "right at", "the target log (the table put right by key)");
+    assert_contains(
+        &log,
+        "right at",
+        "the target log (the table put right by key)",
+    );
     eprintln!("copy_resume: ready {row:?}");
     // Later changes apply directly.
     db.src("UPDATE big SET v = 'later' WHERE id % 10000 = 7; DELETE FROM big WHERE id % 10000 = 8");
@@ -203,7 +242,9 @@ fn no_copy_snapshot_outlives_max_snapshot_age() {
         );
         let now = Instant::now();
         for h in holders {
-            let e = seen.entry((h.text("pid").to_string(), h.text("xmin").to_string())).or_insert((now, now));
+            let e = seen
+                .entry((h.text("pid").to_string(), h.text("xmin").to_string()))
+                .or_insert((now, now));
             e.1 = now;
         }
         n += 1;
@@ -214,27 +255,47 @@ fn no_copy_snapshot_outlives_max_snapshot_age() {
         if r.text("state") == "ready" {
             break r;
         }
-        assert!(started.elapsed() < WAIT, "big not ready after {WAIT:?}: {r:?}");
+        assert!(
+            started.elapsed() < WAIT,
+            "big not ready after {WAIT:?}: {r:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let copy_took = started.elapsed();
     let last_confirmed = confirmed(&db);
     let errors = churn.stop();
     assert_eq!(errors, 0);
-    let oldest = seen.values().map(|(a, b)| b.duration_since(*a)).max().unwrap_or_default();
+    let oldest = seen
+        .values()
+        .map(|(a, b)| b.duration_since(*a))
+        .max()
+        .unwrap_or_default();
     eprintln!(
         "copy_resume: copy took {copy_took:?}; oldest livesync snapshot on the source lived {oldest:?} ({} seen); slot confirmed {first_confirmed} -> {last_confirmed}",
         seen.len()
     );
-    assert!(copy_took > Duration::from_secs(8), "the copy was too quick ({copy_took:?}) to show anything");
-    assert!(oldest < Duration::from_secs(6), "a snapshot lived {oldest:?} with max_snapshot_age = 2 s");
+    assert!(
+        copy_took > Duration::from_secs(8),
+        "the copy was too quick ({copy_took:?}) to show anything"
+    );
+    assert!(
+        oldest < Duration::from_secs(6),
+        "a snapshot lived {oldest:?} with max_snapshot_age = 2 s"
+    );
     assert!(seen.len() >= 3, "snapshots seen: {seen:?}");
     let lsn_num = |l: &str| {
         let (hi, lo) = l.split_once('/').unwrap();
         (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
     };
-    assert!(lsn_num(&last_confirmed) > lsn_num(&first_confirmed), "the slot did not advance during the copy");
-    assert_contains(&target.log_contents(), "move to a fresh snapshot", "the target log");
+    assert!(
+        lsn_num(&last_confirmed) > lsn_num(&first_confirmed),
+        "the slot did not advance during the copy"
+    );
+    assert_contains(
+        &target.log_contents(),
+        "move to a fresh snapshot",
+        "the target log",
+    );
     db.wait_caught_up("c");
     db.assert_all_same(&[Compare::same("big", "id"), Compare::same("small", "id")]);
     assert_eq!(ready.text("state"), "ready");
@@ -247,7 +308,9 @@ fn a_table_without_key_starts_over_and_says_so() {
     let source = dedicated_source("nokey-src");
     let target = Cluster::start_new(
         "nokey-tgt",
-        ClusterConfig::target().with_conf("livesync.copy_range_mb = 4").with_conf("livesync.max_copy_workers = 1"),
+        ClusterConfig::target()
+            .with_conf("livesync.copy_range_mb = 4")
+            .with_conf("livesync.max_copy_workers = 1"),
     );
     let db = TestDb::on(&source, &target, "nokey");
     db.src(
@@ -256,18 +319,40 @@ fn a_table_without_key_starts_over_and_says_so() {
     );
     db.add_su_connector("c");
     let out = db.add_table("nk", None, None);
-    let notices = out.notices.iter().map(|w| w.message.clone()).collect::<Vec<_>>().join("\n");
-    assert_contains(&notices, "a restart during its copy starts it over", "add_table's notices");
+    let notices = out
+        .notices
+        .iter()
+        .map(|w| w.message.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_contains(
+        &notices,
+        "a restart during its copy starts it over",
+        "add_table's notices",
+    );
     out.ok("add nk");
     // A primary key and another replica identity index: resumable by the latter, no notice.
     db.src("CREATE TABLE pi (id int PRIMARY KEY, u int NOT NULL UNIQUE); ALTER TABLE pi REPLICA IDENTITY USING INDEX pi_u_key");
     let out = db.add_table("pi", None, None);
-    assert!(!out.notices.iter().any(|n| n.message.contains("starts it over")), "{:?}", out.notices);
+    assert!(
+        !out.notices
+            .iter()
+            .any(|n| n.message.contains("starts it over")),
+        "{:?}",
+        out.notices
+    );
     out.ok("add pi");
     wait_until("some of nk's ranges loaded", WAIT, || {
         let r = db.try_progress("public.nk")?;
-        let done = r.get("ranges_done").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        if r.get("state") == Some("copying") && done >= 1 { Ok(()) } else { Err(format!("{r:?}")) }
+        let done = r
+            .get("ranges_done")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        if r.get("state") == Some("copying") && done >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     target.restart();
     db.src("UPDATE nk SET v = 'during' WHERE id % 1000 = 1; DELETE FROM nk WHERE id % 1000 = 2");
@@ -284,7 +369,9 @@ fn a_copy_survives_a_pause_and_a_source_restart() {
     let source = dedicated_source("resume-pause-src");
     let target = Cluster::start_new(
         "resume-pause-tgt",
-        ClusterConfig::target().with_conf("livesync.copy_range_mb = 4").with_conf("livesync.max_copy_workers = 1"),
+        ClusterConfig::target()
+            .with_conf("livesync.copy_range_mb = 4")
+            .with_conf("livesync.max_copy_workers = 1"),
     );
     let db = TestDb::on(&source, &target, "resume_pause");
     create_big(&db, ROWS);
@@ -295,14 +382,23 @@ fn a_copy_survives_a_pause_and_a_source_restart() {
         ranges(db)
             .into_iter()
             .filter(|r| r.bool("done"))
-            .map(|r| (r.text("range_no").to_string(), r.text("finished_at").to_string()))
+            .map(|r| {
+                (
+                    r.text("range_no").to_string(),
+                    r.text("finished_at").to_string(),
+                )
+            })
             .collect()
     };
     let wait_done = |db: &TestDb, n: usize| {
         wait_until(&format!("{n} of big's ranges loaded"), WAIT, || {
             let d = done_ranges(db).len();
             let total = ranges(db).len();
-            if d >= n && d + 3 < total { Ok(()) } else { Err(format!("{d} of {total}")) }
+            if d >= n && d + 3 < total {
+                Ok(())
+            } else {
+                Err(format!("{d} of {total}"))
+            }
         })
     };
     wait_done(&db, 2);

@@ -74,7 +74,11 @@ fn add_connector_connection_refused() {
 #[test]
 fn add_connector_connect_timeout() {
     let hole = syn_blackhole();
-    assert_connect_times_out("err_timeout", hole.port, "add_connector to an unreachable source");
+    assert_connect_times_out(
+        "err_timeout",
+        hole.port,
+        "add_connector to an unreachable source",
+    );
 }
 
 /// add_connector against a source on `port` that never completes the connection fails with
@@ -121,7 +125,11 @@ fn assert_connect_times_out(test: &str, port: u16, what: &str) {
 fn add_connector_connect_timeout_silent_server() {
     let silent = silent_server();
     let port = silent.local_addr().unwrap().port();
-    assert_connect_times_out("err_silent", port, "add_connector to a server that never answers");
+    assert_connect_times_out(
+        "err_silent",
+        port,
+        "add_connector to a server that never answers",
+    );
     drop(silent);
 }
 
@@ -171,7 +179,10 @@ fn add_connector_missing_database() {
     assert_sqlstate(&e, "08004");
     assert_message_eq(
         &e,
-        &format!("database \"nope\" does not exist on the source at \"127.0.0.1:{}\"", db.source.port()),
+        &format!(
+            "database \"nope\" does not exist on the source at \"127.0.0.1:{}\"",
+            db.source.port()
+        ),
     );
     db.assert_unchanged(&before, "a missing source database");
 }
@@ -290,7 +301,11 @@ fn add_connector_duplicate_name() {
     assert_eq!(db.add_ok(&db.sync_conninfo(), Some("dup")), "dup");
     db.wait_running("dup");
     let before = db.snapshot();
-    assert_eq!(before.publications.len(), 2, "its publication and the append-only one: {before:?}");
+    assert_eq!(
+        before.publications.len(),
+        2,
+        "its publication and the append-only one: {before:?}"
+    );
 
     let e = db.add_err(&db.sync_conninfo(), Some("dup"));
     assert_sqlstate(&e, "42710");

@@ -122,30 +122,48 @@ fn connectors_wait_while_the_library_and_the_catalog_versions_differ() {
     let db = TestDb::new("version_mismatch");
     db.add_ok(&db.sync_conninfo(), Some("c"));
     let pid = db.wait_running("c").text("worker_pid").to_string();
-    let version = db.target_rows("SELECT extversion FROM pg_extension WHERE extname = 'livesync'")[0]
-        .text("extversion")
-        .to_string();
-    assert_eq!(version, env!("CARGO_PKG_VERSION"), "the installed livesync is not this tree's");
+    let version = db.target_rows("SELECT extversion FROM pg_extension WHERE extname = 'livesync'")
+        [0]
+    .text("extversion")
+    .to_string();
+    assert_eq!(
+        version,
+        env!("CARGO_PKG_VERSION"),
+        "the installed livesync is not this tree's"
+    );
 
     db.tgt("UPDATE pg_extension SET extversion = '0.0.0-mismatch-test' WHERE extname = 'livesync'");
     let message = format!("livesync library version {version} does not match the extension's version 0.0.0-mismatch-test");
-    wait_until("the connector to stop and the manager to say why", TIMEOUT, || {
-        let running = db.target_rows(&format!(
+    wait_until(
+        "the connector to stop and the manager to say why",
+        TIMEOUT,
+        || {
+            let running = db.target_rows(&format!(
             "SELECT count(*) AS n FROM pg_stat_activity WHERE backend_type = 'livesync connector' AND datname = {}",
             lit(&db.name)
         ))[0]
             .int("n");
-        let logged = db.target.log_contents().contains(&message);
-        if running == 0 && logged {
-            Ok(())
-        } else {
-            Err(format!("{running} connector process(es); {message:?} logged: {logged}"))
-        }
-    });
+            let logged = db.target.log_contents().contains(&message);
+            if running == 0 && logged {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{running} connector process(es); {message:?} logged: {logged}"
+                ))
+            }
+        },
+    );
     assert!(!db.is_pid_alive_on_target(&pid));
     let log = db.target.log_contents();
-    assert_contains(&log, "run ALTER EXTENSION livesync UPDATE", "the target's log");
+    assert_contains(
+        &log,
+        "run ALTER EXTENSION livesync UPDATE",
+        "the target's log",
+    );
 
-    db.tgt(&format!("UPDATE pg_extension SET extversion = {} WHERE extname = 'livesync'", lit(&version)));
+    db.tgt(&format!(
+        "UPDATE pg_extension SET extversion = {} WHERE extname = 'livesync'",
+        lit(&version)
+    ));
     db.wait_running_except("c", Some(&pid), TIMEOUT);
 }

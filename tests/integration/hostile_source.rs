@@ -62,11 +62,15 @@ fn hostile_source_definitions_run_nothing_on_the_target() {
     victim_intact(&db);
     out.ok("add_table of the hostile table");
     assert!(
-        warnings.iter().any(|w| w.contains("\"h_fn\"") && w.contains("side_effect(integer)") && w.contains("not built in")),
+        warnings.iter().any(|w| w.contains("\"h_fn\"")
+            && w.contains("side_effect(integer)")
+            && w.contains("not built in")),
         "a WARNING that index h_fn calls a function that is not built in: {warnings:?}"
     );
     assert!(
-        warnings.iter().any(|w| w.contains("default of column \"f\"") && w.contains("side_effect(integer)")),
+        warnings
+            .iter()
+            .any(|w| w.contains("default of column \"f\"") && w.contains("side_effect(integer)")),
         "a WARNING that the default of f was left out: {warnings:?}"
     );
 
@@ -74,7 +78,10 @@ fn hostile_source_definitions_run_nothing_on_the_target() {
     victim_intact(&db);
     let cmp = Compare::same("h", "id");
     db.assert_same(&cmp);
-    db.src(&format!("INSERT INTO h (id, e, d) VALUES (3, {}, 9); UPDATE h SET {col} = 'w' WHERE id = 2", lit(&label)));
+    db.src(&format!(
+        "INSERT INTO h (id, e, d) VALUES (3, {}, 9); UPDATE h SET {col} = 'w' WHERE id = 2",
+        lit(&label)
+    ));
     db.wait_same(&cmp, Duration::from_secs(30));
     victim_intact(&db);
 
@@ -82,14 +89,22 @@ fn hostile_source_definitions_run_nothing_on_the_target() {
     let idx = "SELECT string_agg(indexname || ': ' || regexp_replace(indexdef, '^.* USING ', ''), E'\\n' ORDER BY indexname) AS d
                  FROM pg_indexes WHERE tablename = 'h' AND indexname <> 'h_fn'";
     assert_eq!(db.src(idx), db.tgt(idx), "index definitions differ");
-    assert!(db.tgt("SELECT 1 FROM pg_indexes WHERE tablename = 'h' AND indexname = 'h_fn'").is_empty());
+    assert!(db
+        .tgt("SELECT 1 FROM pg_indexes WHERE tablename = 'h' AND indexname = 'h_fn'")
+        .is_empty());
 
     // Column defaults and types: as on the source, but f's default left out.
     let defaults = "SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-'), E'\\n' ORDER BY a.attnum) AS d
                       FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                      WHERE a.attrelid = 'public.h'::regclass AND a.attnum > 0 AND a.attname <> 'f'";
-    assert_eq!(db.src(defaults), db.tgt(defaults), "column definitions differ");
-    assert!(db.tgt("SELECT 1 FROM pg_attrdef WHERE adrelid = 'public.h'::regclass AND adnum = 6").is_empty());
+    assert_eq!(
+        db.src(defaults),
+        db.tgt(defaults),
+        "column definitions differ"
+    );
+    assert!(db
+        .tgt("SELECT 1 FROM pg_attrdef WHERE adrelid = 'public.h'::regclass AND adnum = 6")
+        .is_empty());
 
     // The types, with their hostile labels, constraint and attribute names, as on the source.
     let types = format!(
@@ -128,18 +143,31 @@ fn generated_columns_and_enum_defaults_are_carried_over() {
     let shape = "SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attgenerated::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-'), E'\\n' ORDER BY a.attnum) AS d
                    FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                   WHERE a.attrelid = 'public.film'::regclass AND a.attnum > 0";
-    assert_eq!(db.src(shape), db.tgt(shape), "the target's columns differ from the source's");
+    assert_eq!(
+        db.src(shape),
+        db.tgt(shape),
+        "the target's columns differ from the source's"
+    );
     db.wait_ready("public.film");
     let cmp = Compare::same("film", "id");
     assert_eq!(db.assert_same(&cmp), 500);
     db.src("UPDATE film SET price = price + 1 WHERE id % 3 = 0; INSERT INTO film (id, price, qty) VALUES (1000, 2, 3); DELETE FROM film WHERE id = 4");
     db.wait_same(&cmp, Duration::from_secs(30));
 
-    let e = db.add_table("film2", None, None).err("a generated column calling a user function");
+    let e = db
+        .add_table("film2", None, None)
+        .err("a generated column calling a user function");
     assert_sqlstate(&e, "42501");
-    assert!(e.message.contains("\"dbl\"") && e.message.contains("twice(numeric)"), "{e}");
+    assert!(
+        e.message.contains("\"dbl\"") && e.message.contains("twice(numeric)"),
+        "{e}"
+    );
     assert!(e.hint().contains("livesync.trust_source_functions"), "{e}");
-    assert!(db.tgt("SELECT 1 FROM pg_class WHERE relname = 'film2'").is_empty(), "nothing created");
+    assert!(
+        db.tgt("SELECT 1 FROM pg_class WHERE relname = 'film2'")
+            .is_empty(),
+        "nothing created"
+    );
 
     // Opting in (superuser): the function exists on the target, so the column is created.
     db.target_sql("SET livesync.trust_source_functions = on; SELECT livesync.add_table('film2')")

@@ -54,8 +54,15 @@ fn add_connector_runs_worker_and_connects_to_source() {
     let row = db.wait_running(&name);
 
     // The view has the documented columns (later features may add more).
-    let missing: Vec<&str> = VIEW_COLUMNS.iter().copied().filter(|c| !row.has(c)).collect();
-    assert!(missing.is_empty(), "livesync.connectors lacks columns {missing:?}: {row:?}");
+    let missing: Vec<&str> = VIEW_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !row.has(c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "livesync.connectors lacks columns {missing:?}: {row:?}"
+    );
 
     assert!(row.bool("enabled"), "{row:?}");
     assert_eq!(row.get("source_host"), Some("127.0.0.1"));
@@ -77,7 +84,10 @@ fn add_connector_runs_worker_and_connects_to_source() {
         "publication_name {publication:?}"
     );
     // Its publication and the append-only one (add_table(append_only => true)).
-    assert_eq!(db.source_publications(), vec![publication.clone(), format!("{publication}_append")]);
+    assert_eq!(
+        db.source_publications(),
+        vec![publication.clone(), format!("{publication}_append")]
+    );
 
     // The worker is a `livesync connector` background worker of this database.
     let pid = row.text("worker_pid");
@@ -156,7 +166,10 @@ fn pause_and_resume() {
     db.wait_source_sessions(0);
     // The publication stays while paused.
     let publication = row.text("publication_name").to_string();
-    assert_eq!(db.source_publications(), vec![publication.clone(), format!("{publication}_append")]);
+    assert_eq!(
+        db.source_publications(),
+        vec![publication.clone(), format!("{publication}_append")]
+    );
 
     db.call_ok("resume_connector", &["c"]);
     let row = db.wait_running("c");

@@ -121,17 +121,36 @@ fn admins_use_the_functions_but_cannot_edit_the_catalog() {
          CREATE TABLE victim (i int); INSERT INTO victim VALUES (1);"
     ));
     db.src("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');");
-    db.target_sql_as(admin, &format!("SELECT livesync.add_connector({}, 'c')", lit(&db.su_conninfo())))
-        .ok("add_connector as a livesync_admin member");
+    db.target_sql_as(
+        admin,
+        &format!(
+            "SELECT livesync.add_connector({}, 'c')",
+            lit(&db.su_conninfo())
+        ),
+    )
+    .ok("add_connector as a livesync_admin member");
     db.wait_running("c");
-    db.target_sql_as(admin, "SELECT livesync.add_table('t')").ok("add_table as a livesync_admin member");
+    db.target_sql_as(admin, "SELECT livesync.add_table('t')")
+        .ok("add_table as a livesync_admin member");
     db.wait_ready("public.t");
     for (what, sql) in [
-        ("UPDATE sync_table", "UPDATE livesync.sync_table SET target_name = 'victim'"),
+        (
+            "UPDATE sync_table",
+            "UPDATE livesync.sync_table SET target_name = 'victim'",
+        ),
         ("DELETE connector", "DELETE FROM livesync.connector"),
-        ("INSERT unpublish", "INSERT INTO livesync.unpublish VALUES (1, 'public', 't')"),
-        ("UPDATE copy_range", "UPDATE livesync.copy_range SET done = false"),
-        ("UPDATE connector_secret", "UPDATE livesync.connector_secret SET conninfo = 'host=evil'"),
+        (
+            "INSERT unpublish",
+            "INSERT INTO livesync.unpublish VALUES (1, 'public', 't')",
+        ),
+        (
+            "UPDATE copy_range",
+            "UPDATE livesync.copy_range SET done = false",
+        ),
+        (
+            "UPDATE connector_secret",
+            "UPDATE livesync.connector_secret SET conninfo = 'host=evil'",
+        ),
     ] {
         let e = db.target_sql_as(admin, sql).err(what);
         assert_sqlstate(&e, "42501");
@@ -145,7 +164,12 @@ fn admins_use_the_functions_but_cannot_edit_the_catalog() {
         db.target_sql_as(admin, sql).ok(sql);
     }
     db.wait_ready("public.t");
-    db.target_sql_as(admin, "SELECT livesync.remove_table('t', connector => 'c2')").ok("remove_table");
-    db.target_sql_as(admin, "SELECT livesync.drop_connector('c2')").ok("drop_connector");
+    db.target_sql_as(
+        admin,
+        "SELECT livesync.remove_table('t', connector => 'c2')",
+    )
+    .ok("remove_table");
+    db.target_sql_as(admin, "SELECT livesync.drop_connector('c2')")
+        .ok("drop_connector");
     assert_eq!(db.tgt("SELECT count(*) AS n FROM victim")[0].int("n"), 1);
 }

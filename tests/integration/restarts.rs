@@ -125,10 +125,17 @@ fn drop_while_source_is_down_warns_about_leftovers() {
     // What the warning names really is left behind, and its SQL removes it.
     source.start();
     let append = format!("{publication}_append");
-    assert_eq!(db.source_publications(), vec![publication.clone(), append.clone()]);
+    assert_eq!(
+        db.source_publications(),
+        vec![publication.clone(), append.clone()]
+    );
     assert_contains(&text, &append, "the WARNING");
-    db.source_sql(&format!("DROP PUBLICATION {}, {}", ident(&publication), ident(&append)))
-        .ok("DROP PUBLICATION from the warning");
+    db.source_sql(&format!(
+        "DROP PUBLICATION {}, {}",
+        ident(&publication),
+        ident(&append)
+    ))
+    .ok("DROP PUBLICATION from the warning");
     // Nothing reconnects to the source for a dropped connector.
     std::thread::sleep(Duration::from_secs(1));
     assert!(db.source_livesync_sessions().is_empty());

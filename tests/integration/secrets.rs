@@ -2,7 +2,6 @@
 //! fails or succeeds, and whether the conninfo is a literal (as typed in
 //! psql) or a bind parameter.
 
-
 use crate::support::*;
 
 #[test]

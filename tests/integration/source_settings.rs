@@ -51,7 +51,10 @@ fn utf8_source_into_latin1_target() {
         query(&mut t, &format!("CREATE DATABASE {n} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"));
     }
     db.tgt("CREATE EXTENSION livesync");
-    assert_eq!(db.tgt("SELECT getdatabaseencoding() AS e")[0].text("e"), "LATIN1");
+    assert_eq!(
+        db.tgt("SELECT getdatabaseencoding() AS e")[0].text("e"),
+        "LATIN1"
+    );
     db.src(
         "CREATE TYPE tag AS (label text);
          CREATE TABLE bands (id int PRIMARY KEY, name text);
@@ -69,21 +72,35 @@ fn utf8_source_into_latin1_target() {
     db.wait_ready("public.tagged");
     assert_eq!(db.progress("public.bands").text("copy_format"), "binary");
     assert_eq!(db.progress("public.tagged").text("copy_format"), "text");
-    assert_eq!(db.tgt("SELECT name FROM bands WHERE id = 1")[0].text("name"), "Motörhead");
+    assert_eq!(
+        db.tgt("SELECT name FROM bands WHERE id = 1")[0].text("name"),
+        "Motörhead"
+    );
     // Row by row as text (the harness's md5 digests hash each database's own bytes).
     let same_text = |t: &str| {
-        wait_until(&format!("{t} equal row by row"), Duration::from_secs(30), || {
-            let s = db.rows_text(Side::Source, t, "id").unwrap();
-            let g = db.rows_text(Side::Target, t, "id").unwrap();
-            if s == g { Ok(()) } else { Err(format!("source {s:?}, target {g:?}")) }
-        })
+        wait_until(
+            &format!("{t} equal row by row"),
+            Duration::from_secs(30),
+            || {
+                let s = db.rows_text(Side::Source, t, "id").unwrap();
+                let g = db.rows_text(Side::Target, t, "id").unwrap();
+                if s == g {
+                    Ok(())
+                } else {
+                    Err(format!("source {s:?}, target {g:?}"))
+                }
+            },
+        )
     };
     same_text("bands");
     same_text("tagged");
     db.src("INSERT INTO bands VALUES (3, 'Björk'); UPDATE tagged SET tg = ROW('Mägo de Oz') WHERE id = 1;");
     same_text("bands");
     same_text("tagged");
-    assert_eq!(db.tgt("SELECT name FROM bands WHERE id = 3")[0].text("name"), "Björk");
+    assert_eq!(
+        db.tgt("SELECT name FROM bands WHERE id = 3")[0].text("name"),
+        "Björk"
+    );
 
     let row = db.wait_table_state("public.euro", "error", Duration::from_secs(60));
     assert_eq!(row.get("last_error_sqlstate"), Some("22P05"), "{row:?}");
@@ -109,14 +126,24 @@ fn passfile_serves_every_source_connection() {
     let file = dir.join("pgpass");
     std::fs::write(
         &file,
-        format!("127.0.0.1:{}:{}:{}:{}\n", db.source.port(), db.name, SCRAM_USER, SCRAM_PASSWORD),
+        format!(
+            "127.0.0.1:{}:{}:{}:{}\n",
+            db.source.port(),
+            db.name,
+            SCRAM_USER,
+            SCRAM_PASSWORD
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     chown_to_postgres(&file);
 
-    let conninfo = format!("{} passfile={}", db.source_conninfo(SCRAM_USER), conninfo_value(&file.display().to_string()));
+    let conninfo = format!(
+        "{} passfile={}",
+        db.source_conninfo(SCRAM_USER),
+        conninfo_value(&file.display().to_string())
+    );
     assert!(!conninfo.contains("password="), "{conninfo}");
     db.add_ok(&conninfo, Some("c"));
     db.wait_running("c");

@@ -9,8 +9,8 @@
 //! Without them each test fails (CI fetches them), unless LIVESYNC_TEST_ALLOW_MISSING_SOURCES=1
 //! (a machine without the npm registry): then it prints a SKIPPED banner and passes.
 
-use std::path::PathBuf;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::*;
@@ -18,7 +18,10 @@ use crate::support::*;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn bindir(major: u32) -> Option<PathBuf> {
-    let dir = target_dir().join("pg-sources").join(major.to_string()).join("bin");
+    let dir = target_dir()
+        .join("pg-sources")
+        .join(major.to_string())
+        .join("bin");
     dir.join("postgres").exists().then_some(dir)
 }
 
@@ -39,11 +42,20 @@ fn sync_from(major: u32) {
         );
         return;
     };
-    let source = Cluster::start_new(&format!("source_pg{major}"), ClusterConfig { bindir: Some(bin), ..source_config() });
+    let source = Cluster::start_new(
+        &format!("source_pg{major}"),
+        ClusterConfig {
+            bindir: Some(bin),
+            ..source_config()
+        },
+    );
     prepare_source(&source);
     let db = TestDb::on(&source, shared_target(), &format!("pg{major}_source"));
     let version = db.src("SELECT current_setting('server_version_num') AS v");
-    assert!(version[0].text("v").starts_with(&major.to_string()), "{version:?}");
+    assert!(
+        version[0].text("v").starts_with(&major.to_string()),
+        "{version:?}"
+    );
 
     db.src(
         "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -63,8 +75,14 @@ fn sync_from(major: u32) {
          CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM ('2021-01-01') TO ('2022-01-01');
          INSERT INTO parted SELECT g, date '2020-01-01' + g, 'v' || g FROM generate_series(1, 700) g;",
     );
-    let checks = db.tgt(&format!("SELECT \"check\", ok FROM livesync.check_source({})", lit(&db.su_conninfo())));
-    assert!(checks.iter().all(|r| r.bool("ok")), "check_source on PostgreSQL {major}: {checks:?}");
+    let checks = db.tgt(&format!(
+        "SELECT \"check\", ok FROM livesync.check_source({})",
+        lit(&db.su_conninfo())
+    ));
+    assert!(
+        checks.iter().all(|r| r.bool("ok")),
+        "check_source on PostgreSQL {major}: {checks:?}"
+    );
     db.add_su_connector("c");
     for t in ["t", "full_ri", "parted"] {
         db.add_table_ok(t);
@@ -72,7 +90,11 @@ fn sync_from(major: u32) {
     for t in ["t", "full_ri", "parted"] {
         db.wait_ready(&format!("public.{t}"));
     }
-    let all = [Compare::same("t", "id"), Compare::by_row("full_ri"), Compare::same("parted", "id, at")];
+    let all = [
+        Compare::same("t", "id"),
+        Compare::by_row("full_ri"),
+        Compare::same("parted", "id, at"),
+    ];
     for cmp in &all {
         db.assert_same(cmp);
     }

@@ -280,11 +280,19 @@ fn add_table_without_key_is_refused_unless_append_only() {
     );
     let c = db.add_su_connector("c");
     let publication = c.text("publication_name").to_string();
-    let e = db.add_table("nokey", None, None).err("add_table of a table without replica identity");
+    let e = db
+        .add_table("nokey", None, None)
+        .err("add_table of a table without replica identity");
     assert_sqlstate(&e, "55000");
-    assert_message_eq(&e, "source table \"public\".\"nokey\" has no primary key or replica identity");
+    assert_message_eq(
+        &e,
+        "source table \"public\".\"nokey\" has no primary key or replica identity",
+    );
     assert!(e.detail().contains("reject every UPDATE and DELETE"), "{e}");
-    assert!(e.hint().contains("REPLICA IDENTITY FULL") && e.hint().contains("append_only => true"), "{e}");
+    assert!(
+        e.hint().contains("REPLICA IDENTITY FULL") && e.hint().contains("append_only => true"),
+        "{e}"
+    );
     assert_nothing_added(&db, &publication, Some("nokey"));
     // The source's application is unaffected.
     db.src("UPDATE nokey SET v = 'updated' WHERE id = 1; DELETE FROM nokey WHERE id = 2;");
@@ -292,22 +300,36 @@ fn add_table_without_key_is_refused_unless_append_only() {
     let out = db.target_sql("SELECT livesync.add_table('nokey', append_only => true)");
     let notices: Vec<String> = out.notices.iter().map(|n| n.message.clone()).collect();
     out.ok("add_table(append_only => true)");
-    assert!(notices.iter().any(|n| n.contains("append-only")), "{notices:?}");
+    assert!(
+        notices.iter().any(|n| n.contains("append-only")),
+        "{notices:?}"
+    );
     db.wait_ready("public.nokey");
     let cmp = Compare::by_row("nokey");
     let n = db.assert_same(&cmp);
     assert_eq!(db.progress("public.nokey").text("append_only"), "t");
-    assert_eq!(db.publication_rels(&format!("{publication}_append")), vec!["nokey".to_string()]);
+    assert_eq!(
+        db.publication_rels(&format!("{publication}_append")),
+        vec!["nokey".to_string()]
+    );
     assert!(db.publication_rels(&publication).is_empty());
 
     // The source's application keeps working: UPDATE and DELETE succeed there; inserts stream.
     db.src("INSERT INTO nokey VALUES (1000, 'streamed'); UPDATE nokey SET v = 'again' WHERE id = 3; DELETE FROM nokey WHERE id = 4;");
     wait_until("the insert to arrive", Duration::from_secs(30), || {
         let r = db.tgt("SELECT count(*) AS n FROM nokey WHERE id = 1000");
-        if r[0].int("n") == 1 { Ok(()) } else { Err(format!("{r:?}")) }
+        if r[0].int("n") == 1 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     db.wait_caught_up("c");
-    assert_eq!(db.tgt("SELECT count(*) AS n FROM nokey")[0].int("n"), n + 1, "append-only: deletes are not replicated");
+    assert_eq!(
+        db.tgt("SELECT count(*) AS n FROM nokey")[0].int("n"),
+        n + 1,
+        "append-only: deletes are not replicated"
+    );
     assert_eq!(db.progress("public.nokey").text("state"), "ready");
 
     // Adding it again: a NOTICE, no error, nothing changes.
@@ -421,7 +443,11 @@ fn remove_or_resync_unsynced_table() {
     }
     let e = db.call_err("remove_table", &["no.such.name.here"]);
     assert_sqlstate(&e, "22023");
-    assert_eq!(db.tgt("SELECT count(*) AS n FROM other")[0].int("n"), 2, "resync_table must not truncate an unsynced table");
+    assert_eq!(
+        db.tgt("SELECT count(*) AS n FROM other")[0].int("n"),
+        2,
+        "resync_table must not truncate an unsynced table"
+    );
     assert_eq!(db.progress("public.synced").text("state"), "ready");
 }
 
@@ -440,12 +466,18 @@ fn add_table_indexes_option() {
          INSERT INTO inone SELECT g, g FROM generate_series(1, 10) g;",
     );
     db.add_su_connector("c");
-    let e = db.target_sql("SELECT livesync.add_table('ia', indexes => 'some')").err("indexes => 'some'");
+    let e = db
+        .target_sql("SELECT livesync.add_table('ia', indexes => 'some')")
+        .err("indexes => 'some'");
     assert_sqlstate(&e, "22023");
     assert!(e.hint().contains("'all'"), "{e}");
-    db.target_sql("SELECT livesync.add_table('ia', indexes => 'all')").ok("indexes => 'all'");
+    db.target_sql("SELECT livesync.add_table('ia', indexes => 'all')")
+        .ok("indexes => 'all'");
     let out = db.target_sql("SELECT livesync.add_table('inone', indexes => 'none')");
-    let warned = out.warnings().iter().any(|w| w.message.contains("gets no index"));
+    let warned = out
+        .warnings()
+        .iter()
+        .any(|w| w.message.contains("gets no index"));
     out.ok("indexes => 'none'");
     assert!(warned, "a WARNING about the missing index");
     db.wait_ready("public.ia");
@@ -464,7 +496,10 @@ fn add_table_indexes_option() {
             "ia_v_partial: btree (v DESC) WHERE (v > 10)".to_string(),
         ]
     );
-    assert_eq!(db.tgt("SELECT count(*) AS n FROM pg_indexes WHERE tablename = 'inone'")[0].int("n"), 0);
+    assert_eq!(
+        db.tgt("SELECT count(*) AS n FROM pg_indexes WHERE tablename = 'inone'")[0].int("n"),
+        0
+    );
     db.src("UPDATE ia SET v = -v WHERE id < 50; UPDATE inone SET v = 0 WHERE id = 3");
     db.wait_same(&Compare::same("ia", "id"), Duration::from_secs(30));
     db.wait_same(&Compare::same("inone", "id"), Duration::from_secs(30));
@@ -477,12 +512,25 @@ fn add_table_indexes_option() {
 fn add_table_of_a_table_the_role_does_not_own() {
     let db = TestDb::new("addt_not_owner");
     db.src("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let conninfo = format!("{} password={}", db.source_conninfo(SCRAM_USER), conninfo_value(SCRAM_PASSWORD));
+    let conninfo = format!(
+        "{} password={}",
+        db.source_conninfo(SCRAM_USER),
+        conninfo_value(SCRAM_PASSWORD)
+    );
     let c = db.add_ok(&conninfo, Some("c"));
-    let publication = db.connector(&c).unwrap().text("publication_name").to_string();
-    let e = db.add_table("t", None, None).err("add_table of a table owned by another role");
+    let publication = db
+        .connector(&c)
+        .unwrap()
+        .text("publication_name")
+        .to_string();
+    let e = db
+        .add_table("t", None, None)
+        .err("add_table of a table owned by another role");
     assert_sqlstate(&e, "42501");
-    assert_message_eq(&e, &format!("role \"{SCRAM_USER}\" does not own source table \"public\".\"t\""));
+    assert_message_eq(
+        &e,
+        &format!("role \"{SCRAM_USER}\" does not own source table \"public\".\"t\""),
+    );
     assert!(e.hint().contains("OWNER TO"), "{e}");
     assert_nothing_added(&db, &publication, Some("t"));
 }

@@ -419,7 +419,11 @@ fn copy_fidelity() {
         // A PostgreSQL 18 target cannot read back the empty tsquery of binary COPY: text there.
         assert_eq!(
             row.get("copy_format"),
-            Some(if builtin_only && pg_major() < 18 { "binary" } else { "text" }),
+            Some(if builtin_only && pg_major() < 18 {
+                "binary"
+            } else {
+                "text"
+            }),
             "{row:?}"
         );
         let cmp = Compare::same(t, "id");
@@ -466,10 +470,18 @@ fn copy_fidelity() {
         }
         db.src(&format!("DELETE FROM {t} WHERE id IN (103, 111)"));
     }
-    db.wait_all_same(&tables.iter().map(|(t, _)| Compare::same(t, "id")).collect::<Vec<_>>(), Duration::from_secs(60));
+    db.wait_all_same(
+        &tables
+            .iter()
+            .map(|(t, _)| Compare::same(t, "id"))
+            .collect::<Vec<_>>(),
+        Duration::from_secs(60),
+    );
     for (t, _) in tables {
         db.wait_ready(&format!("public.{t}"));
-        let row = db.progress_when(&format!("public.{t}"), |r| r.int("changes_applied") >= 6 + 6 + 3 + 2 + 2);
+        let row = db.progress_when(&format!("public.{t}"), |r| {
+            r.int("changes_applied") >= 6 + 6 + 3 + 2 + 2
+        });
         assert_eq!(row.int("changes_applied"), 6 + 6 + 3 + 2 + 2, "{row:?}");
         assert_eq!(row.int("changes_skipped"), 0, "{row:?}");
     }

@@ -38,7 +38,10 @@ fn update_primary_key() {
          UPDATE k2 SET a = a + 100, v = -v WHERE b = 'b5';
          DELETE FROM k2 WHERE a = 104;",
     );
-    db.wait_all_same(&[Compare::same("k", "id"), Compare::same("k2", "a, b")], WAIT);
+    db.wait_all_same(
+        &[Compare::same("k", "id"), Compare::same("k2", "a, b")],
+        WAIT,
+    );
 }
 
 #[test]
@@ -99,12 +102,15 @@ fn replica_identity_full_and_default() {
          UPDATE ri_full_pk SET id = id + 100 WHERE id % 5 = 0;
          DELETE FROM ri_full_pk WHERE id % 9 = 0;",
     );
-    db.wait_all_same(&[
-        Compare::same("ri_default", "id"),
-        Compare::same("ri_index", "a, b"),
-        Compare::by_row("ri_full"),
-        Compare::same("ri_full_pk", "id"),
-    ], WAIT);
+    db.wait_all_same(
+        &[
+            Compare::same("ri_default", "id"),
+            Compare::same("ri_index", "a, b"),
+            Compare::by_row("ri_full"),
+            Compare::same("ri_full_pk", "id"),
+        ],
+        WAIT,
+    );
 }
 
 /// REPLICA IDENTITY FULL with identical rows: an UPDATE or DELETE of one of
@@ -318,7 +324,12 @@ fn table_added_while_streaming() {
     let stats = load.stop();
     assert!(stats.commits > 100, "{stats:?}");
     db.wait_caught_up("c");
-    db.assert_all_same(&tables.iter().map(|t| Compare::same(t, "id")).collect::<Vec<_>>());
+    db.assert_all_same(
+        &tables
+            .iter()
+            .map(|t| Compare::same(t, "id"))
+            .collect::<Vec<_>>(),
+    );
     let lb = db.progress_when("public.lb", |r| r.int("changes_applied") > 0);
     assert!(
         lb.int("changes_applied") > 0,
@@ -420,7 +431,11 @@ fn error_isolation_and_resync() {
         "hint",
     );
     assert_eq!(row.get("last_error_sqlstate"), Some("42703"), "{row:?}");
-    assert_contains(row.get("last_error_context").unwrap_or(""), "\"public\".\"e1\"", "context");
+    assert_contains(
+        row.get("last_error_context").unwrap_or(""),
+        "\"public\".\"e1\"",
+        "context",
+    );
     db.wait_same(&Compare::same("e2", "id"), WAIT);
 
     // e1 stays in error and counts what it skips; e2 keeps flowing.
@@ -499,7 +514,12 @@ fn copy_and_stream_under_load() {
     assert!(stats.commits > 500, "{stats:?}");
 
     let caught_up = db.wait_caught_up("c");
-    db.assert_all_same(&tables.iter().map(|t| Compare::same(t, "id")).collect::<Vec<_>>());
+    db.assert_all_same(
+        &tables
+            .iter()
+            .map(|t| Compare::same(t, "id"))
+            .collect::<Vec<_>>(),
+    );
     let lag = caught_up.int("lag_bytes");
     assert!(lag >= 0, "{caught_up:?}");
     for col in ["received_lsn", "flushed_lsn", "source_wal_end", "apply_lag"] {
@@ -556,30 +576,52 @@ fn publication_dropped_on_source_keeps_tables_and_reports() {
         || db.publication_rels(&publication),
         |rels| rels == &vec!["pd".to_string()],
     );
-    wait_until("the connector to report the dropped publication", Duration::from_secs(30), || {
-        let rows = db.tgt("SELECT coalesce(last_error, '') AS e FROM livesync.connectors");
-        if rows[0].text("e").contains(&format!("publication \"{publication}\" does not exist")) {
-            Ok(())
-        } else {
-            Err(format!("{rows:?}"))
-        }
-    });
-    assert!(db.try_progress("public.pd").is_ok(), "pd must still be synced: {:?}", db.table_progress_all());
+    wait_until(
+        "the connector to report the dropped publication",
+        Duration::from_secs(30),
+        || {
+            let rows = db.tgt("SELECT coalesce(last_error, '') AS e FROM livesync.connectors");
+            if rows[0]
+                .text("e")
+                .contains(&format!("publication \"{publication}\" does not exist"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    );
+    assert!(
+        db.try_progress("public.pd").is_ok(),
+        "pd must still be synced: {:?}",
+        db.table_progress_all()
+    );
     let rows = db.tgt("SELECT state, coalesce(last_error, '') AS e FROM livesync.connectors");
     assert!(
-        rows[0].text("e").contains(&format!("publication \"{publication}\" does not exist")),
+        rows[0]
+            .text("e")
+            .contains(&format!("publication \"{publication}\" does not exist")),
         "the connector must say why it stopped: {:?}",
         rows[0].text("e")
     );
     if pg_major() >= 18 {
         // The source went on without sending pd's changes: loud, and resync_table mends it.
         let row = db.wait_table_state("public.pd", "error", Duration::from_secs(30));
-        assert!(row.text("last_error").contains("did not send the changes"), "{row:?}");
-        assert!(row.text("last_error_hint").contains("resync_table"), "{row:?}");
+        assert!(
+            row.text("last_error").contains("did not send the changes"),
+            "{row:?}"
+        );
+        assert!(
+            row.text("last_error_hint").contains("resync_table"),
+            "{row:?}"
+        );
         db.call_ok("resync_table", &["pd"]);
         db.wait_ready("public.pd");
         db.src("INSERT INTO pd VALUES (52, 'after the resync')");
-        assert_eq!(db.wait_same(&Compare::same("pd", "id"), Duration::from_secs(30)), 52);
+        assert_eq!(
+            db.wait_same(&Compare::same("pd", "id"), Duration::from_secs(30)),
+            52
+        );
     }
 }
 
@@ -635,12 +677,15 @@ fn batched_changes_keep_per_table_order() {
         ));
     }
     db.src(&script);
-    db.wait_all_same(&[
-        Compare::same("acc", "id"),
-        Compare::same("tel", "id"),
-        Compare::same("hist", "id"),
-        Compare::same("pair", "a, b"),
-    ], WAIT);
+    db.wait_all_same(
+        &[
+            Compare::same("acc", "id"),
+            Compare::same("tel", "id"),
+            Compare::same("hist", "id"),
+            Compare::same("pair", "a, b"),
+        ],
+        WAIT,
+    );
 }
 
 /// Large transactions are streamed by a PostgreSQL 14+ source while they run (protocol 2; here
@@ -649,9 +694,15 @@ fn batched_changes_keep_per_table_order() {
 /// streamed transaction that aborts. The target ends equal and keeps no spool file.
 #[test]
 fn streamed_transactions_with_subtransaction_aborts() {
-    let source = Cluster::start_new("stream_source", source_config().with_conf("logical_decoding_work_mem = '64kB'"));
+    let source = Cluster::start_new(
+        "stream_source",
+        source_config().with_conf("logical_decoding_work_mem = '64kB'"),
+    );
     prepare_source(&source);
-    let target = Cluster::start_new("stream_target", ClusterConfig::target().with_conf("livesync.stream_in_progress = on"));
+    let target = Cluster::start_new(
+        "stream_target",
+        ClusterConfig::target().with_conf("livesync.stream_in_progress = on"),
+    );
     let db = TestDb::on(&source, &target, "streamed_txns");
     db.src(
         "CREATE TABLE big (id int PRIMARY KEY, v text, pad text);
@@ -695,21 +746,47 @@ fn streamed_transactions_with_subtransaction_aborts() {
         .expect("the big transaction, end; the start of one that aborts");
     // Aborted only once the source streams it: a PostgreSQL 18 source drops a transaction that
     // has already aborted when decoding reaches it, instead of streaming it.
-    wait_until("the source to stream the open transaction", Duration::from_secs(30), || {
-        let rows = db.src("SELECT coalesce(sum(stream_txns), 0)::int8 AS n FROM pg_stat_replication_slots WHERE slot_name LIKE 'livesync%'");
-        if rows[0].int("n") >= 2 { Ok(()) } else { Err(format!("{rows:?}")) }
-    });
-    session.batch_execute("ROLLBACK").expect("abort the streamed transaction");
+    wait_until(
+        "the source to stream the open transaction",
+        Duration::from_secs(30),
+        || {
+            let rows = db.src("SELECT coalesce(sum(stream_txns), 0)::int8 AS n FROM pg_stat_replication_slots WHERE slot_name LIKE 'livesync%'");
+            if rows[0].int("n") >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    );
+    session
+        .batch_execute("ROLLBACK")
+        .expect("abort the streamed transaction");
     db.src("INSERT INTO small VALUES (2, 'last')");
-    db.wait_all_same(&[Compare::same("big", "id"), Compare::same("small", "id")], Duration::from_secs(60));
+    db.wait_all_same(
+        &[Compare::same("big", "id"), Compare::same("small", "id")],
+        Duration::from_secs(60),
+    );
     // The source really streamed them.
-    wait_until("the source to count streamed transactions", Duration::from_secs(15), || {
-        let rows = db.src("SELECT coalesce(sum(stream_txns), 0)::int8 AS n FROM pg_stat_replication_slots WHERE slot_name LIKE 'livesync%'");
-        if rows[0].int("n") >= 2 { Ok(()) } else { Err(format!("{rows:?}")) }
-    });
+    wait_until(
+        "the source to count streamed transactions",
+        Duration::from_secs(15),
+        || {
+            let rows = db.src("SELECT coalesce(sum(stream_txns), 0)::int8 AS n FROM pg_stat_replication_slots WHERE slot_name LIKE 'livesync%'");
+            if rows[0].int("n") >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    );
     let tmp = target.datadir().join("base/pgsql_tmp");
     let left: Vec<String> = std::fs::read_dir(&tmp)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.contains("livesync")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.contains("livesync"))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "spool files left on the target: {left:?}");
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use crate::support::*;
 
 fn verify(db: &TestDb, table: &str) -> Row {
-    let out = db.target_sql(&format!("SELECT * FROM livesync.verify_table({})", lit(table)));
+    let out = db.target_sql(&format!(
+        "SELECT * FROM livesync.verify_table({})",
+        lit(table)
+    ));
     let rows = out.ok(&format!("verify_table({table})"));
     assert_eq!(rows.len(), 1, "{rows:?}");
     rows.into_iter().next().unwrap()
@@ -51,8 +54,20 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     for t in ["busy", "v_int", "v_text", "v_full", "v_part"] {
         db.add_table_ok(t);
     }
-    let load = Load::start(db.source, &db.name, &[("busy", LoadKind::Mixed)], 2, Duration::from_millis(2));
-    for t in ["public.busy", "public.v_int", "public.v_text", "public.v_full", "public.v_part"] {
+    let load = Load::start(
+        db.source,
+        &db.name,
+        &[("busy", LoadKind::Mixed)],
+        2,
+        Duration::from_millis(2),
+    );
+    for t in [
+        "public.busy",
+        "public.v_int",
+        "public.v_text",
+        "public.v_full",
+        "public.v_part",
+    ] {
         db.wait_ready(t);
     }
     load.wait_ops(200, Duration::from_secs(60));
@@ -62,7 +77,10 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
         let r = verify(&db, t);
         assert_eq!(r.text("state"), "equal", "{t}: {r:?}");
         assert_eq!(r.int("differences"), 0, "{t}: {r:?}");
-        assert!(r.int("rows_source") > 0 && r.int("rows_source") == r.int("rows_target"), "{t}: {r:?}");
+        assert!(
+            r.int("rows_source") > 0 && r.int("rows_source") == r.int("rows_target"),
+            "{t}: {r:?}"
+        );
         assert!(!r.text("cut_lsn").is_empty(), "{r:?}");
     }
     // The tables keyed by a bigint are bucketed by key ranges, the others by hash.
@@ -72,9 +90,15 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     assert!(r.float("pause_ms") < 1000.0, "{r:?}");
     assert!(r.text("method").ends_with("typed hashes"), "{r:?}");
     // A point has no hash function: that table's rows are hashed by their text.
-    assert_eq!(verify(&db, "v_text").text("method"), "key hash buckets, row text hashes");
+    assert_eq!(
+        verify(&db, "v_text").text("method"),
+        "key hash buckets, row text hashes"
+    );
     let full = verify(&db, "v_full");
-    assert!(full.text("method").starts_with("row hash buckets"), "{full:?}");
+    assert!(
+        full.text("method").starts_with("row hash buckets"),
+        "{full:?}"
+    );
     assert!(full.text("note").contains("no primary key"), "{full:?}");
 
     // Behind livesync's back, on the target: one UPDATE, one INSERT, one DELETE per table.
@@ -95,31 +119,68 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     );
 
     let r = verify(&db, "v_int");
-    assert_eq!((r.text("state"), r.int("differences")), ("different", 3), "{r:?}");
+    assert_eq!(
+        (r.text("state"), r.int("differences")),
+        ("different", 3),
+        "{r:?}"
+    );
     let d = differences(&db, r.text("verification_id"));
     assert_eq!(d.len(), 3, "{d:?}");
-    assert_eq!((d[0].0.as_str(), d[0].1.as_str()), ("different", "{\"id\": 15001}"), "{d:?}");
-    assert!(d[0].2.contains("\"row 15001\"") || d[0].2.contains("row 15001"), "{d:?}");
+    assert_eq!(
+        (d[0].0.as_str(), d[0].1.as_str()),
+        ("different", "{\"id\": 15001}"),
+        "{d:?}"
+    );
+    assert!(
+        d[0].2.contains("\"row 15001\"") || d[0].2.contains("row 15001"),
+        "{d:?}"
+    );
     assert!(d[0].3.contains("changed"), "{d:?}");
-    assert_eq!((d[1].0.as_str(), d[1].1.as_str(), d[1].2.as_str()), ("extra on target", "{\"id\": 900001}", "-"), "{d:?}");
+    assert_eq!(
+        (d[1].0.as_str(), d[1].1.as_str(), d[1].2.as_str()),
+        ("extra on target", "{\"id\": 900001}", "-"),
+        "{d:?}"
+    );
     assert!(d[1].3.contains("stray"), "{d:?}");
-    assert_eq!((d[2].0.as_str(), d[2].1.as_str(), d[2].3.as_str()), ("missing on target", "{\"id\": 17777}", "-"), "{d:?}");
+    assert_eq!(
+        (d[2].0.as_str(), d[2].1.as_str(), d[2].3.as_str()),
+        ("missing on target", "{\"id\": 17777}", "-"),
+        "{d:?}"
+    );
 
     // The same differences when asked to compare the rows' text.
-    let r = db.target_sql("SELECT * FROM livesync.verify_table('public.v_int', by_text => true)").ok("by_text");
-    assert_eq!((r[0].text("state"), r[0].int("differences")), ("different", 3), "{r:?}");
+    let r = db
+        .target_sql("SELECT * FROM livesync.verify_table('public.v_int', by_text => true)")
+        .ok("by_text");
+    assert_eq!(
+        (r[0].text("state"), r[0].int("differences")),
+        ("different", 3),
+        "{r:?}"
+    );
     assert!(r[0].text("method").ends_with("row text hashes"), "{r:?}");
     assert_eq!(differences(&db, r[0].text("verification_id")), d);
 
     let r = verify(&db, "v_text");
-    assert_eq!((r.text("state"), r.int("differences")), ("different", 3), "{r:?}");
+    assert_eq!(
+        (r.text("state"), r.int("differences")),
+        ("different", 3),
+        "{r:?}"
+    );
     let d = differences(&db, r.text("verification_id"));
     let kinds: Vec<(&str, &str)> = d.iter().map(|x| (x.0.as_str(), x.1.as_str())).collect();
-    let k42 = db.src("SELECT jsonb_build_object('code', 'c-' || md5('42'))::text AS k")[0].text("k").to_string();
-    let k4242 = db.src("SELECT jsonb_build_object('code', 'c-' || md5('4242'))::text AS k")[0].text("k").to_string();
+    let k42 = db.src("SELECT jsonb_build_object('code', 'c-' || md5('42'))::text AS k")[0]
+        .text("k")
+        .to_string();
+    let k4242 = db.src("SELECT jsonb_build_object('code', 'c-' || md5('4242'))::text AS k")[0]
+        .text("k")
+        .to_string();
     assert_eq!(
         kinds,
-        vec![("different", k42.as_str()), ("extra on target", "{\"code\": \"zz-stray\"}"), ("missing on target", k4242.as_str())],
+        vec![
+            ("different", k42.as_str()),
+            ("extra on target", "{\"code\": \"zz-stray\"}"),
+            ("missing on target", k4242.as_str())
+        ],
         "{d:?}"
     );
 
@@ -127,7 +188,10 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     let r = verify(&db, "v_full");
     assert_eq!(r.text("state"), "different", "{r:?}");
     let d = differences(&db, r.text("verification_id"));
-    let got: Vec<(&str, &str, &str)> = d.iter().map(|x| (x.0.as_str(), x.2.as_str(), x.3.as_str())).collect();
+    let got: Vec<(&str, &str, &str)> = d
+        .iter()
+        .map(|x| (x.0.as_str(), x.2.as_str(), x.3.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -140,7 +204,11 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     );
 
     let r = verify(&db, "v_part");
-    assert_eq!((r.text("state"), r.int("differences")), ("different", 3), "{r:?}");
+    assert_eq!(
+        (r.text("state"), r.int("differences")),
+        ("different", 3),
+        "{r:?}"
+    );
     let d = differences(&db, r.text("verification_id"));
     let kinds: Vec<(&str, &str)> = d.iter().map(|x| (x.0.as_str(), x.1.as_str())).collect();
     assert_eq!(
@@ -154,8 +222,15 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     );
 
     // All of a connector's tables at once; the busy one still equal under load.
-    let all = db.target_sql("SELECT source_table, state, differences FROM livesync.verify_tables('c') ORDER BY 1").ok("verify_tables");
-    let states: Vec<(&str, &str)> = all.iter().map(|r| (r.text("source_table"), r.text("state"))).collect();
+    let all = db
+        .target_sql(
+            "SELECT source_table, state, differences FROM livesync.verify_tables('c') ORDER BY 1",
+        )
+        .ok("verify_tables");
+    let states: Vec<(&str, &str)> = all
+        .iter()
+        .map(|r| (r.text("source_table"), r.text("state")))
+        .collect();
     assert_eq!(
         states,
         vec![
@@ -173,13 +248,20 @@ fn verify_finds_exactly_the_rows_changed_behind_livesyncs_back() {
     // The view: one row per verification, the latest first, for everyone.
     let v = db.tgt("SELECT * FROM livesync.verification ORDER BY id DESC LIMIT 1");
     assert_eq!(v[0].text("state"), "different");
-    assert!(!v[0].text("duration").is_empty() && !v[0].text("cut_lsn").is_empty(), "{v:?}");
+    assert!(
+        !v[0].text("duration").is_empty() && !v[0].text("cut_lsn").is_empty(),
+        "{v:?}"
+    );
 
     // Errors: an unsynced table, a REPEATABLE READ transaction.
-    let e = db.target_sql("SELECT * FROM livesync.verify_table('public.nope')").err("unknown table");
+    let e = db
+        .target_sql("SELECT * FROM livesync.verify_table('public.nope')")
+        .err("unknown table");
     assert_sqlstate(&e, "42P01");
     assert_message_starts(&e, "table \"public.nope\" is not synced by connector \"c\"");
-    let e = db.target_sql("SELECT * FROM livesync.verify_table('public.v_int', connector => 'nope')").err("unknown connector");
+    let e = db
+        .target_sql("SELECT * FROM livesync.verify_table('public.v_int', connector => 'nope')")
+        .err("unknown connector");
     assert_sqlstate(&e, "42704");
     assert_message_starts(&e, "connector \"nope\" does not exist");
     let e = db

@@ -111,13 +111,21 @@ pub fn pg_config_value_of(pg_config: &str, flag: &str) -> PathBuf {
 pub fn pg_major() -> u32 {
     static MAJOR: OnceLock<u32> = OnceLock::new();
     *MAJOR.get_or_init(|| {
-        let out = Command::new(pg_config()).arg("--version").output().unwrap_or_else(|e| panic!("running {} --version: {e}", pg_config()));
+        let out = Command::new(pg_config())
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("running {} --version: {e}", pg_config()));
         let text = String::from_utf8_lossy(&out.stdout);
         text.split_whitespace()
             .nth(1)
             .and_then(|v| v.split('.').next())
             .and_then(|m| m.parse().ok())
-            .unwrap_or_else(|| panic!("cannot read a major version from `{} --version`: {text}", pg_config()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "cannot read a major version from `{} --version`: {text}",
+                    pg_config()
+                )
+            })
     })
 }
 
@@ -135,7 +143,10 @@ pub fn origin_limit_setting() -> &'static str {
 fn configure_options() -> &'static str {
     static OPTIONS: OnceLock<String> = OnceLock::new();
     OPTIONS.get_or_init(|| {
-        let out = Command::new(pg_config()).arg("--configure").output().unwrap_or_else(|e| panic!("running {} --configure: {e}", pg_config()));
+        let out = Command::new(pg_config())
+            .arg("--configure")
+            .output()
+            .unwrap_or_else(|e| panic!("running {} --configure: {e}", pg_config()));
         String::from_utf8_lossy(&out.stdout).into_owned()
     })
 }
@@ -160,8 +171,12 @@ pub fn timescaledb_installed() -> bool {
     *YES.get_or_init(|| {
         // LIVESYNC_TEST_WITHOUT_TIMESCALEDB=1 runs the suite as a machine without it would.
         std::env::var_os("LIVESYNC_TEST_WITHOUT_TIMESCALEDB").is_none()
-            && pg_config_value("--pkglibdir").join("timescaledb.so").exists()
-            && pg_config_value("--sharedir").join("extension/timescaledb.control").exists()
+            && pg_config_value("--pkglibdir")
+                .join("timescaledb.so")
+                .exists()
+            && pg_config_value("--sharedir")
+                .join("extension/timescaledb.control")
+                .exists()
     })
 }
 
@@ -173,7 +188,9 @@ pub fn citus_installed() -> bool {
         // LIVESYNC_TEST_WITHOUT_CITUS=1 runs the suite as a machine without it would.
         std::env::var_os("LIVESYNC_TEST_WITHOUT_CITUS").is_none()
             && pg_config_value("--pkglibdir").join("citus.so").exists()
-            && pg_config_value("--sharedir").join("extension/citus.control").exists()
+            && pg_config_value("--sharedir")
+                .join("extension/citus.control")
+                .exists()
     })
 }
 
@@ -486,7 +503,9 @@ impl Cluster {
         if config.preload_livesync {
             match &config.bindir {
                 // Another installation (a test's own): its pg_config says where livesync must be.
-                Some(bindir) => assert_extension_installed_in(&bindir.join("pg_config").to_string_lossy()),
+                Some(bindir) => {
+                    assert_extension_installed_in(&bindir.join("pg_config").to_string_lossy())
+                }
                 None => assert_extension_installed(),
             }
         }
@@ -626,7 +645,8 @@ impl Cluster {
     }
 
     fn try_start(&self) -> Result<(), String> {
-        let out = run(self.pg("pg_ctl")
+        let out = run(self
+            .pg("pg_ctl")
             .arg("-D")
             .arg(&self.datadir)
             .arg("-l")
@@ -645,7 +665,10 @@ impl Cluster {
     }
 
     fn pg(&self, program: &str) -> Command {
-        pg_command_in(self.config.bindir.as_deref().unwrap_or(pg_bindir()), program)
+        pg_command_in(
+            self.config.bindir.as_deref().unwrap_or(pg_bindir()),
+            program,
+        )
     }
 
     pub fn start(&self) {
@@ -654,7 +677,8 @@ impl Cluster {
 
     /// Fast shutdown.
     pub fn stop(&self) {
-        let out = run(self.pg("pg_ctl")
+        let out = run(self
+            .pg("pg_ctl")
             .arg("-D")
             .arg(&self.datadir)
             .args(["-m", "fast", "-w", "-t", "60", "stop"]));
@@ -667,7 +691,8 @@ impl Cluster {
     }
 
     pub fn restart(&self) {
-        let out = run(self.pg("pg_ctl")
+        let out = run(self
+            .pg("pg_ctl")
             .arg("-D")
             .arg(&self.datadir)
             .arg("-l")
@@ -710,16 +735,25 @@ impl Cluster {
     /// logged before this call is in the result.
     pub fn log_contents_flushed(&self) -> String {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let marker = format!("livesync-test-log-marker-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let marker = format!(
+            "livesync-test-log-marker-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
         let mut c = self.connect("postgres");
-        c.batch_execute(&format!("DO $$ BEGIN RAISE LOG '{marker}'; END $$")).expect("RAISE LOG");
+        c.batch_execute(&format!("DO $$ BEGIN RAISE LOG '{marker}'; END $$"))
+            .expect("RAISE LOG");
         let start = std::time::Instant::now();
         loop {
             let log = self.log_contents();
             if log.contains(&marker) {
                 return log;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "marker {marker} never reached the server log of {}", self.name);
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "marker {marker} never reached the server log of {}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

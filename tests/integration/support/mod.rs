@@ -8,15 +8,16 @@ mod sync;
 
 #[allow(unused_imports)]
 pub use cluster::{
-    base_dir, chown_to_postgres, citus_installed, free_port, keep_clusters, origin_limit_setting, os_superuser, pg_config_value_of,
-    pg_major, running_as_root, server_has_libxml, server_has_ssl, target_dir, timescaledb_installed, Cluster, ClusterConfig,
+    base_dir, chown_to_postgres, citus_installed, free_port, keep_clusters, origin_limit_setting,
+    os_superuser, pg_config_value_of, pg_major, running_as_root, server_has_libxml, server_has_ssl,
+    target_dir, timescaledb_installed, Cluster, ClusterConfig,
 };
 #[allow(unused_imports)]
 pub use shared::{
-    dedicated_source, dedicated_target, prepare_source, source_config, shared_bad_source, shared_source,
-    shared_target, timescale_source, timescale_target, Snapshot, TestDb, BAD_SOURCE_DB, BAD_SOURCE_USER, HOSTILE_PASSWORD,
-    HOSTILE_PASSWORD_TOKEN, HOSTILE_USER, SCRAM_PASSWORD, SCRAM_PASSWORD_TOKEN, SCRAM_USER,
-    SYNC_USER,
+    dedicated_source, dedicated_target, prepare_source, shared_bad_source, shared_source,
+    shared_target, source_config, timescale_source, timescale_target, Snapshot, TestDb,
+    BAD_SOURCE_DB, BAD_SOURCE_USER, HOSTILE_PASSWORD, HOSTILE_PASSWORD_TOKEN, HOSTILE_USER,
+    SCRAM_PASSWORD, SCRAM_PASSWORD_TOKEN, SCRAM_USER, SYNC_USER,
 };
 #[allow(unused_imports)]
 pub use sync::*;

@@ -375,7 +375,10 @@ impl TestDb<'_> {
     /// report of every one that did not.
     #[track_caller]
     pub fn wait_all_same(&self, cmps: &[Compare], timeout: Duration) {
-        let failures: Vec<String> = cmps.iter().filter_map(|c| self.try_wait_same(c, timeout).err()).collect();
+        let failures: Vec<String> = cmps
+            .iter()
+            .filter_map(|c| self.try_wait_same(c, timeout).err())
+            .collect();
         self.fail_if_any(&failures);
     }
 
