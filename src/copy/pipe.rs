@@ -28,7 +28,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use tokio_postgres::CopyOutStream;
@@ -39,6 +39,9 @@ use crate::source::quote_ident;
 /// Bytes the pipe holds before the feeder waits for the COPY (Linux's default is 64 kB; 1 MB is
 /// the unprivileged maximum, `/proc/sys/fs/pipe-max-size`).
 const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Most bytes the feeder gathers from the source before writing them to the pipe.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// Why the feeder stopped before the source's stream ended.
 enum Stopped {
@@ -163,53 +166,70 @@ fn feed(
         }
     };
     let mut bytes = 0i64;
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     loop {
         let next = rt.block_on(async { tokio::time::timeout(TICK, stream.next()).await });
-        let chunk = match next {
+        let mut ended = false;
+        match next {
             Err(_) => {
                 if let Some(why) = stop() {
                     return Err(why);
                 }
                 continue;
             }
-            Ok(None) => return Ok(bytes),
-            Ok(Some(Err(e))) => {
-                return Err(Stopped::Source(
-                    e.as_db_error()
-                        .map(|d| d.message().to_string())
-                        .unwrap_or_else(|| e.to_string()),
-                ))
-            }
-            Ok(Some(Ok(b))) => b,
-        };
-        let mut rest: &[u8] = &chunk;
-        while !rest.is_empty() {
-            // SAFETY: writes at most rest.len() bytes from a live slice to a descriptor this thread owns.
-            let n = unsafe { libc::write(pipe.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-            if n > 0 {
-                rest = &rest[n as usize..];
-                bytes += n as i64;
-                continue;
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => {
-                    if let Some(why) = stop() {
-                        return Err(why);
-                    }
-                    let mut pfd = libc::pollfd {
-                        fd: pipe.as_raw_fd(),
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd; the timeout bounds how long a stop request waits.
-                    unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
-                }
-                // EPIPE: no reader is left (SIGPIPE is blocked on this thread, so write says so).
-                _ => return Err(Stopped::ReaderGone),
+            Ok(None) => ended = true,
+            Ok(Some(Err(e))) => return Err(source_error(&e)),
+            Ok(Some(Ok(b))) => batch.extend_from_slice(&b),
+        }
+        // The source sends one CopyData message per row: take every one that has already
+        // arrived, so the pipe sees large writes rather than a system call (and a wake-up of the
+        // COPY) per row.
+        while !ended && batch.len() < BATCH_BYTES {
+            match stream.next().now_or_never() {
+                None => break,
+                Some(None) => ended = true,
+                Some(Some(Err(e))) => return Err(source_error(&e)),
+                Some(Some(Ok(b))) => batch.extend_from_slice(&b),
             }
         }
+        write_all(&pipe, &batch, &stop)?;
+        bytes += batch.len() as i64;
+        batch.clear();
+        if ended {
+            return Ok(bytes);
+        }
     }
+}
+
+fn source_error(e: &tokio_postgres::Error) -> Stopped {
+    Stopped::Source(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
+}
+
+/// Write all of `data` to the non-blocking `pipe`, waiting (in slices, asking `stop` between
+/// them) while it is full.
+fn write_all(pipe: &OwnedFd, data: &[u8], stop: &dyn Fn() -> Option<Stopped>) -> Result<(), Stopped> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        // SAFETY: writes at most rest.len() bytes from a live slice to a descriptor this thread owns.
+        let n = unsafe { libc::write(pipe.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+        if n > 0 {
+            rest = &rest[n as usize..];
+            continue;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => {
+                if let Some(why) = stop() {
+                    return Err(why);
+                }
+                let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd; the timeout bounds how long a stop request waits.
+                unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
+            }
+            // EPIPE: no reader is left (SIGPIPE is blocked on this thread, so write says so).
+            _ => return Err(Stopped::ReaderGone),
+        }
+    }
+    Ok(())
 }
 
 /// Block every signal on the calling thread; returns the mask it had.
