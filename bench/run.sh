@@ -12,6 +12,7 @@
 #   BENCH_SKIP_LAG=1                  # skip the lag of a synced table while metrics is copied beside the stream
 #   BENCH_SKIP_RESUME=1               # skip the crash halfway through metrics' copy and the snapshot-age runs
 #   BENCH_SKIP_VERIFY=1               # skip verify_table on metrics against a full scan of it
+#   BENCH_MAX_COPY_WORKERS=<n>        # livesync.max_copy_workers on the target (default: its own, half the CPUs)
 #   BENCH_SKIP_CITUS=1                # skip the Citus copy and apply (they run only when Citus is installed)
 #
 # Clusters live under bench/work/ (gitignored), run by an unprivileged OS user, on ports
@@ -58,7 +59,8 @@ CONF
   as_pg "$BIN/pg_ctl" -D "$W/$1" -l "$W/$1.log" -w start >/dev/null
 }
 init source $SP ""
-init target $TP "shared_preload_libraries = 'livesync'"
+init target $TP "shared_preload_libraries = 'livesync'
+${BENCH_MAX_COPY_WORKERS:+livesync.max_copy_workers = $BENCH_MAX_COPY_WORKERS}"
 src() { as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p $SP -U "$OSU" "$@"; }
 tgt() { as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p $TP -U "$OSU" "$@"; }
 now() { date +%s.%N; }
@@ -114,6 +116,9 @@ wait_sql() { # db sql  (returns once sql returns t)
 }
 # Every timed method starts from the same quiet machine: dirty pages of the previous one written.
 settle() { sync; sleep 1; }
+# livesync's phases of one table copy, in seconds: add_table to the copy's start (connector, snapshot,
+# plan) / loading the ranges / from the last range to copied (the key built).
+PHASES_SQL="SELECT format('%s/%s/%s', round(extract(epoch FROM t.started_at - t.added_at)::numeric, 1), round(extract(epoch FROM max(r.finished_at) - t.started_at)::numeric, 1), round(extract(epoch FROM t.finished_at - max(r.finished_at))::numeric, 1)) FROM livesync.sync_table t JOIN livesync.copy_range r ON r.table_id = t.id GROUP BY t.id"
 
 if [ -z "${BENCH_SKIP_COPY:-}" ]; then
   # ---- 1. raw COPY pipe, one table after another, then the primary keys ------------------------
@@ -245,7 +250,7 @@ if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/time
   # time is split where its phases meet: ranges all loaded (the copy) and the table ready (its
   # primary key built and the stream caught up).
   HT_RUNS_N="${BENCH_RUNS:-3}"
-  HT_RAW_RUNS=(); HT_LS_RUNS=(); HT_LS_COPY_RUNS=(); HT_RAW_COPY_RUNS=()
+  HT_RAW_RUNS=(); HT_LS_RUNS=(); HT_LS_COPY_RUNS=(); HT_RAW_COPY_RUNS=(); HT_PHASES=()
   for run in $(seq 1 "$HT_RUNS_N"); do
     fresh_target
     tgt -d bench -c "$HT_DDL" >/dev/null
@@ -272,6 +277,7 @@ if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/time
     HT_ROWS_LS=$(tgt -d bench -At -c "SELECT count(*) FROM metrics")
     HT_CHUNKS=$(tgt -d bench -At -c "SELECT count(*) FROM show_chunks('metrics')")
     HT_RANGES=$(tgt -d bench -At -c "SELECT ranges_total FROM livesync.table_progress")
+    HT_PHASES+=("$(tgt -d bench -At -c "$PHASES_SQL")")
     HT_WORKERS=$(tgt -d bench -At -c "SHOW livesync.max_copy_workers" 2>/dev/null || echo "?")
     tgt -d bench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
   done
@@ -289,6 +295,7 @@ if [ -z "${BENCH_SKIP_HYPERTABLE:-}" ] && [ -f "$("$PG_CONFIG" --pkglibdir)/time
   echo "| livesync \`add_table(hypertable => true)\` ($HT_RANGES ranges, max_copy_workers = $HT_WORKERS) until copied | $(stats "${HT_LS_RUNS[@]}") | $(stats "${HT_LS_COPY_RUNS[@]}") | $(python3 -c "print(f'{$HT_BYTES/1e6/$HT_LS:.0f}')") | $HT_ROOT_LS |"
   echo
   echo "livesync into a hypertable vs the raw binary pipe into it (medians): $(python3 -c "print(f'{$HT_RAW/$HT_LS:.2f}x')"); run by run (raw_i / livesync_i): $(python3 -c "import sys; r, l = sys.argv[1].split(), sys.argv[2].split(); print(', '.join(f'{float(a)/float(b):.2f}x' for a, b in zip(r, l)))" "${HT_RAW_RUNS[*]}" "${HT_LS_RUNS[*]}"); rows on the target: $HT_ROWS_LS"
+  echo "livesync's phases per run, s (add_table to copy start / loading the ranges / last range to copied, key built): ${HT_PHASES[*]}"
 fi
 
 # ---- Citus (only with Citus installed): a coordinator (the target) and 2 worker nodes ----------
@@ -317,7 +324,7 @@ max_prepared_transactions = 50"
   CT_BYTES=$(src -d bench -At -c "SELECT pg_relation_size('metrics')")
   CT_DDL="$(echo "$SCHEMA" | sed -n '/CREATE TABLE metrics/,/PRIMARY KEY/p' | sed 's/, PRIMARY KEY (device_id, time)//');
           SELECT create_distributed_table('metrics', 'device_id');"
-  CT_RAW_RUNS=(); CT_LS_RUNS=(); CT_RAW_COPY_RUNS=(); CT_LS_COPY_RUNS=()
+  CT_RAW_RUNS=(); CT_LS_RUNS=(); CT_RAW_COPY_RUNS=(); CT_LS_COPY_RUNS=(); CT_PHASES=()
   for run in $(seq 1 "${BENCH_RUNS:-3}"); do
     citus_db cbench
     tgt -d cbench -c "$CT_DDL" >/dev/null
@@ -342,6 +349,7 @@ max_prepared_transactions = 50"
     # The coordinator's shell table must stay empty (its own file: a query would go to the shards).
     CT_SHELL_LS=$(tgt -d cbench -At -c "SELECT pg_relation_size('metrics')")
     CT_RANGES=$(tgt -d cbench -At -c "SELECT ranges_total FROM livesync.table_progress")
+    CT_PHASES+=("$(tgt -d cbench -At -c "$PHASES_SQL")")
     CT_SHARDS=$(tgt -d cbench -At -c "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'metrics'::regclass")
     tgt -d cbench -c "SELECT livesync.drop_connector(name) FROM livesync.connectors" >/dev/null
   done
@@ -414,6 +422,7 @@ max_prepared_transactions = 50"
   echo "| livesync \`add_table(distributed_by => 'device_id')\` ($CT_RANGES ranges) until copied | $(stats "${CT_LS_RUNS[@]}") | $(stats "${CT_LS_COPY_RUNS[@]}") | $(python3 -c "print(f'{$CT_BYTES/1e6/$CT_LS:.0f}')") |"
   echo
   echo "livesync into a distributed table vs the raw binary pipe into it (medians): $(python3 -c "print(f'{$CT_RAW/$CT_LS:.2f}x')"); run by run: $(python3 -c "import sys; r, l = sys.argv[1].split(), sys.argv[2].split(); print(', '.join(f'{float(a)/float(b):.2f}x' for a, b in zip(r, l)))" "${CT_RAW_RUNS[*]}" "${CT_LS_RUNS[*]}"); rows through the distributed table: $CT_ROWS_LS; bytes in the coordinator's shell table: $CT_SHELL_LS"
+  echo "livesync's phases per run, s (add_table to copy start / loading the ranges / last range to copied, key built): ${CT_PHASES[*]}"
   echo
   echo "### Citus: change apply into a distributed table (from resuming until the source slot confirms the workload's end)"
   echo

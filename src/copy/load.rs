@@ -207,8 +207,11 @@ pub fn load(
     binary: bool,
 ) -> (i64, i64) {
     match route {
-        // A source's stream into a hypertable: TimescaleDB's own COPY (see `copy::pipe`).
-        Route::Executor => super::pipe::load(rt, relid, columns, stream, binary),
+        // A source's stream into a hypertable or a Citus table: TimescaleDB's or Citus's own
+        // COPY (see `copy::pipe`).
+        Route::Executor | Route::Distributed => {
+            super::pipe::load(rt, relid, columns, stream, binary)
+        }
         _ => run(
             relid,
             route,

@@ -202,12 +202,20 @@ fn feed(
 }
 
 fn source_error(e: &tokio_postgres::Error) -> Stopped {
-    Stopped::Source(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
+    Stopped::Source(
+        e.as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    )
 }
 
 /// Write all of `data` to the non-blocking `pipe`, waiting (in slices, asking `stop` between
 /// them) while it is full.
-fn write_all(pipe: &OwnedFd, data: &[u8], stop: &dyn Fn() -> Option<Stopped>) -> Result<(), Stopped> {
+fn write_all(
+    pipe: &OwnedFd,
+    data: &[u8],
+    stop: &dyn Fn() -> Option<Stopped>,
+) -> Result<(), Stopped> {
     let mut rest = data;
     while !rest.is_empty() {
         // SAFETY: writes at most rest.len() bytes from a live slice to a descriptor this thread owns.
@@ -221,7 +229,11 @@ fn write_all(pipe: &OwnedFd, data: &[u8], stop: &dyn Fn() -> Option<Stopped>) ->
                 if let Some(why) = stop() {
                     return Err(why);
                 }
-                let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd: pipe.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
                 // SAFETY: one valid pollfd; the timeout bounds how long a stop request waits.
                 unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
             }

@@ -173,6 +173,18 @@ fn copy_and_stream_reach_the_shards() {
          CREATE TABLE countries (code text PRIMARY KEY, name text);
          SELECT create_reference_table('countries');",
     );
+    db.tgt(
+        "CREATE FUNCTION refuse_copied() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'trigger fired on % during the copy', TG_TABLE_NAME; END $$",
+    );
+    // The copy is Citus's own COPY, which writes the shards from sessions of its own: a trigger
+    // on items' shards must stay quiet (session_replication_role = replica reaches them).
+    db.tgt(
+        "DO $$ BEGIN
+           SET LOCAL citus.enable_unsafe_triggers = on;
+           CREATE TRIGGER refuse_copied BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION refuse_copied();
+         END $$",
+    );
     db.add_su_connector("c");
     let started = Instant::now();
     let out = db.target_sql("SELECT livesync.add_table('orders', distributed_by => 'id')");
@@ -203,6 +215,7 @@ fn copy_and_stream_reach_the_shards() {
         ("countries", "code"),
     ];
     assert_synced(&db, &tables);
+    db.tgt("DO $$ BEGIN SET LOCAL citus.enable_unsafe_triggers = on; DROP TRIGGER refuse_copied ON items; END $$");
     assert_eq!(
         count(
             &db,
