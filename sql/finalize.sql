@@ -143,7 +143,19 @@ CREATE VIEW livesync.table_progress AS
 WITH live AS (
     SELECT t.id,
            coalesce((SELECT sum(r.rows) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done), 0)
-             + coalesce((SELECT sum(p.tuples_processed) FROM pg_catalog.pg_stat_progress_copy p
+             + coalesce((SELECT sum(CASE
+                                    -- TimescaleDB's and Citus's own COPY (type FILE: the pipe of
+                                    -- src/copy/pipe.rs) may count bytes only: rows estimated from
+                                    -- them, at the rows per byte of the table's loaded ranges (none
+                                    -- before its first range is in: a heap size says little of a
+                                    -- COPY stream's).
+                                    WHEN p.type = 'FILE' AND p.tuples_processed = 0 THEN
+                                        coalesce((p.bytes_processed
+                                                  * (SELECT sum(r.rows)::float8 / nullif(sum(r.bytes), 0)
+                                                       FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done))::int8, 0)
+                                    ELSE p.tuples_processed
+                                END)
+                          FROM pg_catalog.pg_stat_progress_copy p
                           JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.backend_type = 'livesync copy'
                          WHERE p.relid = to_regclass(format('%I.%I', t.target_schema, t.target_name))), 0) AS rows,
            coalesce((SELECT sum(r.bytes) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done), 0)

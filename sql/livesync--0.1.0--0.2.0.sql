@@ -143,3 +143,81 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'add_table_wrapper';
 REVOKE ALL ON FUNCTION livesync.add_table(text, text, text, bool, text, text, text, bool, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION livesync.add_table(text, text, text, bool, text, text, text, bool, text) TO livesync_admin;
+
+-- table_progress: rows of a running COPY that counts bytes only (TimescaleDB's and Citus's own
+-- COPY, which livesync feeds from a pipe since 0.2.0) are estimated from its bytes.
+CREATE OR REPLACE VIEW livesync.table_progress AS
+WITH live AS (
+    SELECT t.id,
+           coalesce((SELECT sum(r.rows) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done), 0)
+             + coalesce((SELECT sum(CASE
+                                    -- TimescaleDB's and Citus's own COPY (type FILE: the pipe of
+                                    -- src/copy/pipe.rs) may count bytes only: rows estimated from
+                                    -- them, at the rows per byte of the table's loaded ranges (none
+                                    -- before its first range is in: a heap size says little of a
+                                    -- COPY stream's).
+                                    WHEN p.type = 'FILE' AND p.tuples_processed = 0 THEN
+                                        coalesce((p.bytes_processed
+                                                  * (SELECT sum(r.rows)::float8 / nullif(sum(r.bytes), 0)
+                                                       FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done))::int8, 0)
+                                    ELSE p.tuples_processed
+                                END)
+                          FROM pg_catalog.pg_stat_progress_copy p
+                          JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.backend_type = 'livesync copy'
+                         WHERE p.relid = to_regclass(format('%I.%I', t.target_schema, t.target_name))), 0) AS rows,
+           coalesce((SELECT sum(r.bytes) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done), 0)
+             + coalesce((SELECT sum(p.bytes_processed) FROM pg_catalog.pg_stat_progress_copy p
+                          JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.backend_type = 'livesync copy'
+                         WHERE p.relid = to_regclass(format('%I.%I', t.target_schema, t.target_name))), 0) AS bytes,
+           (SELECT count(*) FROM livesync.copy_range r WHERE r.table_id = t.id AND r.done) AS ranges_done,
+           (SELECT count(*) FROM livesync.copy_range r WHERE r.table_id = t.id) AS ranges_total,
+           (SELECT bool_or(r.binary_format) FROM livesync.copy_range r WHERE r.table_id = t.id) AS binary
+      FROM livesync.sync_table t
+)
+SELECT c.name AS connector,
+       format('%I.%I', t.source_schema, t.source_name) AS source_table,
+       format('%I.%I', t.target_schema, t.target_name) AS target_table,
+       CASE
+           WHEN t.state = 'loaded' THEN 'catching up'
+           WHEN t.state <> 'copied' THEN t.state
+           WHEN t.retry_reason IS NOT NULL THEN 'retrying'
+           WHEN c.flushed_lsn >= t.snapshot_lsn THEN 'ready'
+           ELSE 'catching up'
+       END AS state,
+       CASE WHEN t.state = 'copying' THEN l.rows ELSE coalesce(t.rows_copied, 0) END AS rows_copied,
+       CASE WHEN t.state = 'copying' THEN l.bytes ELSE coalesce(t.bytes_copied, 0) END AS bytes_copied,
+       t.est_rows,
+       t.est_bytes,
+       CASE
+           WHEN t.state = 'copied' THEN 100.0
+           WHEN t.state = 'copying' AND t.est_rows > 0 THEN round(least(100.0, 100.0 * l.rows / t.est_rows), 1)
+       END AS percent,
+       CASE WHEN t.state = 'copying' AND now() > t.started_at
+            THEN round(l.rows / extract(epoch FROM now() - t.started_at))
+       END AS rows_per_second,
+       CASE WHEN t.state = 'copying' AND l.rows > 0 AND t.est_rows > l.rows
+            THEN (now() - t.started_at) * ((t.est_rows - l.rows)::float8 / l.rows)
+       END AS eta,
+       l.ranges_done,
+       l.ranges_total,
+       CASE WHEN l.binary THEN 'binary' WHEN l.binary IS NOT NULL THEN 'text' END AS copy_format,
+       t.snapshot_lsn,
+       t.append_only,
+       t.changes_applied,
+       t.changes_skipped,
+       t.changes_missing,
+       t.added_at,
+       t.started_at,
+       t.finished_at,
+       t.last_error,
+       t.last_error_hint,
+       t.last_error_at,
+       t.last_error_sqlstate,
+       t.last_error_detail,
+       t.last_error_context,
+       t.retry_reason,
+       t.retry_since
+  FROM livesync.sync_table t
+  JOIN livesync.connector c ON c.id = t.connector_id
+  JOIN live l ON l.id = t.id
+ ORDER BY 1, 2;

@@ -7,7 +7,8 @@
 //! `pg_stat_progress_copy` like any `COPY`.
 //!
 //! This is the single loading path of the initial copy ([`load`]) and of the change stream's
-//! batched INSERTs ([`load_buffer`]). It has two routes, chosen per target table ([`route_for`]):
+//! batched INSERTs ([`load_buffer`]). Its route is chosen per target table ([`route_for`]), so
+//! that a target extension's own hooks on COPY or the executor always see the rows:
 //!
 //! - [`Route::CopyFrom`]: `CopyFrom` on the relation — the fastest, and correct for plain and
 //!   partitioned tables.
@@ -24,19 +25,17 @@
 //!   handled, and continuous-aggregate invalidations are recorded. Each statement takes a bounded
 //!   slice of the stream (at most [`EXECUTOR_SLICE_ROWS`] rows or [`EXECUTOR_SLICE_BYTES`] of
 //!   input), so nothing is staged beyond one slice.
-//! - [`Route::Distributed`]: the executor too, for Citus tables (distributed, reference,
-//!   single-shard), whose coordinator table is a shell: `CopyFrom` would fill it, invisible
-//!   through the distributed table. Citus plans the `INSERT … SELECT` as "pull to coordinator":
-//!   it runs the SELECT here and sends its rows with COPY to the shards, one connection per
-//!   worker node in the transaction's sequential mode (see `citus::prepare_writes`). Here the
-//!   rows are not sliced but streamed, one statement per load: `livesync._copy_rows` returns
-//!   one row per call from the target list (`SELECT (r).* FROM (SELECT livesync._copy_rows(…)
-//!   AS r OFFSET 0)`, which PostgreSQL evaluates row by row where a function in FROM is
-//!   materialized), so reading the source, parsing and sending to the worker nodes overlap. With
-//!   slices they took turns, and each slice started and ended a COPY on every shard: a 2,000,000-
-//!   row table (161 MB) loaded in 7.7–8.0 s with 100,000-row slices, against 3.7–4.1 s for a
-//!   binary `COPY … FROM STDIN` of the same rows into the same table (coordinator and 2 worker
-//!   nodes on one 2-core machine).
+//! - [`Route::Distributed`]: for Citus tables (distributed, reference, single-shard), whose
+//!   coordinator table is a shell: `CopyFrom` would fill it, invisible through the distributed
+//!   table. A source's stream goes through Citus's own COPY, fed from the pipe as for
+//!   hypertables: Citus sends each row to its shard, one connection per worker node in the
+//!   transaction's sequential mode (see `citus::prepare_writes`). The stream's batched INSERTs
+//!   take the executor: Citus plans the `INSERT … SELECT` as "pull to coordinator" and COPYs
+//!   the rows to the shards; `livesync._copy_rows` returns them one row per call from the target
+//!   list (`SELECT (r).* FROM (SELECT livesync._copy_rows(…) AS r OFFSET 0)`, which PostgreSQL
+//!   evaluates row by row where a function in FROM is materialized). Before Citus's COPY took the
+//!   initial copy, it went this way too: 0.71× a binary `COPY … FROM STDIN` of the same rows
+//!   into the same table (docs/benchmarks.md).
 
 use std::cell::RefCell;
 use std::ffi::CString;
@@ -197,7 +196,9 @@ pub const EXECUTOR_SLICE_BYTES: i64 = 8 << 20;
 const STREAMED_PROGRESS_ROWS: i64 = 1_000;
 
 /// Load `stream` (COPY data of `columns`, in that order, text or binary format) into table
-/// `relid`. Returns (rows, bytes). Must run inside a transaction with an active snapshot.
+/// `relid`: plain and partitioned tables with `CopyFrom` here, hypertables and Citus tables with
+/// the target's own COPY (`copy::pipe`). Returns (rows, bytes). Must run inside a transaction
+/// with an active snapshot.
 pub fn load(
     rt: &tokio::runtime::Runtime,
     relid: pg_sys::Oid,

@@ -315,7 +315,10 @@ pub fn run(
         last_begin_final: 0,
     };
     let mut last_feedback = Instant::now();
-    let mut last_housekeeping = Instant::now();
+    // Housekeeping runs at once: tables added before the stream started (a new connector, a
+    // restart) start copying now, not a HOUSEKEEPING_INTERVAL later (that second was 7% of an
+    // 838 MB hypertable copy in the benchmark).
+    let mut last_housekeeping = Instant::now() - HOUSEKEEPING_INTERVAL;
     // The first refresh of the sequences comes with the first housekeeping.
     let mut last_sequences: Option<Instant> = None;
     let mut last_source_check = Instant::now();

@@ -274,8 +274,9 @@ fn no_copy_snapshot_outlives_max_snapshot_age() {
         "copy_resume: copy took {copy_took:?}; oldest livesync snapshot on the source lived {oldest:?} ({} seen); slot confirmed {first_confirmed} -> {last_confirmed}",
         seen.len()
     );
+    // Three snapshot lifetimes at least: long enough for the copy to have moved to fresh ones.
     assert!(
-        copy_took > Duration::from_secs(8),
+        copy_took > Duration::from_secs(6),
         "the copy was too quick ({copy_took:?}) to show anything"
     );
     assert!(
